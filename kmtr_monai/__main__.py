@@ -1,0 +1,4 @@
+from kmtr_monai.cli import main
+
+if __name__ == "__main__":
+    main()
