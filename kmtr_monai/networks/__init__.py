@@ -1,0 +1,36 @@
+"""Stage I networks: tokenizers, ViT encoder/decoder, image and k-space masked autoencoders (DESIGN §1, §4)."""
+
+from .mae import MODEL_PRESETS, ImageMAE, KspaceMAE, build_image_mae, build_kspace_mae, pool_tokens
+from .pos_embed import grid_positions, lax_flag, position_code, sincos_1d, sincos_code, split_dims
+from .tokenizers import (
+    ImageTokenizer,
+    KspaceLineTokenizer,
+    KspacePatchTokenizer,
+    LineTokens,
+    patchify,
+    unpatchify,
+)
+from .transformer import Block, TransformerEncoder
+
+__all__ = [
+    "MODEL_PRESETS",
+    "ImageMAE",
+    "KspaceMAE",
+    "build_image_mae",
+    "build_kspace_mae",
+    "pool_tokens",
+    "grid_positions",
+    "lax_flag",
+    "position_code",
+    "sincos_1d",
+    "sincos_code",
+    "split_dims",
+    "ImageTokenizer",
+    "KspaceLineTokenizer",
+    "KspacePatchTokenizer",
+    "LineTokens",
+    "patchify",
+    "unpatchify",
+    "Block",
+    "TransformerEncoder",
+]

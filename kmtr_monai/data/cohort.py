@@ -1,0 +1,312 @@
+"""The on-disk cohort (UK Biobank layout, DESIGN §2): NIfTI reading with clear errors, and the subject loader.
+
+``LoadCohortSubjectd`` turns a datalist item ``{"eid", "phenotypes"?, "diseases"?}`` into the network-ready
+``image`` (S, T, H, W) / ``seg`` / ``seg_valid`` stack of the data contract.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Callable, Hashable, Mapping, Sequence
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.data import CacheDataset, Dataset
+from monai.transforms import Compose, MapTransform
+
+from kmtr_monai.constants import (
+    DISEASES,
+    IMAGE_FILES,
+    LAX_VIEWS,
+    PHENOTYPES,
+    SEG_FILES,
+    UKBB_LABEL_MAPS,
+    is_lax,
+    sax_views,
+)
+from kmtr_monai.presets import DATA_PRESETS
+
+_TIME_SCALE_TO_S = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}
+
+
+def read_nifti(path: str, subject: str, allow_3d: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Read one cohort NIfTI as an (X, Y, Z, T) array plus its pixdim ``(dx, dy, dz mm, dt s)``.
+
+    A 3-D file (X, Y, Z) is read as a single frame (T = 1) when ``allow_3d``. ``dt`` is the frame interval in
+    seconds from pixdim[4]: the NIfTI time unit is honoured when the header sets one, otherwise milliseconds are
+    assumed (the UK Biobank convention); NaN when the file has no time axis or pixdim[4] is 0.
+
+    Raises FileNotFoundError for a missing file and ValueError (naming the subject and file) for an unreadable,
+    empty or wrongly shaped one.
+    """
+    name = os.path.basename(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"subject {subject!r}: missing file {name!r} (expected {path})")
+    try:
+        img = nib.load(path)
+        data = np.asanyarray(img.dataobj)
+    except (nib.filebasedimages.ImageFileError, EOFError, OSError, zlib.error, ValueError) as err:
+        raise ValueError(f"subject {subject!r}: cannot read NIfTI {name!r} ({path}): {err}") from err
+    if data.size == 0:
+        raise ValueError(f"subject {subject!r}: {name!r} is empty (shape {data.shape})")
+    if data.ndim == 3 and allow_3d:
+        data = data[..., None]
+    if data.ndim != 4:
+        raise ValueError(
+            f"subject {subject!r}: {name!r} has shape {data.shape}; expected a 4-D (X, Y, Z, T) volume"
+            + (" or a 3-D (X, Y, Z) single frame" if allow_3d else "")
+        )
+    zooms = img.header.get_zooms()
+    dx, dy, dz = (float(z) for z in zooms[:3])
+    dt = float(zooms[3]) if len(zooms) > 3 else 0.0
+    t_unit = img.header.get_xyzt_units()[1]
+    dt = dt * _TIME_SCALE_TO_S.get(t_unit, 1e-3) if dt > 0 else float("nan")
+    return data, np.array([dx, dy, dz, dt], dtype=np.float64)
+
+
+def _natural_key(name: str):
+    return (0, int(name), name) if name.isdigit() else (1, 0, name)
+
+
+def list_subjects(root: str) -> list[str]:
+    """Subject ids (``eid``) of a cohort: the sub-folders of ``root`` holding at least one cohort NIfTI.
+
+    Sorted numerically when the ids are digits. Raises FileNotFoundError when ``root`` is missing or holds none.
+    """
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"cohort root {root!r} does not exist or is not a folder")
+    names = set(IMAGE_FILES.values()) | set(SEG_FILES.values())
+    eids = [
+        e.name
+        for e in os.scandir(root)
+        if e.is_dir() and not e.name.startswith(".") and any(os.path.isfile(os.path.join(e.path, n)) for n in names)
+    ]
+    if not eids:
+        raise FileNotFoundError(f"cohort root {root!r} has no subject folders <root>/<eid>/ with NIfTI files")
+    return sorted(eids, key=_natural_key)
+
+
+def frame_indices(n_total: int, n_frames: int) -> np.ndarray:
+    """Temporal subsampling ``round(i·(T−1)/(K−1))``, i = 0..K−1 (K = 1 → frame 0); (K,) int64."""
+    if n_frames < 1:
+        raise ValueError(f"n_frames must be >= 1, got {n_frames}")
+    if n_frames == 1:
+        return np.zeros(1, dtype=np.int64)
+    return np.round(np.arange(n_frames) * (n_total - 1) / (n_frames - 1)).astype(np.int64)
+
+
+def sax_start(lv_at_ed: np.ndarray, n_sax: int, offset: int = 2) -> int:
+    """First SAX slice of the ViTa selection from ``lv_at_ed`` (Z,) bool, "LV present at frame 0" per slice.
+
+    Z index 0 is the base (UK Biobank order, base → apex). Start ``offset`` slices apex-wards of the most basal
+    slice containing LV, then clamp so that ``n_sax`` consecutive slices fit in the stack; without LV, centre them.
+    """
+    n_z = lv_at_ed.shape[0]
+    hits = np.flatnonzero(lv_at_ed)
+    start = int(hits[0]) + offset if hits.size else (n_z - n_sax) // 2
+    return int(np.clip(start, 0, n_z - n_sax))
+
+
+def crop_centred(arr: np.ndarray, centre: Sequence[int], crop: int, fill: float = 0) -> np.ndarray:
+    """Fixed ``crop``×``crop`` window over the last two axes of ``arr`` (..., X, Y), centred at ``centre`` (x, y).
+
+    Parts outside the image are filled with ``fill``. One slicing op for all leading axes (frames, slices).
+    Written here because MONAI's SpatialCrop clips at the border instead of padding, so a crop + pad pair would
+    have to track the clipped offsets.
+    """
+    n_x, n_y = arr.shape[-2:]
+    x0, y0 = int(centre[0]) - crop // 2, int(centre[1]) - crop // 2
+    out = np.full((*arr.shape[:-2], crop, crop), fill, dtype=arr.dtype)
+    sx0, sx1, sy0, sy1 = max(x0, 0), min(x0 + crop, n_x), max(y0, 0), min(y0 + crop, n_y)
+    if sx1 > sx0 and sy1 > sy0:
+        out[..., sx0 - x0 : sx1 - x0, sy0 - y0 : sy1 - y0] = arr[..., sx0:sx1, sy0:sy1]
+    return out
+
+
+def remap_labels(seg: np.ndarray, label_map: Mapping[int, int], subject: str, file: str) -> np.ndarray:
+    """UK Biobank file labels -> unified labels (``constants.LABELS``) by look-up table; int64, same shape."""
+    lut = np.full(max(label_map) + 1, -1, dtype=np.int64)
+    lut[0] = 0
+    lut[list(label_map)] = list(label_map.values())
+    seg = np.rint(seg).astype(np.int64) if not np.issubdtype(seg.dtype, np.integer) else seg.astype(np.int64)
+    inside = (seg >= 0) & (seg < lut.size)
+    out = np.where(inside, lut[np.where(inside, seg, 0)], -1)
+    if (out < 0).any():
+        raise ValueError(
+            f"subject {subject!r}: {file!r} contains labels {sorted(np.unique(seg[out < 0]).tolist())}; "
+            f"expected UK Biobank labels {sorted([0, *label_map])}"
+        )
+    return out
+
+
+class LoadCohortSubjectd(MapTransform):
+    """Load one subject of a UK Biobank-layout cohort into the data contract (DESIGN §2).
+
+    Input: a datalist item with ``eid`` (optional ``phenotypes`` (12,), ``diseases`` (3,)). Reads
+    ``<root>/<eid>/{la_2ch,la_3ch,la_4ch,sa}.nii.gz`` (X, Y, Z, T) and, when ``load_seg``, the ``seg_*`` files.
+
+    Output keys:
+        ``image`` float32 (S, T, H, W): views in contract order (la_2ch, la_3ch, la_4ch, sax_0..sax_{n_sax−1}, or
+        the subset ``views`` in that order); H = NIfTI X axis, W = NIfTI Y axis; frames subsampled with
+        ``frame_indices``; min–max normalised to [0, 1] over the whole stack (zero padding stays 0).
+        ``seg`` int64 (S, T, H, W) in unified labels and ``seg_valid`` float32 (S,) (0 for la_3ch) when ``load_seg``.
+        ``phenotypes`` float32 (12,), ``diseases`` float32 (3,) when present in the item; ``eid`` (str).
+
+    ``eid`` may also be the path of the subject folder (``monai.data.load_decathlon_datalist`` turns ids into paths
+    when the folder exists next to the JSON); it is reduced to the folder name, so eid-seeded transforms agree.
+
+    SAX slices: ``sax_start`` (Z index 0 = base; 2 slices apex-wards of the first slice with LV at frame 0). Crop:
+    ``crop``×``crop`` around the centre of labelled heart voxels at frame 0 of the view (one centre for the whole SAX
+    stack, so slices stay aligned), or the image centre when ``load_seg`` is False or there are no labels; the SAX
+    range is centred in the stack when ``load_seg`` is False.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        n_sax: int,
+        n_frames: int,
+        crop: int,
+        load_seg: bool = True,
+        views: Sequence[str] | None = None,
+        eid_key: Hashable = "eid",
+    ):
+        super().__init__(keys=eid_key)
+        self.root, self.load_seg = root, load_seg
+        self.n_sax, self.n_frames, self.crop = int(n_sax), int(n_frames), int(crop)
+        self.eid_key = eid_key
+        order = (*LAX_VIEWS, *sax_views(self.n_sax))
+        views = tuple(order if views is None else views)
+        unknown = [v for v in views if v not in order]
+        if unknown or not views:
+            raise ValueError(f"views {unknown or views} not in the contract views {order} (n_sax={self.n_sax})")
+        if list(views) != sorted(views, key=order.index) or len(set(views)) != len(views):
+            raise ValueError(f"views {views} must be unique and in contract order {order}")
+        if self.crop < 1 or self.n_frames < 1 or self.n_sax < 0:
+            raise ValueError(f"crop, n_frames must be >= 1 and n_sax >= 0, got {crop}, {n_frames}, {n_sax}")
+        self.views = views
+
+    # -- file access -------------------------------------------------------------------------------------------
+    def _read(self, subject: str, files: Mapping[str, str], key: str, lax: bool) -> np.ndarray:
+        path = os.path.join(self.root, subject, files[key])
+        data, _ = read_nifti(path, subject)
+        if lax and data.shape[2] != 1:
+            raise ValueError(f"subject {subject!r}: {files[key]!r} has shape {data.shape}; expected one slice (Z=1)")
+        if data.shape[3] < self.n_frames:
+            raise ValueError(
+                f"subject {subject!r}: {files[key]!r} has {data.shape[3]} frames; "
+                f"need at least n_frames={self.n_frames}"
+            )
+        return data
+
+    def _view_stack(self, subject: str, key: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """Image and unified seg (None when unavailable) of one file as (n, K, X, Y); n = 1 (LAX) or the SAX views."""
+        lax = key != "sa"
+        image = self._read(subject, IMAGE_FILES, key, lax)
+        if np.issubdtype(image.dtype, np.floating) and np.isnan(image).any():
+            raise ValueError(f"subject {subject!r}: {IMAGE_FILES[key]!r} contains NaN")
+        seg = None
+        if self.load_seg and key in SEG_FILES:
+            seg = self._read(subject, SEG_FILES, key, lax)
+            if seg.shape != image.shape:
+                raise ValueError(
+                    f"subject {subject!r}: {SEG_FILES[key]!r} shape {seg.shape} != "
+                    f"{IMAGE_FILES[key]!r} shape {image.shape}"
+                )
+        slices = [0] if lax else self._sax_slices(subject, image, seg)
+        t = frame_indices(image.shape[3], self.n_frames)
+        image = np.asarray(image[:, :, slices][..., t], dtype=np.float32).transpose(2, 3, 0, 1)  # (n, K, X, Y)
+        if seg is not None:
+            seg = remap_labels(seg[:, :, slices][..., t], UKBB_LABEL_MAPS[key], subject, SEG_FILES[key])
+            seg = seg.transpose(2, 3, 0, 1)
+        return image, seg
+
+    def _sax_slices(self, subject: str, image: np.ndarray, seg: np.ndarray | None) -> list[int]:
+        """Z indices of the requested sax_i views (``sax_start`` + i); raw UK Biobank labels, LV = 1."""
+        n_z = image.shape[2]
+        if n_z < self.n_sax:
+            raise ValueError(f"subject {subject!r}: {IMAGE_FILES['sa']!r} has {n_z} slices; need n_sax={self.n_sax}")
+        lv = (seg[:, :, :, 0] == 1).any(axis=(0, 1)) if seg is not None else np.zeros(n_z, dtype=bool)
+        start = sax_start(lv, self.n_sax)
+        return [start + int(v[4:]) for v in self.views if not is_lax(v)]
+
+    # -- transform ---------------------------------------------------------------------------------------------
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        if self.eid_key not in d:
+            raise KeyError(f"datalist item has no {self.eid_key!r} key (keys: {sorted(map(str, d))})")
+        subject = os.path.basename(os.path.normpath(str(d[self.eid_key])))
+        d[self.eid_key] = subject  # a subject-folder path (load_decathlon_datalist resolves eids) -> the eid
+        if not os.path.isdir(os.path.join(self.root, subject)):
+            raise FileNotFoundError(f"subject {subject!r}: folder {os.path.join(self.root, subject)} does not exist")
+
+        files = [v for v in self.views if is_lax(v)] + (["sa"] if any(not is_lax(v) for v in self.views) else [])
+        images, segs, valid = [], [], []
+        for key in files:  # one file per iteration; all its slices and frames are cropped in one op
+            image, seg = self._view_stack(subject, key)
+            heart = (seg[:, 0] > 0).any(axis=0) if seg is not None else None  # (X, Y) at frame 0
+            if heart is not None and heart.any():
+                xs, ys = np.nonzero(heart)
+                centre = (int(round(xs.mean())), int(round(ys.mean())))
+            else:
+                centre = (image.shape[-2] // 2, image.shape[-1] // 2)
+            images.append(crop_centred(image, centre, self.crop, fill=np.nan))
+            if self.load_seg:
+                segs.append(
+                    crop_centred(seg, centre, self.crop) if seg is not None else np.zeros(images[-1].shape, np.int64)
+                )
+                valid += [float(seg is not None)] * image.shape[0]
+        stack = np.concatenate(images, axis=0)  # (S, K, crop, crop), NaN outside the field of view
+        lo, hi = np.nanmin(stack), np.nanmax(stack)
+        stack = (stack - lo) / (hi - lo) if hi > lo else np.zeros_like(stack)
+        d["image"] = torch.from_numpy(np.nan_to_num(stack, nan=0.0).astype(np.float32))
+        if self.load_seg:
+            d["seg"] = torch.from_numpy(np.concatenate(segs, axis=0))
+            d["seg_valid"] = torch.tensor(valid, dtype=torch.float32)
+        for key, names in (("phenotypes", PHENOTYPES), ("diseases", DISEASES)):
+            if key in d:
+                value = torch.as_tensor(np.asarray(d[key], dtype=np.float32))
+                if value.shape != (len(names),):
+                    raise ValueError(
+                        f"subject {subject!r}: {key!r} has shape {tuple(value.shape)}; expected ({len(names)},)"
+                    )
+                d[key] = value
+        return d
+
+
+def make_dataset(
+    datalist_items: Sequence[Mapping],
+    root: str,
+    preset_or_kwargs: str | Mapping = "tiny",
+    transforms: Sequence[Callable] | Callable | None = None,
+    cache: bool = False,
+) -> Dataset:
+    """A ``monai.data.Dataset`` (``CacheDataset`` when ``cache``) applying ``LoadCohortSubjectd`` then ``transforms``.
+
+    ``preset_or_kwargs``: a ``DATA_PRESETS`` name or a dict of ``LoadCohortSubjectd`` keyword arguments.
+    """
+    if isinstance(preset_or_kwargs, str):
+        if preset_or_kwargs not in DATA_PRESETS:
+            raise ValueError(f"unknown data preset {preset_or_kwargs!r}; expected one of {sorted(DATA_PRESETS)}")
+        kwargs = dict(DATA_PRESETS[preset_or_kwargs])
+    elif isinstance(preset_or_kwargs, Mapping):
+        kwargs = dict(preset_or_kwargs)
+    else:
+        raise TypeError(f"preset_or_kwargs must be a preset name or a dict, got {type(preset_or_kwargs).__name__}")
+    missing = [i for i, item in enumerate(datalist_items) if "eid" not in item]
+    if missing:
+        raise ValueError(f"datalist items {missing[:5]} have no 'eid' key")
+    if transforms is None:
+        extra = []
+    elif isinstance(transforms, Compose):  # flattened so CacheDataset caches up to the first random transform
+        extra = list(transforms.transforms)
+    elif callable(transforms):
+        extra = [transforms]
+    else:
+        extra = list(transforms)
+    pipeline = Compose([LoadCohortSubjectd(root, **kwargs), *extra])
+    if cache:
+        return CacheDataset(data=list(datalist_items), transform=pipeline, num_workers=0, progress=False)
+    return Dataset(data=list(datalist_items), transform=pipeline)

@@ -1,0 +1,177 @@
+"""Process-group helpers: rank/world from torch.distributed or the torchrun environment, and gathers.
+
+MONAI's multi-GPU bundle template leaves every rank believing it is rank 0 unless the config reads the rank
+from somewhere; these helpers read it from ``torch.distributed`` when a process group exists and otherwise
+from the variables torchrun exports (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``), so they are correct both before
+and after :func:`init_distributed`.
+
+Two gathers live here because neither PyTorch nor Ignite gathers tensors whose first dimension differs across
+ranks (a validation set split with ``DistributedSampler(even_divisible=False)``, or the last training batch):
+
+* :func:`all_gather_with_grad` - differentiable, built on ``torch.distributed.nn.functional.all_gather`` whose
+  backward sums the incoming gradients over ranks (used by the CLIP loss);
+* :func:`all_gather_uneven` - no gradient, built on ``ignite.distributed`` (used by the epoch metrics).
+
+Both pad every rank's tensor to the largest first dimension, gather, and drop the padding.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+__all__ = [
+    "is_dist_active",
+    "get_rank",
+    "get_world_size",
+    "get_local_rank",
+    "is_main_process",
+    "init_distributed",
+    "all_gather_with_grad",
+    "all_gather_uneven",
+]
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError as err:
+        raise ValueError(f"environment variable {name}={value!r} is not an integer") from err
+
+
+def is_dist_active() -> bool:
+    """True when a torch.distributed process group is initialised with more than one rank."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def get_rank() -> int:
+    """Global rank: from torch.distributed if initialised, else ``$RANK`` (default 0)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return _env_int("RANK", 0)
+
+
+def get_world_size() -> int:
+    """World size: from torch.distributed if initialised, else ``$WORLD_SIZE`` (default 1)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return _env_int("WORLD_SIZE", 1)
+
+
+def get_local_rank() -> int:
+    """Rank within the node: ``$LOCAL_RANK`` (default 0); torch.distributed does not track it."""
+    return _env_int("LOCAL_RANK", 0)
+
+
+def is_main_process() -> bool:
+    """True on global rank 0 (use to guard logging, checkpoint writing and file output)."""
+    return get_rank() == 0
+
+
+def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> tuple[int, int, int, torch.device]:
+    """Initialise the default process group from the torchrun environment, idempotently.
+
+    Args:
+        backend: ``"nccl"``/``"gloo"``/...; default ``nccl`` when CUDA is available, else ``gloo``.
+        timeout_s: collective timeout in seconds.
+
+    Returns:
+        ``(rank, world_size, local_rank, device)``; device is ``cuda:<local_rank>`` (made current) when CUDA is
+        available, else ``cpu``. With ``WORLD_SIZE`` unset or 1 no process group is created (single process).
+        A second call returns the same values without re-initialising.
+    """
+    local_rank = get_local_rank()
+    use_cuda = torch.cuda.is_available()
+    device = torch.device(f"cuda:{local_rank}") if use_cuda else torch.device("cpu")
+    if use_cuda:
+        if local_rank >= torch.cuda.device_count():
+            raise ValueError(
+                f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA device(s) are visible"
+            )
+        torch.cuda.set_device(device)
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), local_rank, device
+    world = _env_int("WORLD_SIZE", 1)
+    if world <= 1:
+        return 0, 1, local_rank, device
+    if not dist.is_available():
+        raise RuntimeError("WORLD_SIZE > 1 but this PyTorch build has no torch.distributed support")
+    missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(k)]
+    if missing:
+        raise ValueError(
+            f"WORLD_SIZE={world} but environment variable(s) {missing} are not set; launch with torchrun "
+            "or export RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT"
+        )
+    if backend is None:
+        backend = "nccl" if use_cuda else "gloo"
+    from datetime import timedelta
+
+    dist.init_process_group(
+        backend=backend,
+        init_method="env://",
+        rank=_env_int("RANK", 0),
+        world_size=world,
+        timeout=timedelta(seconds=timeout_s),
+    )
+    return dist.get_rank(), dist.get_world_size(), local_rank, device
+
+
+def _gathered_sizes(n: int, device: torch.device) -> list[int]:
+    sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([n], dtype=torch.long, device=device))
+    return [int(s.item()) for s in sizes]
+
+
+def all_gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Differentiable all-gather along dim 0, allowing a different first dimension per rank.
+
+    Args:
+        x: (B_r, ...) local tensor on this rank.
+
+    Returns:
+        ``(x_global, offset)``: x_global is (sum_r B_r, ...) in rank order and ``x_global[offset:offset+B_r]``
+        is this rank's ``x`` (the same autograd node, so gradients flow back directly). Gradients from the other
+        ranks' losses reach ``x`` through the collective's backward, which sums them. Without an active process
+        group (or world size 1) returns ``(x, 0)``.
+    """
+    if not is_dist_active():
+        return x, 0
+    from torch.distributed.nn.functional import all_gather
+
+    rank = dist.get_rank()
+    sizes = _gathered_sizes(x.shape[0], x.device)
+    max_n = max(sizes)
+    pad = max_n - x.shape[0]
+    x_pad = torch.cat([x, x.new_zeros((pad, *x.shape[1:]))], 0) if pad else x
+    parts = list(all_gather(x_pad.contiguous()))
+    parts = [p[:n] for p, n in zip(parts, sizes)]
+    parts[rank] = x  # keep the local autograd path exact (identity on values)
+    return torch.cat(parts, 0), sum(sizes[:rank])
+
+
+def all_gather_uneven(x: torch.Tensor) -> torch.Tensor:
+    """All-gather along dim 0 without gradients through ``ignite.distributed``; first dims may differ.
+
+    Args:
+        x: (B_r, ...) local tensor.
+
+    Returns:
+        (sum_r B_r, ...) concatenated in rank order (``x`` itself when not distributed).
+    """
+    import ignite.distributed as idist
+
+    if idist.get_world_size() <= 1:
+        return x
+    sizes = idist.all_gather(torch.tensor([x.shape[0]], dtype=torch.long, device=x.device))
+    sizes = [int(s) for s in sizes.tolist()]
+    max_n = max(sizes)
+    pad = max_n - x.shape[0]
+    x_pad = torch.cat([x, x.new_zeros((pad, *x.shape[1:]))], 0) if pad else x
+    gathered = idist.all_gather(x_pad.contiguous())  # (W*max_n, ...)
+    chunks = gathered.reshape(len(sizes), max_n, *x.shape[1:])
+    return torch.cat([chunks[r, :n] for r, n in enumerate(sizes)], 0)

@@ -1,0 +1,245 @@
+"""Representation metrics for Stage II: cross-modal retrieval top-k and a ridge linear probe (R^2).
+
+Plain functions plus Ignite ``Metric`` subclasses that accumulate embeddings over an epoch, gather them from
+all ranks (``ignite.distributed``; uneven per-rank counts allowed) and compute once at epoch end, so they can be
+attached to a MONAI ``SupervisedEvaluator`` (``key_val_metric``/``additional_metrics``) with an
+``output_transform`` such as ``monai.handlers.from_engine(["z_kspace", "z_image"])``.
+
+Validation sets should be split with ``monai.data.DistributedSampler(even_divisible=False)``: padding
+duplicates a subject, which would create a second, equally good gallery match for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from ignite.metrics import Metric
+from ignite.metrics.metric import reinit__is_reduced
+
+from kmtr_monai.distributed import all_gather_uneven
+
+__all__ = ["retrieval_topk", "linear_probe_r2", "linear_probe_r2_cv", "RetrievalTopK", "LinearProbeR2"]
+
+
+def _as_2d_tensor(x: Any, name: str) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+    if t.ndim == 1:
+        t = t[:, None]
+    if t.ndim != 2:
+        raise ValueError(f"{name} must be 1-D or 2-D (N, D), got shape {tuple(t.shape)}")
+    return t
+
+
+def _as_2d_numpy(x: Any, name: str) -> np.ndarray:
+    a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    a = a.astype(np.float64)
+    if a.ndim == 1:
+        a = a[:, None]
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be 1-D or 2-D (N, D), got shape {a.shape}")
+    return a
+
+
+def retrieval_topk(
+    z_query: torch.Tensor, z_gallery: torch.Tensor, ks: Sequence[int] = (1, 5), normalize: bool = True
+) -> dict[str, float]:
+    """Fraction of queries whose own gallery item (same index) is among the k most similar.
+
+    Args:
+        z_query: (N, D) query embeddings (k-space).
+        z_gallery: (N, D) gallery embeddings (images); row i is the match of query i.
+        ks: cut-offs.
+        normalize: use cosine similarity (L2-normalise first); else the raw dot product.
+
+    Returns:
+        ``{"top1": ..., "top5": ...}``. The rank of the match is the number of gallery items scoring strictly
+        higher, so ties count in the query's favour.
+    """
+    zq, zg = _as_2d_tensor(z_query, "z_query").float(), _as_2d_tensor(z_gallery, "z_gallery").float()
+    if zq.shape != zg.shape or zq.shape[0] == 0:
+        raise ValueError(
+            f"z_query and z_gallery must be non-empty and of equal shape (N, D); got {tuple(zq.shape)} and "
+            f"{tuple(zg.shape)}"
+        )
+    if isinstance(ks, int):
+        ks = (ks,)
+    if not ks or any(not isinstance(k, (int, np.integer)) or k < 1 for k in ks):
+        raise ValueError(f"ks must be positive ints, got {ks!r}")
+    if normalize:
+        zq, zg = F.normalize(zq, dim=1), F.normalize(zg, dim=1)
+    sim = zq @ zg.T  # (N, N)
+    rank = (sim > sim.diagonal()[:, None]).sum(1)  # (N,) 0 = best
+    n = rank.shape[0]
+    return {f"top{int(k)}": int((rank < k).sum()) / n for k in ks}
+
+
+def _probe_estimator(alpha: float):
+    from sklearn.compose import TransformedTargetRegressor
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if not alpha >= 0:
+        raise ValueError(f"alpha must be >= 0, got {alpha}")
+    return TransformedTargetRegressor(
+        regressor=make_pipeline(StandardScaler(), Ridge(alpha=alpha)), transformer=StandardScaler()
+    )
+
+
+def _r2_dict(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
+    from sklearn.metrics import r2_score
+
+    r2 = np.atleast_1d(r2_score(y_true, y_pred, multioutput="raw_values"))
+    return {"r2": r2, "mean_r2": float(r2.mean())}
+
+
+def linear_probe_r2(train_x: Any, train_y: Any, test_x: Any, test_y: Any, alpha: float = 1.0) -> dict[str, Any]:
+    """Ridge probe from embeddings to targets, fitted on train, scored on test.
+
+    Features and targets are standardised with train statistics (scikit-learn ``StandardScaler`` +
+    ``TransformedTargetRegressor``), so one ``alpha`` suits targets of any unit.
+
+    Args:
+        train_x: (N, D) embeddings; train_y: (N,) or (N, P) targets; test_x/test_y likewise (M rows).
+
+    Returns:
+        ``{"r2": ndarray (P,) per-target R^2 on test, "mean_r2": float}``.
+    """
+    xtr, ytr = _as_2d_numpy(train_x, "train_x"), _as_2d_numpy(train_y, "train_y")
+    xte, yte = _as_2d_numpy(test_x, "test_x"), _as_2d_numpy(test_y, "test_y")
+    if xtr.shape[0] != ytr.shape[0] or xte.shape[0] != yte.shape[0]:
+        raise ValueError(
+            f"row counts differ: train_x {xtr.shape[0]} vs train_y {ytr.shape[0]}, "
+            f"test_x {xte.shape[0]} vs test_y {yte.shape[0]}"
+        )
+    if xtr.shape[1] != xte.shape[1] or ytr.shape[1] != yte.shape[1]:
+        raise ValueError(f"train/test widths differ: x {xtr.shape[1]} vs {xte.shape[1]}, y {ytr.shape[1]} vs {yte.shape[1]}")
+    if xtr.shape[0] < 2 or xte.shape[0] < 2:
+        raise ValueError("linear probe needs at least 2 train and 2 test rows")
+    est = _probe_estimator(alpha).fit(xtr, ytr)
+    return _r2_dict(yte, np.asarray(est.predict(xte)).reshape(yte.shape))
+
+
+def linear_probe_r2_cv(x: Any, y: Any, alpha: float = 1.0, n_splits: int = 5, seed: int = 0) -> dict[str, Any]:
+    """K-fold cross-validated ridge probe on one set of embeddings (used inside evaluation).
+
+    Every row is predicted by a probe fitted on the other folds (``sklearn.model_selection.cross_val_predict``
+    with a shuffled ``KFold(n_splits, random_state=seed)``) and R^2 is computed once over all out-of-fold
+    predictions. Deterministic, so every rank gets the same value.
+
+    Returns:
+        ``{"r2": ndarray (P,), "mean_r2": float}``.
+    """
+    from sklearn.model_selection import KFold, cross_val_predict
+
+    xa, ya = _as_2d_numpy(x, "x"), _as_2d_numpy(y, "y")
+    if xa.shape[0] != ya.shape[0]:
+        raise ValueError(f"row counts differ: x {xa.shape[0]} vs y {ya.shape[0]}")
+    if n_splits < 2 or xa.shape[0] < 2 * n_splits:
+        raise ValueError(f"need n_splits >= 2 and at least 2 * n_splits rows, got n_splits={n_splits}, N={xa.shape[0]}")
+    pred = cross_val_predict(_probe_estimator(alpha), xa, ya, cv=KFold(n_splits, shuffle=True, random_state=seed))
+    return _r2_dict(ya, np.asarray(pred).reshape(ya.shape))
+
+
+def _stack_rows(x: Any, name: str) -> torch.Tensor:
+    """Tensor (B, D) or (B,), or a list of per-sample tensors (decollated MONAI output) -> (B, D) float."""
+    if isinstance(x, torch.Tensor):
+        t = x
+    elif isinstance(x, (list, tuple)) and len(x) > 0:
+        t = torch.stack([torch.as_tensor(v) for v in x])
+    else:
+        raise TypeError(f"{name}: expected a tensor or a non-empty list of per-sample tensors, got {type(x).__name__}")
+    t = t.detach().float()
+    if t.ndim == 1:
+        t = t[:, None]
+    if t.ndim != 2:
+        raise ValueError(f"{name}: expected (B, D) rows, got shape {tuple(t.shape)}")
+    return t
+
+
+class _EpochPairs(Metric):
+    """Accumulates (a, b) row pairs over an epoch; ``_gathered()`` returns both gathered from all ranks."""
+
+    _names = ("a", "b")
+    required_output_keys = _names  # a Mapping output is read by these keys
+
+    def __init__(self, output_transform: Callable = lambda x: x, device: str | torch.device = "cpu") -> None:
+        self._a: list[torch.Tensor] = []
+        self._b: list[torch.Tensor] = []
+        super().__init__(output_transform=output_transform, device=device)
+
+    @reinit__is_reduced
+    def reset(self) -> None:
+        self._a, self._b = [], []
+
+    @reinit__is_reduced
+    def update(self, output: Sequence[Any]) -> None:
+        if not isinstance(output, (tuple, list)) or len(output) != 2:
+            raise ValueError(f"{type(self).__name__}.update expects a pair {self._names}; fix output_transform")
+        a, b = _stack_rows(output[0], self._names[0]), _stack_rows(output[1], self._names[1])
+        if a.shape[0] != b.shape[0]:
+            raise ValueError(f"{self._names[0]} has {a.shape[0]} rows but {self._names[1]} has {b.shape[0]}")
+        self._a.append(a.to(self._device))
+        self._b.append(b.to(self._device))
+
+    def _gathered(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self._a:
+            raise RuntimeError(f"{type(self).__name__} must have at least one update before compute")
+        return all_gather_uneven(torch.cat(self._a)), all_gather_uneven(torch.cat(self._b))
+
+
+class RetrievalTopK(_EpochPairs):
+    """Ignite metric: k-space -> image retrieval top-k over the whole (all-rank) validation set.
+
+    ``output_transform`` must yield ``(z_kspace, z_image)``: (B, D) tensors or lists of (D,) tensors.
+    ``compute()`` returns a float for an int ``k`` (usable as MONAI key metric), else ``{"top1": ..., ...}``.
+    """
+
+    _names = ("z_kspace", "z_image")
+    required_output_keys = _names
+
+    def __init__(
+        self, k: int | Sequence[int] = 1, output_transform: Callable = lambda x: x, device: str | torch.device = "cpu"
+    ) -> None:
+        self.k = k
+        super().__init__(output_transform=output_transform, device=device)
+
+    def compute(self) -> float | dict[str, float]:
+        zq, zg = self._gathered()
+        res = retrieval_topk(zq, zg, ks=(self.k,) if isinstance(self.k, int) else tuple(self.k))
+        return res[f"top{self.k}"] if isinstance(self.k, int) else res
+
+
+class LinearProbeR2(_EpochPairs):
+    """Ignite metric: mean cross-validated ridge-probe R^2 of targets from embeddings, over the epoch.
+
+    ``output_transform`` must yield ``(z, y)``: embeddings (B, D) and targets (B,) or (B, P). There is no
+    separate probe-training set inside evaluation, so the gathered validation embeddings are split into
+    ``n_splits`` folds (:func:`linear_probe_r2_cv`). ``compute()`` returns the mean R^2 (float); the per-target
+    values of the last compute are kept in ``self.per_target``.
+    """
+
+    _names = ("z", "y")
+    required_output_keys = _names
+
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        n_splits: int = 5,
+        seed: int = 0,
+        output_transform: Callable = lambda x: x,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.alpha, self.n_splits, self.seed = alpha, n_splits, seed
+        self.per_target: np.ndarray | None = None
+        super().__init__(output_transform=output_transform, device=device)
+
+    def compute(self) -> float:
+        z, y = self._gathered()
+        res = linear_probe_r2_cv(z.cpu(), y.cpu(), alpha=self.alpha, n_splits=self.n_splits, seed=self.seed)
+        self.per_target = res["r2"]
+        return res["mean_r2"]

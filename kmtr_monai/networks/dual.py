@@ -1,0 +1,167 @@
+"""Stage II network: image and k-space encoders, token pooling and 2-layer projectors to a shared space.
+
+Also the two checkpoint helpers Stage II needs to chain from Stage I: a strict encoder-weight loader with a
+readable mismatch report, and an atomic checkpoint writer.
+
+Encoder contract (that of :mod:`kmtr_monai.networks.mae`): ``image_encoder.encode(image)`` and
+``kspace_encoder.encode(kspace, mask)`` return ``(tokens, pooled)`` or ``(tokens, pooled, valid)`` with ``tokens``
+(B, 1+n, C), class token first, and optional ``valid`` (B, n) bool marking real (non-padding) tokens, e.g. line
+tokens whose count differs between subjects. If ``encode`` accepts ``return_valid``, it is called with
+``return_valid=True`` so that mean pooling can skip padding. Pooling reuses ``mae.pool_tokens``.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+import torch.nn as nn
+
+from kmtr_monai.networks.mae import pool_tokens
+
+__all__ = ["Projector", "DualEncoder", "load_encoder_weights", "save_checkpoint_atomic"]
+
+POOLINGS = ("cls", "mean")
+
+
+class Projector(nn.Module):
+    """2-layer MLP projector (Linear -> GELU -> Linear), (B, in_dim) -> (B, out_dim).
+
+    No BatchNorm on purpose: per-rank batch statistics would make the distributed CLIP loss differ from the
+    single-process one. MONAI's ``MLPBlock`` cannot change the output width, hence this small module.
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int | None = None, out_dim: int = 128, dropout: float = 0.0) -> None:
+        super().__init__()
+        for name, v in (("in_dim", in_dim), ("out_dim", out_dim)):
+            if not isinstance(v, int) or v <= 0:
+                raise ValueError(f"Projector {name} must be a positive int, got {v!r}")
+        hidden_dim = in_dim if hidden_dim is None else hidden_dim
+        if not isinstance(hidden_dim, int) or hidden_dim <= 0:
+            raise ValueError(f"Projector hidden_dim must be a positive int, got {hidden_dim!r}")
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden_dim, out_dim)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def _infer_width(encoder: nn.Module, name: str) -> int:
+    """Token width from an int attribute hidden_size/embed_dim/width/dim of the encoder or its ``.encoder``."""
+    for owner in (encoder, getattr(encoder, "encoder", None)):
+        for attr in ("hidden_size", "embed_dim", "width", "dim"):
+            v = getattr(owner, attr, None)
+            if isinstance(v, int) and not isinstance(v, bool):
+                return v
+    raise ValueError(
+        f"cannot infer the token width of {name} ({type(encoder).__name__}): pass {name.split('_')[0]}_dim "
+        "or expose an int attribute hidden_size/embed_dim/width/dim"
+    )
+
+
+def _accepts_return_valid(encoder: nn.Module) -> bool:
+    try:
+        return "return_valid" in inspect.signature(encoder.encode).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+class DualEncoder(nn.Module):
+    """Image + k-space encoders with projectors to a shared ``embed_dim`` space (Stage II).
+
+    Args:
+        image_encoder: module with ``encode(image) -> (tokens, pooled[, padding_mask])``.
+        kspace_encoder: module with ``encode(kspace, mask) -> (tokens, pooled[, padding_mask])``.
+        embed_dim: projector output width (128 in the paper).
+        pooling: ``"cls"`` (token 0) or ``"mean"`` (mean of the valid non-class tokens).
+        freeze_image, freeze_kspace: freeze that encoder (requires_grad False, kept in eval mode, run under
+            no_grad); its projector stays trainable.
+        image_dim, kspace_dim: token widths; inferred from an int ``hidden_size``/``embed_dim``/``width``/``dim``
+            attribute of the encoder or of its ``.encoder`` if None.
+        proj_hidden_dim: projector hidden width (default: the encoder width).
+
+    ``forward(image, kspace, mask)`` returns ``{"z_image": (B, embed_dim), "z_kspace": (B, embed_dim)}``
+    (not normalised; :class:`kmtr_monai.losses.ClipLoss` normalises).
+    """
+
+    def __init__(
+        self,
+        image_encoder: nn.Module,
+        kspace_encoder: nn.Module,
+        embed_dim: int = 128,
+        pooling: str = "cls",
+        freeze_image: bool = False,
+        freeze_kspace: bool = False,
+        image_dim: int | None = None,
+        kspace_dim: int | None = None,
+        proj_hidden_dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        for name, enc in (("image_encoder", image_encoder), ("kspace_encoder", kspace_encoder)):
+            if not callable(getattr(enc, "encode", None)):
+                raise TypeError(f"{name} ({type(enc).__name__}) has no encode(...) method")
+        self.image_encoder = image_encoder
+        self.kspace_encoder = kspace_encoder
+        self.pooling = pooling
+        self.freeze_image = bool(freeze_image)
+        self.freeze_kspace = bool(freeze_kspace)
+        image_dim = _infer_width(image_encoder, "image_encoder") if image_dim is None else image_dim
+        kspace_dim = _infer_width(kspace_encoder, "kspace_encoder") if kspace_dim is None else kspace_dim
+        self.image_proj = Projector(image_dim, proj_hidden_dim, embed_dim)
+        self.kspace_proj = Projector(kspace_dim, proj_hidden_dim, embed_dim)
+        self._image_valid = _accepts_return_valid(image_encoder)
+        self._kspace_valid = _accepts_return_valid(kspace_encoder)
+        for frozen, enc in ((self.freeze_image, image_encoder), (self.freeze_kspace, kspace_encoder)):
+            if frozen:
+                enc.requires_grad_(False)
+                enc.eval()
+
+    def train(self, mode: bool = True) -> DualEncoder:
+        """Switch mode but keep frozen encoders in eval (no dropout, fixed norm statistics)."""
+        super().train(mode)
+        if self.freeze_image:
+            self.image_encoder.eval()
+        if self.freeze_kspace:
+            self.kspace_encoder.eval()
+        return self
+
+    def _pooled(self, out: tuple, name: str) -> torch.Tensor:
+        if not isinstance(out, (tuple, list)) or len(out) not in (2, 3):
+            raise ValueError(f"{name}.encode must return (tokens, pooled) or (tokens, pooled, valid)")
+        tokens, valid = out[0], (out[2] if len(out) == 3 else None)
+        if tokens.ndim != 3:
+            raise ValueError(f"{name}.encode tokens must be (B, 1+n, C), got shape {tuple(tokens.shape)}")
+        if valid is not None and (valid.dtype != torch.bool or valid.shape != (tokens.shape[0], tokens.shape[1] - 1)):
+            raise ValueError(
+                f"{name}.encode valid must be bool (B, n) = {(tokens.shape[0], tokens.shape[1] - 1)}, got "
+                f"{valid.dtype} {tuple(valid.shape)}"
+            )
+        return pool_tokens(tokens, self.pooling, valid)
+
+    def embed_image(self, image: torch.Tensor) -> torch.Tensor:
+        """image (B, S, T, H, W) (whatever the image encoder takes) -> z_image (B, embed_dim)."""
+        kw = {"return_valid": True} if self._image_valid else {}
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_image):
+            feat = self._pooled(self.image_encoder.encode(image, **kw), "image_encoder")
+        return self.image_proj(feat)
+
+    def kspace_features(self, kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """kspace (B, 2, S, T, H, W) + mask (B, S, T, H) -> pooled encoder features h_kspace (B, C), pre-projector.
+
+        These are what the linear probe and the Stage III heads see.
+        """
+        kw = {"return_valid": True} if self._kspace_valid else {}
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_kspace):
+            return self._pooled(self.kspace_encoder.encode(kspace, mask, **kw), "kspace_encoder")
+
+    def embed_kspace(self, kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """kspace (B, 2, S, T, H, W) + mask (B, S, T, H) -> z_kspace (B, embed_dim)."""
+        return self.kspace_proj(self.kspace_features(kspace, mask))
+
+    def forward(self, image: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """-> {"z_image", "z_kspace"}: (B, embed_dim) projections; "h_kspace": (B, C) pooled k-space features."""
+        h_kspace = self.kspace_features(kspace, mask)
+        return {"z_image": self.embed_image(image), "z_kspace": self.kspace_proj(h_kspace), "h_kspace": h_kspace}

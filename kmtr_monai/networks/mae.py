@@ -1,0 +1,349 @@
+"""Stage I masked autoencoders: image MAE (random 70% patch masking) and k-space MAE (acceleration mask = MAE mask).
+
+MONAI's ``MaskedAutoEncoderViT`` is not reused: it has no view axis / LAX flag in its position code, no key-padding
+for variable token counts, no way to take the mask from the data (k-space), and returns no loss. The recipe is
+the standard MAE one (He et al. 2022): encode visible tokens (+ class token), map to the decoder width, put a
+shared learned mask token at every hidden position, add the decoder's fixed position code, decode, predict.
+
+k-space normalisation (inside :class:`KspaceMAE`, from SAMPLED values only, so no leakage):
+    ``RMS_b`` = root-mean-square of the sampled real/imag values of subject b, ``c_b = alpha · RMS_b``;
+    ``y = asinh(k / c_b) / asinh(1 / alpha)`` (``norm="asinh"``, default) or ``y = k / RMS_b`` (``norm="scale"``).
+asinh is a signed log: linear for |k| << c_b (the ~1e-3 edges of k-space) and logarithmic for the large centre
+(DC can be tens). Dividing by ``asinh(1/alpha)`` maps a value of size RMS_b to 1, so with alpha = 0.05 the whole
+dynamic range lands in about [-2.5, 2.5] and the edges still weigh in the loss.
+The target ``kspace_full`` is normalised with the SAME ``c_b``; predictions are mapped back with the exact inverse
+(``c_b · sinh(y · asinh(1/alpha))``) so ``out["pred"]`` is in the original units, while ``loss`` is the weighted
+MSE in normalised units.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from ..constants import LAX_VIEWS
+from ..presets import DATA_PRESETS
+from .pos_embed import position_code
+from .tokenizers import (
+    ImageTokenizer,
+    KspaceLineTokenizer,
+    KspacePatchTokenizer,
+    check_real,
+    check_shape,
+    patchify,
+    unpatchify,
+)
+from .transformer import TransformerEncoder, init_vit_weights
+
+__all__ = ["MODEL_PRESETS", "ImageMAE", "KspaceMAE", "build_image_mae", "build_kspace_mae", "pool_tokens"]
+
+MODEL_PRESETS: dict[str, dict] = {
+    "tiny": dict(dim=64, depth=2, heads=4, dec_dim=64, dec_depth=1, dec_heads=4, patch=(2, 8, 8)),
+    "small": dict(dim=192, depth=4, heads=6, dec_dim=128, dec_depth=2, dec_heads=4, patch=(2, 8, 8)),
+    "paper": dict(dim=1024, depth=6, heads=16, dec_dim=512, dec_depth=2, dec_heads=16, patch=(5, 8, 8)),
+}
+"""Model sizes per preset. Data sizes come from ``presets.DATA_PRESETS`` (n_views = 3 LAX + n_sax)."""
+
+_POOLS = ("cls", "mean")
+
+
+def _check_finite(name: str, x: torch.Tensor) -> None:
+    if bool(torch.isnan(x).any()):
+        raise ValueError(f"{name}: contains NaN values")
+
+
+def pool_tokens(tokens: torch.Tensor, pool: str, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """tokens (B, 1+N, D) with class token first → (B, D): the class token, or the mean of the valid other tokens."""
+    if pool == "cls":
+        return tokens[:, 0]
+    rest = tokens[:, 1:]
+    if valid is None:
+        return rest.mean(1)
+    w = valid.to(rest.dtype)[..., None]
+    return (rest * w).sum(1) / w.sum(1).clamp_min(1.0)
+
+
+def _check_pool(pool: str) -> str:
+    if pool not in _POOLS:
+        raise ValueError(f"pool must be one of {_POOLS}, got {pool!r}")
+    return pool
+
+
+class _MAEBase(nn.Module):
+    """Encoder (with class token) + decoder-width projection + mask token + decoder, shared by both MAEs."""
+
+    def _build(self, dim, depth, heads, dec_dim, dec_depth, dec_heads, mlp_ratio, grad_checkpoint, pool):
+        self.pool = _check_pool(pool)
+        self.encoder = TransformerEncoder(dim, depth, heads, mlp_ratio, cls_token=True, grad_checkpoint=grad_checkpoint)
+        self.dec_embed = nn.Linear(dim, dec_dim)
+        self.mask_token = nn.Parameter(torch.randn(1, 1, dec_dim) * 0.02)
+        self.decoder = TransformerEncoder(dec_dim, dec_depth, dec_heads, mlp_ratio, grad_checkpoint=grad_checkpoint)
+
+    def _decode(self, enc: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """enc (B, 1+n, dim) → decoder over [class token, ``hidden`` (B, L, dec_dim)], class token dropped → (B, L, dd)."""
+        return self.decoder(torch.cat([self.dec_embed(enc[:, :1]), hidden], dim=1))[:, 1:]
+
+
+class ImageMAE(_MAEBase):
+    """Masked autoencoder on multi-view cine images (ViTa lineage).
+
+    Args:
+        n_views, n_lax, n_frames, size, patch, dim: see :class:`ImageTokenizer`.
+        depth, heads: encoder. dec_dim, dec_depth, dec_heads: decoder.
+        mask_ratio: fraction of patches hidden per sample; exactly ``floor(mask_ratio·N + 0.5)`` (round half up),
+            clipped so that at least one patch stays visible.
+        pool: ``"cls"`` or ``"mean"`` for :meth:`encode`. grad_checkpoint: checkpoint every block.
+
+    ``forward(image (B,S,T,H,W), generator=None) -> {"pred", "target"}: (B, N, P) pixel patches (P = pt·ph·pw),
+    "weight": (B, N) 1.0 on masked patches}``.
+    """
+
+    def __init__(
+        self,
+        n_views: int,
+        n_lax: int,
+        n_frames: int,
+        size,
+        patch: Sequence[int],
+        dim: int,
+        depth: int,
+        heads: int,
+        dec_dim: int,
+        dec_depth: int,
+        dec_heads: int,
+        mask_ratio: float = 0.7,
+        pool: str = "cls",
+        mlp_ratio: float = 4.0,
+        grad_checkpoint: bool = False,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+        self.tokenizer = ImageTokenizer(n_views, n_lax, n_frames, size, patch, dim)
+        self.patch, self.grid = self.tokenizer.patch, self.tokenizer.grid
+        n = self.tokenizer.num_tokens
+        self.num_masked = min(int(math.floor(mask_ratio * n + 0.5)), n - 1)
+        self._build(dim, depth, heads, dec_dim, dec_depth, dec_heads, mlp_ratio, grad_checkpoint, pool)
+        self.register_buffer("dec_pos", position_code(self.grid, dec_dim, n_lax), persistent=False)
+        self.head = nn.Linear(dec_dim, math.prod(self.patch))
+        init_vit_weights(self.dec_embed)
+        init_vit_weights(self.head)
+
+    def random_masking(self, batch: int, device, generator: torch.Generator | None = None):
+        """→ (keep (B, N - num_masked) long indices of visible patches, masked (B, N) bool)."""
+        n = self.tokenizer.num_tokens
+        noise = torch.rand(batch, n, device=device, generator=generator)
+        keep = torch.argsort(noise, dim=1)[:, : n - self.num_masked]
+        masked = torch.ones(batch, n, dtype=torch.bool, device=device).scatter(1, keep, False)
+        return keep, masked
+
+    def forward(self, image: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        tokens = self.tokenizer(image)  # validates type and shape
+        _check_finite("image", image)
+        b, _, d = tokens.shape
+        keep, masked = self.random_masking(b, image.device, generator)
+        enc = self.encoder(tokens.gather(1, keep[..., None].expand(-1, -1, d)))
+        vis = self.dec_embed(enc[:, 1:])
+        hidden = self.mask_token.expand(b, self.tokenizer.num_tokens, -1).scatter(
+            1, keep[..., None].expand(-1, -1, vis.shape[-1]), vis
+        )
+        pred = self.head(self._decode(enc, hidden + self.dec_pos))
+        return {"pred": pred, "target": patchify(image[:, None], self.patch), "weight": masked.to(pred.dtype)}
+
+    @staticmethod
+    def loss(out: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean squared error over the pixels of masked patches."""
+        per_patch = (out["pred"] - out["target"]).square().mean(-1)
+        w = out["weight"]
+        return (per_patch * w).sum() / w.sum().clamp_min(1.0)
+
+    def to_image(self, patches: torch.Tensor) -> torch.Tensor:
+        """(B, N, P) patch values → (B, S, T, H, W)."""
+        return unpatchify(patches, self.patch, self.grid)[:, 0]
+
+    def encode(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """No masking: image (B,S,T,H,W) → (tokens (B, 1+N, dim) class token first, pooled (B, dim))."""
+        tokens = self.tokenizer(image)
+        _check_finite("image", image)
+        out = self.encoder(tokens)
+        return out, pool_tokens(out, self.pool)
+
+
+class KspaceMAE(_MAEBase):
+    """Masked autoencoder on undersampled k-space; the acceleration mask is the MAE mask.
+
+    Args:
+        n_views, n_lax, n_frames: views (LAX first), LAX count, frames.
+        n_pe, n_readout: ky lines (axis H) and readout samples (axis W).
+        tokenizer: ``"line"`` (one token per sampled (view, t, ky) line) or ``"patch"`` (zero-filled patches of
+            size ``patch`` with the mask as a third channel; patches with no sampled line are key-padded).
+        dim, depth, heads / dec_dim, dec_depth, dec_heads: encoder / decoder.
+        sampled_weight: loss weight of sampled lines (unsampled lines weigh 1).
+        norm, asinh_alpha: k-space normalisation (see module docstring).
+        pool: ``"cls"`` or ``"mean"``. grad_checkpoint: checkpoint every block.
+
+    ``forward(kspace (B,2,S,T,H,W), mask (B,S,T,H), kspace_full (B,2,S,T,H,W) | None)`` returns
+    ``pred`` (B,2,S,T,H,W) in original units, ``target`` (= kspace_full), ``weight`` (B,S,T,H),
+    ``pred_norm``/``target_norm`` (normalised units) and ``scale`` (B,) the per-subject RMS of sampled values.
+    """
+
+    def __init__(
+        self,
+        n_views: int,
+        n_lax: int,
+        n_frames: int,
+        n_pe: int,
+        n_readout: int,
+        dim: int,
+        depth: int,
+        heads: int,
+        dec_dim: int,
+        dec_depth: int,
+        dec_heads: int,
+        tokenizer: str = "line",
+        patch: Sequence[int] = (2, 8, 8),
+        sampled_weight: float = 0.0,
+        norm: str = "asinh",
+        asinh_alpha: float = 0.05,
+        pool: str = "cls",
+        mlp_ratio: float = 4.0,
+        grad_checkpoint: bool = False,
+    ) -> None:
+        super().__init__()
+        if tokenizer not in ("line", "patch"):
+            raise ValueError(f"tokenizer must be 'line' or 'patch', got {tokenizer!r}")
+        if norm not in ("asinh", "scale"):
+            raise ValueError(f"norm must be 'asinh' or 'scale', got {norm!r}")
+        if sampled_weight < 0 or asinh_alpha <= 0:
+            raise ValueError(f"need sampled_weight >= 0 and asinh_alpha > 0, got {sampled_weight}, {asinh_alpha}")
+        self.kind, self.norm, self.alpha, self.sampled_weight = tokenizer, norm, asinh_alpha, sampled_weight
+        self.shape = (2, n_views, n_frames, n_pe, n_readout)
+        self._build(dim, depth, heads, dec_dim, dec_depth, dec_heads, mlp_ratio, grad_checkpoint, pool)
+        if tokenizer == "line":
+            self.tokenizer = KspaceLineTokenizer(n_views, n_lax, n_frames, n_pe, n_readout, dim)
+            grid, out_dim = self.tokenizer.grid, 2 * n_readout
+        else:
+            self.tokenizer = KspacePatchTokenizer(n_views, n_lax, n_frames, n_pe, n_readout, patch, dim)
+            grid, out_dim = self.tokenizer.grid, 2 * math.prod(self.tokenizer.patch)
+        self.register_buffer("dec_pos", position_code(grid, dec_dim, n_lax), persistent=False)
+        self.head = nn.Linear(dec_dim, out_dim)
+        init_vit_weights(self.dec_embed)
+        init_vit_weights(self.head)
+
+    # ----------------------------------------------------------------------------------------- input / scaling
+    def _check_inputs(self, kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        check_real("kspace", kspace)
+        check_shape("kspace", kspace, self.shape, "B, 2, S, T, H, W")
+        if not isinstance(mask, torch.Tensor) or mask.is_complex():
+            raise TypeError(f"mask: expected a real or bool torch.Tensor, got {getattr(mask, 'dtype', type(mask))}")
+        check_shape("mask", mask, self.shape[1:4], "B, S, T, H")
+        if mask.shape[0] != kspace.shape[0]:
+            raise ValueError(f"mask: batch size {mask.shape[0]} != kspace batch size {kspace.shape[0]}")
+        m = mask > 0 if mask.dtype != torch.bool else mask
+        _check_finite("kspace (sampled lines)", torch.where(m[:, None, ..., None], kspace, 0.0))
+        return m
+
+    def normalise(self, kspace: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zero-filled, normalised k-space from sampled values only → (y (B,2,S,T,H,W), scale (B,) = sampled RMS)."""
+        m6 = mask[:, None, ..., None]
+        ks = torch.where(m6, kspace, torch.zeros((), dtype=kspace.dtype, device=kspace.device))
+        count = mask.flatten(1).sum(1).to(kspace.dtype) * (2 * kspace.shape[-1])
+        scale = (ks.square().flatten(1).sum(1) / count.clamp_min(1.0)).sqrt().clamp_min(1e-12)
+        return self.apply_norm(ks, scale), scale
+
+    def apply_norm(self, k: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """Original units → normalised, with per-subject ``scale`` (B,)."""
+        s = scale.view(-1, 1, 1, 1, 1, 1)
+        if self.norm == "scale":
+            return k / s
+        return torch.asinh(k / (self.alpha * s)) / math.asinh(1.0 / self.alpha)
+
+    def invert_norm(self, y: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """Exact inverse of :meth:`apply_norm`."""
+        s = scale.view(-1, 1, 1, 1, 1, 1)
+        if self.norm == "scale":
+            return y * s
+        return torch.sinh(y * math.asinh(1.0 / self.alpha)) * (self.alpha * s)
+
+    # ------------------------------------------------------------------------------------------------- model
+    def _encode(self, y: torch.Tensor, mask: torch.Tensor):
+        """→ (encoder tokens (B, 1+n, dim), valid (B, n) bool, line index (B, n) or None)."""
+        if self.kind == "line":
+            lt = self.tokenizer(y, mask)
+            return self.encoder(lt.tokens, lt.valid), lt.valid, lt.index
+        tokens, valid = self.tokenizer(y, mask)
+        return self.encoder(tokens, valid), valid, None
+
+    def forward(
+        self, kspace: torch.Tensor, mask: torch.Tensor, kspace_full: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        m = self._check_inputs(kspace, mask)
+        y, scale = self.normalise(kspace, m)
+        enc, valid, index = self._encode(y, m)
+        vis = self.dec_embed(enc[:, 1:])
+        b, dd = vis.shape[0], vis.shape[-1]
+        if self.kind == "line":
+            n_lines = self.tokenizer.num_lines  # padding goes to a spare slot n_lines that is dropped afterwards
+            slot = torch.where(valid, index, n_lines)
+            hidden = self.mask_token.expand(b, n_lines + 1, dd).scatter(1, slot[..., None].expand(-1, -1, dd), vis)
+            pred_norm = self.head(self._decode(enc, hidden[:, :n_lines] + self.dec_pos))
+            s, t, h = self.tokenizer.grid
+            pred_norm = rearrange(pred_norm, "b (s t h) (c w) -> b c s t h w", s=s, t=t, h=h, c=2)
+        else:
+            hidden = torch.where(valid[..., None], vis, self.mask_token) + self.dec_pos
+            pred_norm = unpatchify(self.head(self._decode(enc, hidden)), self.tokenizer.patch, self.tokenizer.grid)
+        weight = torch.where(m, self.sampled_weight, 1.0).to(pred_norm.dtype)
+        out = {"pred": self.invert_norm(pred_norm, scale), "pred_norm": pred_norm, "weight": weight, "scale": scale}
+        if kspace_full is not None:
+            check_real("kspace_full", kspace_full)
+            check_shape("kspace_full", kspace_full, self.shape, "B, 2, S, T, H, W")
+            _check_finite("kspace_full", kspace_full)
+            out["target"] = kspace_full
+            out["target_norm"] = self.apply_norm(kspace_full, scale)
+        return out
+
+    @staticmethod
+    def loss(out: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Weighted MSE in normalised units: per-line mean over (real/imag, readout), weighted by ``weight``."""
+        if "target_norm" not in out:
+            raise ValueError("loss: output has no 'target_norm'; call forward with kspace_full")
+        per_line = (out["pred_norm"] - out["target_norm"]).square().mean(dim=(1, 5))
+        w = out["weight"]
+        return (per_line * w).sum() / w.sum().clamp_min(1e-12)
+
+    def encode(self, kspace: torch.Tensor, mask: torch.Tensor, return_valid: bool = False):
+        """kspace (B,2,S,T,H,W), mask (B,S,T,H) → (tokens (B, 1+n, dim), pooled (B, dim)[, valid (B, n) bool]).
+
+        n is the number of sampled lines (line tokenizer, padded to the batch maximum) or of patches (patch
+        tokenizer); ``valid`` marks real tokens (mean pooling uses only those).
+        """
+        m = self._check_inputs(kspace, mask)
+        y, _ = self.normalise(kspace, m)
+        enc, valid, _ = self._encode(y, m)
+        pooled = pool_tokens(enc, self.pool, valid)
+        return (enc, pooled, valid) if return_valid else (enc, pooled)
+
+
+# ------------------------------------------------------------------------------------------------------ builders
+def _preset(preset: str) -> tuple[dict, dict, int]:
+    if preset not in MODEL_PRESETS or preset not in DATA_PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(MODEL_PRESETS)}")
+    d = DATA_PRESETS[preset]
+    data = dict(n_views=len(LAX_VIEWS) + d["n_sax"], n_lax=len(LAX_VIEWS), n_frames=d["n_frames"])
+    return data, dict(MODEL_PRESETS[preset]), d["crop"]
+
+
+def build_image_mae(preset: str = "tiny", **overrides) -> ImageMAE:
+    """ImageMAE with the data sizes of ``DATA_PRESETS[preset]`` and ``MODEL_PRESETS[preset]``; kwargs override."""
+    data, model, crop = _preset(preset)
+    return ImageMAE(**{**data, "size": crop, **model, **overrides})
+
+
+def build_kspace_mae(preset: str = "tiny", **overrides) -> KspaceMAE:
+    """KspaceMAE with the data sizes of ``DATA_PRESETS[preset]`` and ``MODEL_PRESETS[preset]``; kwargs override."""
+    data, model, crop = _preset(preset)
+    return KspaceMAE(**{**data, "n_pe": crop, "n_readout": crop, **model, **overrides})

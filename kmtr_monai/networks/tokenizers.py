@@ -1,0 +1,213 @@
+"""Tokenizers for multi-view cine images and undersampled k-space (DESIGN §4).
+
+Token order is always view-major: all tokens of ``la_2ch`` first, then the next view, so tokens of every view are
+concatenated along the sequence. Each tokenizer adds the fixed code of :mod:`.pos_embed` (position + LAX/SAX flag).
+
+Why our own ``nn.Conv3d`` rather than MONAI's ``PatchEmbeddingBlock``: that block always adds a trainable
+``position_embeddings`` parameter (even with ``pos_embed_type="none"``, a zero-initialised learnable one), its
+built-in codes cover only (t, h, w) and not the view axis, and it needs an unrelated ``num_heads`` argument.
+The patch embedding itself is one strided Conv3d, shared across views by folding views into the batch.
+
+No-leakage (k-space tokenizers): values at unsampled ky lines never reach the output. The line tokenizer only
+gathers sampled lines (indices from the mask alone); the patch tokenizer zero-fills with ``torch.where`` (not a
+multiply, so even inf/NaN at unsampled lines cannot propagate) and feeds the mask as a third channel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from .pos_embed import position_code
+
+__all__ = [
+    "check_real",
+    "check_shape",
+    "patchify",
+    "unpatchify",
+    "ImageTokenizer",
+    "KspacePatchTokenizer",
+    "KspaceLineTokenizer",
+    "LineTokens",
+]
+
+
+def check_real(name: str, x: torch.Tensor) -> None:
+    """TypeError unless ``x`` is a real floating tensor (complex k-space must be given as 2 real channels)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if x.is_complex():
+        raise TypeError(
+            f"{name}: got complex dtype {x.dtype}; expected float with real and imaginary parts as a channel axis "
+            "of size 2 (e.g. torch.stack([k.real, k.imag], 1))"
+        )
+    if not x.is_floating_point():
+        raise TypeError(f"{name}: expected a floating dtype, got {x.dtype}")
+
+
+def check_shape(name: str, x: torch.Tensor, expected: Sequence[int], layout: str) -> None:
+    """ValueError unless ``x.shape[1:] == expected`` (batch axis free). ``layout`` names the axes, e.g. 'B,S,T,H,W'."""
+    if x.ndim != len(expected) + 1 or tuple(x.shape[1:]) != tuple(expected):
+        raise ValueError(
+            f"{name}: expected shape ({layout}) = (B, {', '.join(map(str, expected))}), got {tuple(x.shape)}"
+        )
+
+
+def _as_patch(patch: Sequence[int] | int) -> tuple[int, int, int]:
+    p = (patch,) * 3 if isinstance(patch, int) else tuple(int(v) for v in patch)
+    if len(p) != 3 or min(p) < 1:
+        raise ValueError(f"patch must be 3 positive ints (pt, ph, pw), got {patch}")
+    return p  # type: ignore[return-value]
+
+
+def _patch_grid(n_views: int, n_frames: int, hw: tuple[int, int], patch: tuple[int, int, int]) -> tuple[int, ...]:
+    for name, size, p in zip(("n_frames", "H", "W"), (n_frames, *hw), patch):
+        if size % p:
+            raise ValueError(f"{name}={size} is not divisible by its patch size {p} (patch={patch})")
+    return (n_views, n_frames // patch[0], hw[0] // patch[1], hw[1] // patch[2])
+
+
+def patchify(x: torch.Tensor, patch: Sequence[int]) -> torch.Tensor:
+    """(B, C, S, T, H, W) → (B, S·nt·nh·nw, C·pt·ph·pw), tokens in (view, t, h, w) order, values in (c, pt, ph, pw)."""
+    pt, ph, pw = patch
+    return rearrange(x, "b c s (t pt) (h ph) (w pw) -> b (s t h w) (c pt ph pw)", pt=pt, ph=ph, pw=pw)
+
+
+def unpatchify(p: torch.Tensor, patch: Sequence[int], grid: Sequence[int]) -> torch.Tensor:
+    """Inverse of :func:`patchify`: (B, N, C·pt·ph·pw) with ``grid`` = (S, nt, nh, nw) → (B, C, S, T, H, W)."""
+    (pt, ph, pw), (s, t, h, w) = patch, grid
+    return rearrange(
+        p, "b (s t h w) (c pt ph pw) -> b c s (t pt) (h ph) (w pw)", s=s, t=t, h=h, w=w, pt=pt, ph=ph, pw=pw
+    )
+
+
+class _PatchTokenizer(nn.Module):
+    """Shared Conv3d patch embedding over (t, h, w) for every view + fixed code on the (view, t, h, w) grid."""
+
+    def __init__(self, in_channels, n_views, n_lax, n_frames, size, patch, dim) -> None:
+        super().__init__()
+        self.hw = (size, size) if isinstance(size, int) else tuple(int(v) for v in size)
+        self.patch = _as_patch(patch)
+        self.n_views, self.n_frames = n_views, n_frames
+        self.grid = _patch_grid(n_views, n_frames, self.hw, self.patch)
+        self.proj = nn.Conv3d(in_channels, dim, kernel_size=self.patch, stride=self.patch)
+        w = self.proj.weight.data  # MAE init: xavier on the flattened kernel, as for a Linear layer
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.proj.bias)
+        self.register_buffer("pos", position_code(self.grid, dim, n_lax), persistent=False)
+
+    @property
+    def num_tokens(self) -> int:
+        s, t, h, w = self.grid
+        return s * t * h * w
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, C, S, T, H, W) → (B, N, dim)."""
+        b, s = x.shape[0], x.shape[2]
+        tok = self.proj(rearrange(x, "b c s t h w -> (b s) c t h w"))
+        return rearrange(tok, "(b s) d t h w -> b (s t h w) d", b=b, s=s) + self.pos
+
+
+class ImageTokenizer(_PatchTokenizer):
+    """Patch tokens of a multi-view cine stack.
+
+    Args:
+        n_views, n_lax: views S (LAX first) and how many of them are LAX.
+        n_frames: frames T. size: in-plane size, int or (H, W). patch: (pt, ph, pw). dim: token width.
+
+    ``forward(image (B, S, T, H, W)) -> (B, N, dim)`` with N = S·(T/pt)·(H/ph)·(W/pw).
+    """
+
+    def __init__(self, n_views: int, n_lax: int, n_frames: int, size, patch, dim: int) -> None:
+        super().__init__(1, n_views, n_lax, n_frames, size, patch, dim)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        check_real("image", image)
+        check_shape("image", image, (self.n_views, self.n_frames, *self.hw), "B, S, T, H, W")
+        return self._embed(image[:, None])
+
+
+class KspacePatchTokenizer(_PatchTokenizer):
+    """Patch tokens on the zero-filled k-space grid, channels [real, imag, mask].
+
+    ``forward(kspace (B, 2, S, T, H, W), mask (B, S, T, H) bool) -> (tokens (B, N, dim), valid (B, N) bool)``;
+    ``valid`` is False for patches that contain no sampled ky line (the MAE's masked patches).
+    """
+
+    def __init__(self, n_views: int, n_lax: int, n_frames: int, n_pe: int, n_readout: int, patch, dim: int) -> None:
+        super().__init__(3, n_views, n_lax, n_frames, (n_pe, n_readout), patch, dim)
+
+    def patch_valid(self, mask: torch.Tensor) -> torch.Tensor:
+        """mask (B, S, T, H) bool → (B, N) bool: patch holds at least one sampled line."""
+        pt, ph, _ = self.patch
+        nw = self.grid[3]
+        any_line = rearrange(mask, "b s (t pt) (h ph) -> b s t h (pt ph)", pt=pt, ph=ph).any(-1)
+        return any_line[..., None].expand(*any_line.shape, nw).flatten(1)
+
+    def forward(self, kspace: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        m = mask.bool()[:, None, :, :, :, None]  # (B, 1, S, T, H, 1)
+        zero_filled = torch.where(m, kspace, torch.zeros((), dtype=kspace.dtype, device=kspace.device))
+        x = torch.cat([zero_filled, m.to(kspace.dtype).expand_as(kspace[:, :1])], dim=1)
+        return self._embed(x), self.patch_valid(mask.bool())
+
+
+class LineTokens(NamedTuple):
+    """Output of :class:`KspaceLineTokenizer` (M = most sampled lines of any subject in the batch).
+
+    tokens (B, M, dim); index (B, M) long, flat line index into the (S, T, H) grid; positions (B, M, 3) long,
+    (view, t, ky); valid (B, M) bool, False on padding (index/positions are 0 there and tokens are zero).
+    """
+
+    tokens: torch.Tensor
+    index: torch.Tensor
+    positions: torch.Tensor
+    valid: torch.Tensor
+
+
+class KspaceLineTokenizer(nn.Module):
+    """One token per (view, frame, sampled ky line): the whole readout [real(W), imag(W)] → Linear → dim.
+
+    Only sampled lines are gathered, in (view, t, ky) order, so the acceleration mask is the MAE mask and compute
+    falls as 1/R. When subjects in a batch have different numbers of sampled lines, shorter ones are padded and
+    marked in ``valid``.
+
+    ``forward(kspace (B, 2, S, T, H, W), mask (B, S, T, H) bool) -> LineTokens``.
+    """
+
+    def __init__(self, n_views: int, n_lax: int, n_frames: int, n_pe: int, n_readout: int, dim: int) -> None:
+        super().__init__()
+        self.grid = (n_views, n_frames, n_pe)
+        self.n_readout = n_readout
+        self.proj = nn.Linear(2 * n_readout, dim)
+        self.register_buffer("pos", position_code(self.grid, dim, n_lax), persistent=False)
+
+    @property
+    def num_lines(self) -> int:
+        s, t, h = self.grid
+        return s * t * h
+
+    def gather_index(self, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """mask (B, S, T, H) → (index (B, M) long, valid (B, M) bool) of sampled lines in ascending flat order."""
+        m = mask.bool().flatten(1)
+        counts = m.sum(1)
+        if bool((counts == 0).any()):
+            raise ValueError(f"mask: subjects {torch.nonzero(counts == 0).flatten().tolist()} have no sampled line")
+        n_max = int(counts.max())
+        order = torch.argsort((~m).to(torch.uint8), dim=1, stable=True)[:, :n_max]  # sampled lines first
+        valid = torch.arange(n_max, device=m.device)[None, :] < counts[:, None]
+        return torch.where(valid, order, 0), valid
+
+    def forward(self, kspace: torch.Tensor, mask: torch.Tensor) -> LineTokens:
+        index, valid = self.gather_index(mask)
+        lines = rearrange(kspace, "b c s t h w -> b (s t h) (c w)")
+        zero = torch.zeros((), dtype=kspace.dtype, device=kspace.device)
+        x = lines.gather(1, index[..., None].expand(-1, -1, lines.shape[-1]))
+        x = torch.where(valid[..., None], x, zero)  # padding slots point at line 0, which may be unsampled
+        tokens = torch.where(valid[..., None], self.proj(x) + self.pos[index], zero)
+        s, t, h = self.grid
+        positions = torch.stack([index // (t * h), (index // h) % t, index % h], dim=-1)
+        return LineTokens(tokens, index, positions, valid)

@@ -1,0 +1,127 @@
+"""Population model of the synthetic cohort: body, heart and disease latent parameters of one subject.
+
+Every subject is drawn from its own generator ``np.random.default_rng([seed, index, SALT])``, so a subject does not
+depend on how many subjects or workers there are.
+
+Target reference values (healthy UK Biobank participants; Petersen SE et al., "Reference ranges for cardiac
+structure and function using cardiovascular magnetic resonance (CMR) in Caucasians from the UK Biobank population
+cohort", JCMR 19:18, 2017; and the ukbb_cardiac population figures of Bai W et al., "Automated cardiovascular
+magnetic resonance image analysis with fully convolutional networks", JCMR 20:65, 2018). Approximate means ± sd
+(men / women):
+
+* LVEDV 166±32 / 124±21 mL, LVEF 61±5 / 64±5 %, LVM 103±21 / 71±13 g (whole cohort ≈ 145±30 mL, 60±6 %, 85±20 g)
+* RVEDV 190±37 / 136±24 mL, RVEF 56±6 / 59±6 % (whole cohort ≈ 155±35 mL, 55±6 %)
+* LAV max ≈ 70±20 mL, LAEF ≈ 60±8 %; RAV max ≈ 90±25 mL, RAEF ≈ 50±9 %
+* heart rate ≈ 68±11 bpm; ventricular size scales with body surface area (Mosteller) and is smaller in women.
+
+Disease model (hidden liability, DESIGN §6): a latent blood-pressure factor ``B`` (age, BMI, unobserved part)
+drives both "high blood pressure" and "hypertension" (each adds its own unobserved noise), and raises LV wall
+thickness / mass; CAD depends on age, sex and ``B`` plus unobserved noise, lowers EF and usually adds a regional
+hypokinetic sector. Each disease is a threshold on a unit-variance Gaussian liability at the normal quantile of its
+UK Biobank prevalence (``constants.DISEASE_PREVALENCE``), so the expected prevalence is exact.
+"""
+
+from __future__ import annotations
+
+from statistics import NormalDist
+
+import numpy as np
+
+from kmtr_monai.constants import DISEASE_PREVALENCE, DISEASES
+
+GENERATOR_VERSION = "1.0.0"
+_SALT = 0x6B4D5452  # "kMTR"
+_THRESHOLD = {d: NormalDist().inv_cdf(1.0 - p) for d, p in DISEASE_PREVALENCE.items()}
+
+# Effect sizes of the disease model (tuned with benchmarks/cohort_difficulty.py so phenotype->disease AUC ∈ [0.65, 0.9]).
+BP_ON_MASS = 0.10  # relative LV mass per sd of the latent blood-pressure factor
+HTN_ON_MASS = 0.12  # extra relative LV mass with hypertension
+HBP_ON_MASS = 0.06  # extra relative LV mass with high blood pressure
+CAD_EF_DROP = (4.0, 16.0)  # uniform range of absolute LVEF loss (%) with CAD
+
+
+def eid_of(index: int) -> str:
+    """Deterministic subject id: ``"1000001"`` for index 0, ``"1000002"`` for index 1, ..."""
+    return str(1_000_001 + int(index))
+
+
+def _liability(rng: np.random.Generator, *terms: tuple[float, float]) -> float:
+    """Unit-variance liability: sum of ``weight * z`` for standardised ``z`` plus independent hidden noise."""
+    explained = sum(w * z for w, z in terms)
+    var = sum(w * w for w, _ in terms)
+    if var >= 1.0:
+        raise ValueError(f"liability weights explain variance {var:.3f} >= 1")
+    return float(explained + np.sqrt(1.0 - var) * rng.standard_normal())
+
+
+def sample_subject(seed: int, index: int) -> dict:
+    """All latent parameters of subject ``index`` of a cohort with global ``seed``.
+
+    Returns a JSON-serialisable dict of floats/ints: body (sex, age, height_cm, weight_kg, bsa), diseases (0/1 per
+    ``constants.DISEASES``), cardiac targets at ED (lv_edv_ml, lv_ef, lv_mass_g, rv_edv_ml, rv_ef, la_max_ml, la_ef,
+    ra_max_ml, ra_ef, heart_rate_bpm), shape (lv_aspect, long_shortening, hypokinesis severity/angle/width), pose
+    (heart_rotvec_deg, heart_shift_mm), planning jitter and appearance (tissue levels, noise, bias, gain, texture).
+    """
+    rng = np.random.default_rng([int(seed), int(index), _SALT])
+    male = int(rng.random() < 0.47)
+    age = float(rng.uniform(45.0, 80.0))
+    age_z = (age - 62.5) / 10.1
+    height = float(rng.normal(176.0, 7.0) if male else rng.normal(163.0, 6.5))
+    bmi = float(np.clip(np.exp(rng.normal(np.log(26.8), 0.16)), 17.0, 50.0))
+    bmi_z = (np.log(bmi) - np.log(26.8)) / 0.16
+    weight = bmi * (height / 100.0) ** 2
+    bsa = float(np.sqrt(height * weight / 3600.0))
+    bsa_ref = 2.0 if male else 1.72
+    sex_z = (male - 0.47) / 0.499
+
+    bp = _liability(rng, (0.45, age_z), (0.30, bmi_z))  # latent blood-pressure factor B
+    hbp = int(_liability(rng, (0.85, bp)) > _THRESHOLD["high_blood_pressure"])
+    htn = int(_liability(rng, (0.85, bp)) > _THRESHOLD["hypertension"])
+    cad = int(_liability(rng, (0.35, age_z), (0.30, sex_z), (0.30, bp)) > _THRESHOLD["CAD"])
+    diseases = dict(zip(DISEASES, (cad, hbp, htn)))
+
+    size = (bsa / bsa_ref) * np.exp(rng.normal(0.0, 0.14)) * (1.0 - 0.04 * age_z)
+    lv_edv = (166.0 if male else 124.0) * size
+    lv_ef = float(np.clip(rng.normal(62.0 if male else 64.5, 4.5), 45.0, 78.0))
+    severity, sector = 0.0, 0.0
+    if cad:
+        lv_ef -= float(rng.uniform(*CAD_EF_DROP))
+        severity = float(rng.uniform(0.5, 1.0)) if rng.random() < 0.8 else 0.0
+    elif rng.random() < 0.03:
+        severity = float(rng.uniform(0.2, 0.5))
+    sector = float(rng.uniform(50.0, 110.0))
+    mass_factor = np.exp(rng.normal(0.0, 0.11)) * (1.0 + BP_ON_MASS * bp + HTN_ON_MASS * htn + HBP_ON_MASS * hbp)
+    lv_mass = (103.0 if male else 71.0) * (bsa / bsa_ref) ** 0.8 * mass_factor
+    rv_edv = lv_edv * float(np.exp(rng.normal(np.log(1.10), 0.07)))
+    rv_ef = float(np.clip(rng.normal(57.0, 5.0) - 3.0 * cad, 35.0, 75.0))
+    la_max = 70.0 * (bsa / 1.87) * float(np.exp(rng.normal(0.0, 0.22))) * (1.0 + 0.06 * bp)
+    la_ef = float(np.clip(rng.normal(60.0, 7.0), 35.0, 80.0))
+    ra_max = 90.0 * (bsa / 1.87) * float(np.exp(rng.normal(0.0, 0.24)))
+    ra_ef = float(np.clip(rng.normal(50.0, 8.0), 25.0, 75.0))
+    hr = float(np.clip(rng.normal(68.0, 10.5), 45.0, 110.0))
+
+    return {
+        "index": int(index), "eid": eid_of(index), "sex_male": male, "age": age, "height_cm": height,
+        "weight_kg": float(weight), "bmi": bmi, "bsa": bsa, "bp_factor": float(bp), **diseases,
+        "lv_edv_ml": float(lv_edv), "lv_ef": lv_ef, "lv_mass_g": float(lv_mass), "rv_edv_ml": float(rv_edv),
+        "rv_ef": rv_ef, "la_max_ml": float(la_max), "la_ef": la_ef, "ra_max_ml": float(ra_max), "ra_ef": ra_ef,
+        "heart_rate_bpm": hr,
+        "lv_aspect": float(rng.normal(3.1, 0.25)),  # cavity length / radius at ED
+        "long_shortening": float(rng.uniform(0.10, 0.17)),  # base descent / cavity length at ES
+        "hypokinesis": severity, "hypokinesis_angle_deg": float(rng.uniform(-180.0, 180.0)),
+        "hypokinesis_width_deg": sector,
+        "heart_rotvec_deg": rng.normal(0.0, 10.0, 3).tolist(), "heart_shift_mm": rng.normal(0.0, 10.0, 3).tolist(),
+        "epicardial_fat_mm": float(rng.uniform(1.0, 4.0) * (bmi / 26.8)),
+        "subcutaneous_fat_mm": float(np.clip(4.0 + 1.6 * (bmi - 18.0) + rng.normal(0, 3), 3.0, 45.0)),
+        "sax_start_mm": float(rng.uniform(-16.0, -6.0)),  # first SAX plane relative to the ED base plane
+        "plane_tilt_deg": rng.normal(0.0, 4.0, 8).tolist(),  # planning error of the SAX stack and LAX planes
+        "inplane_rot_deg": rng.normal(0.0, 20.0, 4).tolist(),  # image-axis rotation of sax, 2ch, 3ch, 4ch
+        "fov_shift_mm": rng.normal(0.0, 12.0, 8).tolist(),  # in-plane field-of-view offsets (sax, 2ch, 3ch, 4ch)
+        "lax_angles_deg": [float(rng.normal(-95.0, 8.0)), float(rng.normal(40.0, 8.0)), float(rng.normal(0.0, 3.0))],
+        "blood": float(np.exp(rng.normal(0.0, 0.10))), "myocardium": float(0.30 * np.exp(rng.normal(0.0, 0.15))),
+        "fat": float(0.85 * np.exp(rng.normal(0.0, 0.10))), "liver": float(0.30 * np.exp(rng.normal(0.0, 0.15))),
+        "muscle": float(0.26 * np.exp(rng.normal(0.0, 0.15))), "lung": float(rng.uniform(0.02, 0.08)),
+        "noise_sigma": float(rng.uniform(0.02, 0.06)), "bias_strength": float(rng.uniform(0.1, 0.45)),
+        "texture": float(rng.uniform(0.03, 0.10)), "gain": float(np.exp(rng.normal(0.0, 0.3))),
+        "appearance_seed": int(rng.integers(0, 2**31 - 1)),
+    }  # fmt: skip

@@ -1,0 +1,75 @@
+"""Centred orthonormal 2-D FFT over the last two axes (DESIGN §2).
+
+``fft2c(x) == fftshift(fft2(ifftshift(x), norm="ortho"))`` and ``ifft2c`` is its inverse, both over (H, W) with any
+leading dims. MONAI's ``monai.data.fft_utils.fftn_centered`` implements the same convention with two ``roll`` copies
+per call on a ``(..., 2)`` real view; here, for even H and W, the shifts are replaced by the mathematically equal
+multiply-by-checkerboard form, which is about 2-3x faster on CPU:
+
+    fftshift(F(ifftshift(x))) = s * c * F(c * x),   c[h, w] = (-1)^(h + w),   s = (-1)^((H + W) / 2)
+
+(the roll by N/2 in one domain is a modulation by (-1)^k in the other). Odd sizes fall back to roll-based shifts.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+
+__all__ = ["fft2c", "ifft2c", "checkerboard"]
+
+
+@functools.lru_cache(maxsize=64)
+def _checkerboards(h: int, w: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pre, post) real checkerboards (H, W): pre = (-1)^(h+w), post = s * pre with s = (-1)^((H+W)/2)."""
+    pre = 1.0 - 2.0 * ((torch.arange(h).view(h, 1) + torch.arange(w).view(1, w)) % 2).to(torch.float64)
+    sign = -1.0 if ((h + w) // 2) % 2 else 1.0
+    return pre.to(device=device, dtype=dtype), (sign * pre).to(device=device, dtype=dtype)
+
+
+def checkerboard(h: int, w: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The cached (H, W) checkerboard ``(-1)^(h+w)`` used by :func:`fft2c` (even H and W)."""
+    return _checkerboards(int(h), int(w), torch.device(device), dtype)[0]
+
+
+def _real_dtype(x: torch.Tensor) -> torch.dtype:
+    return x.real.dtype if x.is_complex() else x.dtype
+
+
+def _as_tensor(x) -> tuple[torch.Tensor, bool]:
+    if isinstance(x, np.ndarray):
+        return torch.as_tensor(x), True
+    if isinstance(x, torch.Tensor):
+        return x, False
+    raise TypeError(f"fft2c/ifft2c expect a torch.Tensor or numpy.ndarray, got {type(x).__name__}.")
+
+
+def _centred(x, inverse: bool):
+    t, was_numpy = _as_tensor(x)
+    if t.ndim < 2:
+        raise ValueError(f"fft2c/ifft2c need at least 2 dims (..., H, W), got shape {tuple(t.shape)}.")
+    if not (t.is_complex() or t.is_floating_point()):
+        t = t.to(torch.float32)
+    fft = torch.fft.ifft2 if inverse else torch.fft.fft2
+    h, w = t.shape[-2:]
+    if h % 2 == 0 and w % 2 == 0:
+        pre, post = _checkerboards(h, w, t.device, _real_dtype(t))
+        out = fft(t * pre, norm="ortho")
+        out.mul_(post)
+    else:  # odd size: ifftshift/fftshift are not half-length rolls, so use the rolls themselves
+        out = torch.fft.fftshift(fft(torch.fft.ifftshift(t, dim=(-2, -1)), norm="ortho"), dim=(-2, -1))
+    return out.numpy() if was_numpy else out
+
+
+def fft2c(x):
+    """Centred orthonormal FFT over the last two axes: image (..., H, W) -> k-space (..., H, W) complex.
+
+    Accepts torch tensors (any device) or numpy arrays and returns the same kind; real input is promoted to complex.
+    """
+    return _centred(x, inverse=False)
+
+
+def ifft2c(x):
+    """Inverse of :func:`fft2c`: k-space (..., H, W) -> complex image (..., H, W), same kind as the input."""
+    return _centred(x, inverse=True)

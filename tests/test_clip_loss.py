@@ -1,0 +1,140 @@
+"""ClipLoss against analytic values and a NumPy reference (single process)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from kmtr_monai.losses import ClipLoss
+
+
+def _numpy_clip(zk: np.ndarray, zi: np.ndarray, tau: float, lam: float) -> float:
+    """Independent reference: explicit log-softmax along rows and columns."""
+    zk = zk / np.linalg.norm(zk, axis=1, keepdims=True)
+    zi = zi / np.linalg.norm(zi, axis=1, keepdims=True)
+    logits = zk @ zi.T / tau
+
+    def ce_rows(m):
+        m = m - m.max(1, keepdims=True)
+        logp = m - np.log(np.exp(m).sum(1, keepdims=True))
+        return -np.mean(np.diag(logp))
+
+    return lam * ce_rows(logits) + (1 - lam) * ce_rows(logits.T)
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.3, 0.5, 1.0])
+def test_matches_numpy_reference(lam):
+    g = torch.Generator().manual_seed(0)
+    zk, zi = torch.randn(12, 16, generator=g), torch.randn(12, 16, generator=g)
+    loss = ClipLoss(temperature=0.2, lambda_=lam)(zk, zi)
+    ref = _numpy_clip(zk.double().numpy(), zi.double().numpy(), 0.2, lam)
+    assert loss.item() == pytest.approx(ref, rel=1e-5)
+
+
+def test_symmetric_when_lambda_half():
+    g = torch.Generator().manual_seed(1)
+    zk, zi = torch.randn(10, 8, generator=g), torch.randn(10, 8, generator=g)
+    loss = ClipLoss(temperature=0.1, lambda_=0.5)
+    assert loss(zk, zi).item() == pytest.approx(loss(zi, zk).item(), rel=1e-6)
+    # not symmetric for lambda != 0.5 on generic data (the test above can fail)
+    lopsided = ClipLoss(temperature=0.1, lambda_=0.9)
+    assert abs(lopsided(zk, zi).item() - lopsided(zi, zk).item()) > 1e-4
+
+
+def test_mutually_orthogonal_embeddings_give_log_b():
+    # z_k rows e_0..e_{B-1}, z_i rows e_B..e_{2B-1}: every logit is 0 -> each CE = log(B) exactly
+    b = 6
+    eye = torch.eye(2 * b)
+    for tau in (1.0, 0.07):
+        loss = ClipLoss(temperature=tau)(eye[:b] * 3.0, eye[b:])
+        assert loss.item() == pytest.approx(math.log(b), rel=1e-6)
+
+
+def test_one_hot_aligned_exact_value():
+    # z_k = z_i = one-hot rows: logits = I / tau, each row CE = log(1 + (B-1) exp(-1/tau))
+    b, tau = 5, 1.0
+    z = torch.eye(b, 7)
+    expected = math.log(1 + (b - 1) * math.exp(-1 / tau))
+    assert ClipLoss(temperature=tau)(z, z).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_random_high_dim_is_near_log_b():
+    # random directions in D=4096 have |cos| ~ 1/64, so with tau=1 the loss is log(B) to O(1e-2)
+    g = torch.Generator().manual_seed(2)
+    b = 32
+    zk, zi = torch.randn(b, 4096, generator=g), torch.randn(b, 4096, generator=g)
+    assert ClipLoss(temperature=1.0)(zk, zi).item() == pytest.approx(math.log(b), abs=0.03)
+
+
+def test_perfect_alignment_small_tau_is_near_zero():
+    g = torch.Generator().manual_seed(3)
+    z = torch.linalg.qr(torch.randn(64, 16, generator=g))[0].T  # 16 orthonormal rows
+    assert ClipLoss(temperature=0.01)(z, 2.0 * z).item() < 1e-6
+
+
+def test_learnable_temperature_gets_gradient_and_clamps():
+    loss_fn = ClipLoss(temperature=0.5, learnable_temperature=True)
+    assert isinstance(loss_fn.log_logit_scale, torch.nn.Parameter)
+    assert loss_fn.temperature.item() == pytest.approx(0.5)
+    g = torch.Generator().manual_seed(4)
+    zk = torch.randn(8, 4, generator=g)
+    zi = zk + 0.1 * torch.randn(8, 4, generator=g)
+    loss_fn(zk, zi).backward()
+    grad = loss_fn.log_logit_scale.grad
+    assert grad is not None and grad.abs().item() > 0
+    # well-aligned pairs: sharpening (larger 1/tau) lowers the loss, so the gradient on log(1/tau) is negative
+    assert grad.item() < 0
+    with torch.no_grad():
+        loss_fn.log_logit_scale.fill_(50.0)
+    assert loss_fn.temperature.item() == pytest.approx(0.01, rel=1e-5)
+    fixed = ClipLoss(temperature=0.5)
+    assert not any(p.requires_grad for p in fixed.parameters())
+
+
+def test_input_gradients_match_finite_differences():
+    zk = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    zi = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    # ClipLoss computes in float32; check gradient direction against a float64 reference implementation
+    loss = ClipLoss(temperature=0.3, lambda_=0.7)(zk, zi)
+    loss.backward()
+    eps = 1e-6
+    num = np.zeros((4, 3))
+    base = zk.detach().numpy().copy()
+    for idx in np.ndindex(4, 3):
+        p, m = base.copy(), base.copy()
+        p[idx] += eps
+        m[idx] -= eps
+        num[idx] = (_numpy_clip(p, zi.detach().numpy(), 0.3, 0.7) - _numpy_clip(m, zi.detach().numpy(), 0.3, 0.7)) / (
+            2 * eps
+        )
+    np.testing.assert_allclose(zk.grad.numpy(), num, atol=1e-4)
+
+
+def test_float32_under_autocast():
+    g = torch.Generator().manual_seed(5)
+    zk, zi = torch.randn(8, 16, generator=g).bfloat16(), torch.randn(8, 16, generator=g).bfloat16()
+    ref = ClipLoss(temperature=0.01)(zk.float(), zi.float())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = ClipLoss(temperature=0.01)(zk, zi)
+    assert out.dtype == torch.float32
+    # same value as float32 on the same inputs; a bf16 matmul inside autocast would be off by ~1e-2
+    assert out.item() == pytest.approx(ref.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [dict(lambda_=1.5), dict(temperature=0.0), dict(temperature=2.0), dict(min_temperature=-1.0)]
+)
+def test_bad_arguments(kwargs):
+    with pytest.raises(ValueError):
+        ClipLoss(**kwargs)
+
+
+def test_bad_inputs():
+    loss = ClipLoss()
+    with pytest.raises(ValueError, match="equal shape"):
+        loss(torch.randn(4, 8), torch.randn(5, 8))
+    with pytest.raises(ValueError, match="equal shape"):
+        loss(torch.randn(4, 8, 1), torch.randn(4, 8, 1))
+    with pytest.raises(TypeError):
+        loss(np.zeros((4, 8)), torch.randn(4, 8))

@@ -1,0 +1,240 @@
+"""Tests of the synthetic cohort generator (kmtr_monai.simulate), tiny preset, a few subjects."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from kmtr_monai.constants import ALL_PHENOTYPES, DISEASE_PREVALENCE, DISEASES, IMAGE_FILES, SEG_FILES
+from kmtr_monai.presets import COHORT_PRESETS
+from kmtr_monai.simulate import sample_subject, simulate_cohort
+from kmtr_monai.simulate import writer as writer_mod
+from kmtr_monai.simulate.geometry import _wall_thickness, cardiac_shapes, cycle_curves, ellipsoid_sd, heart_frame
+from kmtr_monai.simulate.render import render_subject
+
+N_SUBJECTS = 3
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("cohort"))
+    simulate_cohort(root, subjects=N_SUBJECTS, preset="tiny", seed=0, workers=1, preview=True)
+    return root
+
+
+def _load(path):
+    img = nib.load(path)
+    return np.asanyarray(img.dataobj), img
+
+
+def _csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_layout_files_shapes_and_headers(cohort):
+    preset = COHORT_PRESETS["tiny"]
+    eids = sorted(d for d in os.listdir(cohort) if os.path.isdir(os.path.join(cohort, d)))
+    assert eids == ["1000001", "1000002", "1000003"]
+    assert {"phenotypes.csv", "diseases.csv", "cohort.json", "preview.png"} <= set(os.listdir(cohort))
+    with open(os.path.join(cohort, "preview.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    meta = json.load(open(os.path.join(cohort, "cohort.json")))
+    assert meta["seed"] == 0 and meta["preset"] == "tiny" and len(meta["subjects"]) == N_SUBJECTS
+    for eid, latent in zip(eids, meta["subjects"]):
+        files = set(os.listdir(os.path.join(cohort, eid)))
+        assert files == set(IMAGE_FILES.values()) | set(SEG_FILES.values())
+        for view, name in {**IMAGE_FILES, **{f"seg_{k}": v for k, v in SEG_FILES.items()}}.items():
+            data, img = _load(os.path.join(cohort, eid, name))
+            n_z = preset["sax_slices"] if view in ("sa", "seg_sa") else 1
+            assert data.shape == (preset["matrix"], preset["matrix"], n_z, preset["frames"]), (view, data.shape)
+            assert data.dtype == np.int16
+            zooms = img.header.get_zooms()
+            assert zooms[:2] == pytest.approx((preset["pixel_mm"],) * 2)
+            dz = preset["slice_spacing_mm"] if n_z > 1 else preset["slice_thickness_mm"]
+            assert zooms[2] == pytest.approx(dz, rel=1e-5)
+            # pixdim[4] is the frame interval in ms: HR = 60 / (T dt)
+            hr = 60000.0 / (preset["frames"] * zooms[3])
+            assert hr == pytest.approx(latent["heart_rate_bpm"], rel=1e-4)
+            assert np.allclose(np.linalg.norm(img.affine[:3, :3], axis=0), zooms[:3], rtol=1e-4)
+            assert np.allclose(img.get_qform(), img.affine, atol=1e-3)
+
+
+def test_labels_present_and_ed_larger_than_es(cohort):
+    for eid in ("1000001", "1000002", "1000003"):
+        d = os.path.join(cohort, eid)
+        sa, _ = _load(os.path.join(d, SEG_FILES["sa"]))
+        l2, _ = _load(os.path.join(d, SEG_FILES["la_2ch"]))
+        l4, _ = _load(os.path.join(d, SEG_FILES["la_4ch"]))
+        assert set(np.unique(sa)) == {0, 1, 2, 3}
+        assert set(np.unique(l2)) == {0, 1}
+        assert set(np.unique(l4)) == {0, 1, 2}
+        lv = (sa == 1).sum(axis=(0, 1, 2))
+        assert lv[0] > 1.2 * lv.min()
+        assert ((l2 == 1).sum(axis=(0, 1, 2)) > 0).all() and ((l4 == 2).sum(axis=(0, 1, 2)) > 0).all()
+
+
+def test_phenotypes_csv_recomputed_from_segmentations(cohort):
+    from kmtr_monai.data.phenotypes import compute_phenotypes
+
+    rows = _csv(os.path.join(cohort, "phenotypes.csv"))
+    assert list(rows[0]) == ["eid", *ALL_PHENOTYPES]
+    for row in rows:
+        values = compute_phenotypes(os.path.join(cohort, row["eid"]))
+        for name in ALL_PHENOTYPES:
+            assert float(row[name]) == pytest.approx(values[name], rel=1e-5, abs=1e-6), name
+        assert 50 < values["LVEDV (mL)"] < 300 and 35 < values["LVEF (%)"] < 80
+    dis = _csv(os.path.join(cohort, "diseases.csv"))
+    assert list(dis[0]) == ["eid", *DISEASES]
+    meta = json.load(open(os.path.join(cohort, "cohort.json")))
+    for row, latent in zip(dis, meta["subjects"]):
+        assert row["eid"] == latent["eid"] and all(int(row[d]) == latent[d] for d in DISEASES)
+
+
+def test_views_overlay_in_one_world_frame(cohort):
+    """Heart-local landmarks (LV centre, LA and RA centres at ED) land on their labels in every view, and the
+    intensities along the intersection line of a SAX plane and the 4ch plane agree between the two files."""
+    meta = json.load(open(os.path.join(cohort, "cohort.json")))
+    preset = COHORT_PRESETS["tiny"]
+    for latent in meta["subjects"]:
+        d = os.path.join(cohort, latent["eid"])
+        origin, axes = heart_frame(latent)
+        shapes = cardiac_shapes(latent, preset["frames"])
+        lv_centre = origin + axes[:, 2] * 0.4 * shapes["lv"]["L_ed"]
+        la, ra = shapes["la"], shapes["ra"]
+        la_centre = origin + axes @ np.array([la["x1"], la["x2"], la["x3"][0]])
+        ra_centre = origin + axes @ np.array([ra["x1"], ra["x2"], ra["x3"][0]])
+
+        def voxel(img, world):
+            return np.linalg.solve(img.affine, np.append(world, 1.0))[:3]
+
+        seg, img = _load(os.path.join(d, SEG_FILES["sa"]))
+        i, j, k = np.rint(voxel(img, lv_centre)).astype(int)
+        assert seg[i, j, k, 0] == 1
+        for view, centre, label in (("la_2ch", la_centre, 1), ("la_4ch", la_centre, 1), ("la_4ch", ra_centre, 2)):
+            seg, img = _load(os.path.join(d, SEG_FILES[view]))
+            v = voxel(img, centre)
+            assert abs(v[2]) < 1.25  # the chamber centre lies within 10 mm of the LAX plane (planning error)
+            assert seg[int(round(v[0])), int(round(v[1])), 0, 0] == label, (latent["eid"], view)
+        # intersection of SAX slice k (through the LV centre) and the 4ch plane
+        sa, sa_img = _load(os.path.join(d, IMAGE_FILES["sa"]))
+        la4, la4_img = _load(os.path.join(d, IMAGE_FILES["la_4ch"]))
+        n_sa, n_4 = sa_img.affine[:3, 2], la4_img.affine[:3, 2]
+        p_sa = sa_img.affine[:3, 3] + k * n_sa
+        direction = np.cross(n_sa, n_4)
+        direction /= np.linalg.norm(direction)
+        # a point on both planes: solve the two plane equations plus a third one fixing the position on the line
+        a = np.stack([n_sa, n_4, direction])
+        p0 = np.linalg.solve(a, [n_sa @ p_sa, n_4 @ la4_img.affine[:3, 3], direction @ lv_centre])
+        pts = p0 + np.linspace(-90, 90, 181)[:, None] * direction
+        vals = []
+        for data, im in ((sa, sa_img), (la4, la4_img)):
+            vox = np.rint(np.linalg.solve(im.affine, np.c_[pts, np.ones(len(pts))].T)[:3].T).astype(int)
+            inside = ((vox[:, :2] >= 0) & (vox[:, :2] < data.shape[0])).all(1)
+            vals.append((vox, inside))
+        ok = vals[0][1] & vals[1][1]
+        assert ok.sum() > 20
+        a_sa = sa[vals[0][0][ok, 0], vals[0][0][ok, 1], vals[0][0][ok, 2], 0].astype(float)
+        a_4 = la4[vals[1][0][ok, 0], vals[1][0][ok, 1], 0, 0].astype(float)
+        assert np.corrcoef(a_sa, a_4)[0, 1] > 0.6
+
+
+def test_determinism_and_worker_independence(cohort, tmp_path):
+    """Same seed -> byte-identical arrays and CSVs, also with 2 worker processes and fewer subjects."""
+    other = str(tmp_path / "again")
+    simulate_cohort(other, subjects=2, preset="tiny", seed=0, workers=2)
+    for eid in ("1000001", "1000002"):
+        for name in (*IMAGE_FILES.values(), *SEG_FILES.values()):
+            a, ia = _load(os.path.join(cohort, eid, name))
+            b, ib = _load(os.path.join(other, eid, name))
+            assert a.tobytes() == b.tobytes() and np.array_equal(ia.affine, ib.affine), (eid, name)
+    assert _csv(os.path.join(other, "phenotypes.csv")) == _csv(os.path.join(cohort, "phenotypes.csv"))[:2]
+    c = sample_subject(1, 0)
+    assert c != sample_subject(0, 0) and c == sample_subject(1, 0)
+
+
+@pytest.mark.parametrize("kwargs", [dict(subjects=0), dict(subjects=-3), dict(subjects=1.5), dict(subjects=True),
+                                    dict(preset="huge"), dict(workers=0), dict(seed=-1)])  # fmt: skip
+def test_bad_arguments_raise_before_writing(tmp_path, kwargs):
+    out = tmp_path / "c"
+    args = dict(subjects=1, preset="tiny") | kwargs
+    with pytest.raises(ValueError, match=next(iter(kwargs))[:6]):
+        simulate_cohort(str(out), **args)
+    assert not out.exists()
+
+
+def test_unwritable_output_raises_permission_error(tmp_path, monkeypatch):
+    out = tmp_path / "locked"
+    out.mkdir()
+    out.chmod(0o500)
+    try:
+        if os.access(str(out), os.W_OK):  # running as root: permissions are not enforced, emulate them
+            real = os.access
+            monkeypatch.setattr(writer_mod.os, "access", lambda p, m: False if str(p) == str(out) else real(p, m))
+        with pytest.raises(PermissionError, match="not writable"):
+            simulate_cohort(str(out), subjects=1, preset="tiny")
+        assert os.listdir(out) == []
+    finally:
+        out.chmod(0o700)
+
+
+def test_failure_leaves_no_partial_subject(tmp_path, monkeypatch):
+    calls = []
+
+    def failing(subject_dir, p, preset):
+        calls.append(p["eid"])
+        if len(calls) == 2:  # second subject: write a file, then crash
+            open(os.path.join(subject_dir, "sa.nii.gz"), "wb").close()
+            raise RuntimeError("disk full")
+        return real(subject_dir, p, preset)
+
+    real = writer_mod.write_subject
+    monkeypatch.setattr(writer_mod, "write_subject", failing)
+    with pytest.raises(RuntimeError, match="disk full"):
+        simulate_cohort(str(tmp_path), subjects=3, preset="tiny")
+    assert sorted(os.listdir(tmp_path)) == ["1000001"]  # complete subject kept, no partial or temporary folder
+
+
+def test_prevalences_match_uk_biobank():
+    draws = np.array([[sample_subject(7, i)[d] for d in DISEASES] for i in range(3000)])
+    for j, name in enumerate(DISEASES):
+        assert abs(draws[:, j].mean() - DISEASE_PREVALENCE[name]) < 0.03, name
+    # hypertension and high blood pressure share the latent blood-pressure factor
+    assert np.corrcoef(draws[:, 1], draws[:, 2])[0, 1] > 0.3
+
+
+def test_geometry_analytic():
+    r, length = np.array([25.0, 20.0]), np.array([80.0, 70.0])
+    w = _wall_thickness(r, length, 80e3)
+    myo = 2.0 / 3.0 * math.pi * ((r + w) ** 2 * (length + w) - r * r * length)
+    np.testing.assert_allclose(myo, 80e3, rtol=1e-9)
+    assert w[1] > w[0]  # contraction thickens the wall
+    # signed distance: 0 on the surface, exact along the axes near the surface, negative inside
+    sd = ellipsoid_sd(np.array([30.0, 31.0, 0.0, 0.0]), np.array([0.0, 0.0, 0.0, 15.0]), 0.0, 30.0, 15.0, 50.0)
+    np.testing.assert_allclose(sd[:3], [0.0, 1.0, -15.0], atol=0.05)
+    assert abs(sd[3]) < 1e-9
+    g, h, dt = cycle_curves(50, 60.0)
+    assert g[0] == 0 and h[0] == 0 and g.max() == pytest.approx(1.0, abs=0.01) and dt == pytest.approx(20.0)
+    assert abs(np.argmax(g) - np.argmax(h)) <= 3  # atria fill while the ventricles contract
+
+
+def test_rendered_volumes_match_analytic_shapes():
+    """With thin contiguous slices, the LV cavity / myocardium voxel volumes equal the analytic shape volumes."""
+    p = sample_subject(3, 5) | {"hypokinesis": 0.0, "fov_shift_mm": [0.0] * 8, "plane_tilt_deg": [0.0] * 8}
+    fine = dict(matrix=96, pixel_mm=1.5, frames=2, sax_slices=70, slice_spacing_mm=2.0, slice_thickness_mm=2.0)
+    views, _ = render_subject(p, fine)
+    seg = views["sa"][1]
+    voxel_ml = 1.5 * 1.5 * 2.0 * 1e-3
+    lv = cardiac_shapes(p, 2)["lv"]
+    lv_ml = (seg[..., 0] == 1).sum() * voxel_ml
+    assert lv_ml == pytest.approx(p["lv_edv_ml"], rel=0.04)
+    assert (seg[..., 0] == 2).sum() * voxel_ml * 1.05 == pytest.approx(p["lv_mass_g"], rel=0.06)
+    assert lv["r"][1] < lv["r"][0]
+    rv_ml = (seg[..., 0] == 3).sum() * voxel_ml
+    assert rv_ml == pytest.approx(p["rv_edv_ml"], rel=0.1)
