@@ -229,7 +229,7 @@ def test_kspace_summary_fully_sampled_is_lossless(cohort, capsys):
     from kmtr_monai.data.summary import kspace_summary
 
     res = kspace_summary(cohort, preset="tiny", acceleration=1, pattern="gaussian")
-    assert res["subjects"] == 2 and res["shape"] == (5, 4, 32, 32)
+    assert res["subjects"] == 2 and res["shape"] == [5, 4, 32, 32]
     assert res["lines_per_frame"] == 32 and res["effective_acceleration"] == 1.0
     assert res["psnr_mean"] > 80 and res["ssim_mean"] == pytest.approx(1.0, abs=1e-4)
     assert "effective acceleration" in capsys.readouterr().out
@@ -270,3 +270,4 @@ def test_cli_kspace(cohort):
     )
     assert res.returncode == 0, res.stderr
     assert "lines / frame             4.00 of 32" in res.stdout
+    assert "effective_acceleration: 8.0" in res.stdout  # fire prints the returned figures as key: value lines

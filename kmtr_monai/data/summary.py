@@ -24,8 +24,9 @@ def kspace_summary(
 ) -> dict:
     """Simulate k-space for all subjects under ``root``, print a table and return its figures.
 
-    Returns ``{"subjects", "shape" (S, T, H, W), "pattern", "acceleration", "lines_per_frame", "effective_acceleration",
-    "psnr_mean", "psnr_std", "ssim_mean", "ssim_std", "subjects_per_s", "psnr" (per subject), "ssim" (per subject)}``.
+    Returns ``{"subjects", "shape" [S, T, H, W], "pattern", "acceleration", "lines_per_frame",
+    "effective_acceleration", "psnr_mean", "psnr_std", "ssim_mean", "ssim_std", "subjects_per_s", "psnr" (per subject),
+    "ssim" (per subject)}`` (lists, not tuples, so fire prints them as values rather than as command groups).
     ``subjects_per_s`` times loading + k-space simulation (not the metrics).
     """
     if preset not in DATA_PRESETS:
@@ -57,7 +58,7 @@ def kspace_summary(
     psnr_a, ssim_a = np.array(psnr), np.array(ssim)
     n_lines = float(np.mean(lines))
     res = {
-        "subjects": len(items), "shape": shape, "pattern": pattern, "acceleration": int(acceleration),
+        "subjects": len(items), "shape": list(shape), "pattern": pattern, "acceleration": int(acceleration),
         "lines_per_frame": n_lines, "effective_acceleration": shape[2] / n_lines,
         "psnr_mean": float(psnr_a.mean()), "psnr_std": float(psnr_a.std()),
         "ssim_mean": float(ssim_a.mean()), "ssim_std": float(ssim_a.std()),
