@@ -1,28 +1,10 @@
-"""Cohort data (DESIGN §2, §7): the UK Biobank-layout loader, datalists/splits, phenotypes, k-space summary.
+"""Cohort data (DESIGN §2, §7), one module per concept:
 
-``kspace_summary`` lives in :mod:`kmtr_monai.data.summary` (it pulls in the k-space transforms).
+- :mod:`~kmtr_monai.data.layout`: the UK Biobank file layout, NIfTI reading with clear errors (no torch import);
+- :mod:`~kmtr_monai.data.phenotypes`: ukbb_cardiac phenotypes from segmentations (no torch import);
+- :mod:`~kmtr_monai.data.datalist`: stratified subject-level splits;
+- :mod:`~kmtr_monai.data.cohort`: the MONAI subject loader ``LoadCohortSubjectd`` and ``make_dataset``;
+- :mod:`~kmtr_monai.data.summary`: the k-space summary of a cohort.
+
+Nothing is imported here so that file-level commands start without loading torch.
 """
-
-from kmtr_monai.data.cohort import (
-    LoadCohortSubjectd,
-    crop_centred,
-    frame_indices,
-    list_subjects,
-    make_dataset,
-    read_nifti,
-    remap_labels,
-    sax_start,
-)
-from kmtr_monai.data.datalist import read_datalist, stratified_split, write_datalist
-from kmtr_monai.data.phenotypes import (
-    atrial_area_length,
-    compute_phenotypes,
-    ventricular_phenotypes,
-    write_cohort_phenotypes,
-)
-
-__all__ = [
-    "LoadCohortSubjectd", "atrial_area_length", "compute_phenotypes", "crop_centred", "frame_indices", "list_subjects",
-    "make_dataset", "read_datalist", "read_nifti", "remap_labels", "sax_start", "stratified_split",
-    "ventricular_phenotypes", "write_cohort_phenotypes", "write_datalist",
-]  # fmt: skip

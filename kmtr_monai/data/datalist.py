@@ -16,7 +16,7 @@ import os
 import numpy as np
 
 from kmtr_monai.constants import DISEASES, DISEASES_CSV, PHENOTYPES, PHENOTYPES_CSV
-from kmtr_monai.data.cohort import list_subjects
+from kmtr_monai.data.layout import list_subjects
 
 SPLITS = ("training", "validation", "test")
 _ALIASES = {"train": "training", "val": "validation", "valid": "validation", "testing": "test"}

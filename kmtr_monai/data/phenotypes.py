@@ -35,7 +35,7 @@ import numpy as np
 from scipy import ndimage
 
 from kmtr_monai.constants import ALL_PHENOTYPES, MYOCARDIAL_DENSITY_G_PER_ML, SEG_FILES, UKBB_LABEL_MAPS
-from kmtr_monai.data.cohort import list_subjects, read_nifti
+from kmtr_monai.data.layout import list_subjects, read_nifti
 
 LARGE_COMPONENT_FRACTION = 0.1
 AREA_JUMP_FACTOR = 2.0
