@@ -83,7 +83,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    devices = [a.device] if a.device not in (None, "both") else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    cuda = ["cuda"] if torch.cuda.is_available() else []
+    devices = [a.device] if a.device not in (None, "both") else ["cpu"] + cuda
     rng = np.random.default_rng(0)
     shape = (a.views, a.frames, a.size, a.size)
     images_cpu = [torch.from_numpy(rng.random(shape, dtype=np.float32)) for _ in range(a.subjects)]

@@ -11,6 +11,8 @@ duplicates a subject, which would create a second, equally good gallery match fo
 
 from __future__ import annotations
 
+import warnings
+
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -240,6 +242,11 @@ class LinearProbeR2(_EpochPairs):
 
     def compute(self) -> float:
         z, y = self._gathered()
-        res = linear_probe_r2_cv(z.cpu(), y.cpu(), alpha=self.alpha, n_splits=self.n_splits, seed=self.seed)
+        n_splits = min(self.n_splits, z.shape[0] // 2)
+        if n_splits < 2:  # fewer than 4 subjects: no cross-validation possible
+            warnings.warn(f"LinearProbeR2: {z.shape[0]} validation embeddings are too few for a probe; returning NaN")
+            self.per_target = None
+            return float("nan")
+        res = linear_probe_r2_cv(z.cpu(), y.cpu(), alpha=self.alpha, n_splits=n_splits, seed=self.seed)
         self.per_target = res["r2"]
         return res["mean_r2"]

@@ -34,12 +34,12 @@ def bundle_command(bundle: Path, preset: str, overrides: dict[str, str], multi_g
 
 
 def read_metrics(output_dir: Path) -> dict[str, float]:
-    """Last row of each ``<metric>_raw``-less summary written by MONAI's ``MetricsSaver`` (``metrics.csv``)."""
+    """The latest validation metrics written by MONAI's ``MetricsSaver`` (``metrics.csv``: ``name,value`` rows)."""
     path = output_dir / "metrics.csv"
     if not path.is_file():
         return {}
     with open(path) as f:
-        return {row[0]: float(row[1]) for row in csv.reader(f, delimiter="\t") if len(row) >= 2}
+        return {row[0]: float(row[1]) for row in csv.reader(f) if len(row) >= 2}
 
 
 def run_pipeline(out: str = "runs/tiny", preset: str = "tiny", subjects: int | None = None, seed: int = 0,

@@ -7,9 +7,9 @@ presets ``bundles/presets/<name>.json`` carry the same numbers for configs; a te
 
 COHORT_PRESETS = {
     # in-plane matrix (X, Y), in-plane pixel mm, frames, SAX slices, SAX slice spacing mm, slice thickness mm
-    "tiny": dict(matrix=48, pixel_mm=4.0, frames=8, sax_slices=9, slice_spacing_mm=10.0, slice_thickness_mm=8.0),
-    "small": dict(matrix=64, pixel_mm=3.0, frames=16, sax_slices=10, slice_spacing_mm=10.0, slice_thickness_mm=8.0),
-    "paper": dict(matrix=160, pixel_mm=1.8, frames=50, sax_slices=12, slice_spacing_mm=10.0, slice_thickness_mm=8.0),
+    "tiny": dict(matrix=48, pixel_mm=4.0, frames=8, sax_slices=12, slice_spacing_mm=10.0, slice_thickness_mm=8.0),
+    "small": dict(matrix=64, pixel_mm=3.0, frames=16, sax_slices=12, slice_spacing_mm=10.0, slice_thickness_mm=8.0),
+    "paper": dict(matrix=160, pixel_mm=1.8, frames=50, sax_slices=14, slice_spacing_mm=10.0, slice_thickness_mm=8.0),
 }
 
 DATA_PRESETS = {

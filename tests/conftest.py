@@ -8,11 +8,11 @@ torch.set_num_threads(2)
 
 @pytest.fixture(scope="session")
 def tiny_cohort(tmp_path_factory):
-    """Path of a 12-subject tiny-preset synthetic cohort with ``datalist.json`` written."""
+    """Path of a 16-subject tiny-preset synthetic cohort with ``datalist.json`` written."""
     from kmtr_monai.data.datalist import write_datalist
     from kmtr_monai.simulate import simulate_cohort
 
     root = tmp_path_factory.mktemp("cohort") / "tiny"
-    simulate_cohort(str(root), subjects=12, preset="tiny", seed=7)
-    write_datalist(str(root), val_fraction=0.25, test_fraction=0.0, seed=0)
+    simulate_cohort(str(root), subjects=16, preset="tiny", seed=7)
+    write_datalist(str(root), val_fraction=0.5, test_fraction=0.0, seed=0)
     return root

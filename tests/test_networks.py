@@ -45,7 +45,8 @@ def make_batch(b, s, t, h, accel=4, seed=0, counts=None):
     image = torch.fft.ifft2(torch.fft.fft2(noise) * lowpass).real
     lo, hi = image.amin(dim=(1, 2, 3, 4), keepdim=True), image.amax(dim=(1, 2, 3, 4), keepdim=True)
     image = (image - lo) / (hi - lo)  # per-subject min-max to [0, 1]
-    phase = torch.rand(b, s, 1, 1, 1, generator=g) * 6.28 + torch.linspace(0, 1, h)[:, None] * torch.rand(b, s, 1, 1, 1, generator=g)
+    ramp = torch.linspace(0, 1, h)[:, None] * torch.rand(b, s, 1, 1, 1, generator=g)
+    phase = torch.rand(b, s, 1, 1, 1, generator=g) * 6.28 + ramp  # smooth phase per view
     x = image * math.sqrt(2) * torch.exp(1j * phase)
     k = torch.fft.fftshift(torch.fft.fft2(torch.fft.ifftshift(x, dim=(-2, -1)), norm="ortho"), dim=(-2, -1))
     full = torch.stack([k.real, k.imag], 1).float()
@@ -133,6 +134,21 @@ def test_patch_tokenizer_valid_marks_patches_with_sampled_lines():
     expect = torch.zeros(2, 2, 2, 2, dtype=torch.bool)
     expect[1, 1, 1, :] = True
     assert torch.equal(valid[0], expect.flatten())
+
+
+@pytest.mark.parametrize("kind", ["line", "patch"])
+def test_kspace_tokenizers_ignore_unsampled_values(kind):
+    if kind == "line":
+        tok = KspaceLineTokenizer(5, 3, 4, 32, 32, 64)
+    else:
+        tok = KspacePatchTokenizer(5, 3, 4, 32, 32, (2, 8, 8), 64)
+    _, k, _, mask = make_batch(2, 5, 4, 32, seed=4)
+    junk = torch.randn_like(k) * 1e3
+    junk[0, 0, 0, 0, :, 0] = float("inf")
+    noisy = torch.where((mask == 0)[:, None, ..., None], junk, k)
+    a, b = tok(k, mask > 0), tok(noisy, mask > 0)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert bool(torch.isfinite(b[0]).all())
 
 
 # ------------------------------------------------------------------------------------------------ transformer

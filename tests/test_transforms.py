@@ -332,6 +332,17 @@ def test_errors_name_key_and_expectation():
         FFT2cd("kspace_full")({"kspace_full": bad})
     with pytest.raises(ValueError, match="'kspace'.*NaN"):
         RandKspaceMaskd("kspace", pattern="gaussian")({"kspace": bad})
+    for key, tr in (("kspace", ZeroFilledd("kspace")), ("k", IFFT2cd("k"))):
+        with pytest.raises(ValueError, match=f"'{key}'.*NaN"):
+            tr({key: bad})
+    bad_img = real.clone()
+    bad_img[0, 1, 2, 3] = float("inf")
+    for rng in ((0.0, 1.0), None):
+        with pytest.raises(ValueError, match="'image'.*NaN or Inf"):
+            RandSmoothPhased("image", magnitude_range=rng)({"image": bad_img})
+    bad_img[0, 1, 2, 3] = float("nan")
+    with pytest.raises(ValueError, match="'image'.*NaN or Inf"):
+        RandSmoothPhased("image")({"image": bad_img})
     with pytest.raises(ValueError, match="'mask'.*does not match"):
         ApplyKspaceMask()(cplx, torch.ones(2, 3, 7))
     with pytest.raises(ValueError, match="'mask'.*does not match"):

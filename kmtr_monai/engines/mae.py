@@ -49,10 +49,14 @@ class MaskedReconstructionError(Metric):
       patch by the mean image of the evaluated set at that position, computed exactly from running sums
       ``Σw·x², Σw·x, Σw`` and ``Σx`` (so no second pass over the data is needed).
     The value is ``Σ_batches loss·Σw / Σ_batches Σw``, i.e. the weighted mean over all evaluated positions.
+
+    The default ``output_transform`` takes the network output dict from a MONAI engine's ``output["pred"]``.
     """
 
+    required_output_keys = None
+
     def __init__(self, loss_fn: Callable[[dict], torch.Tensor], baseline: str | None = None,
-                 output_transform=lambda x: x, device="cpu") -> None:  # fmt: skip
+                 output_transform=lambda output: (output["pred"],), device="cpu") -> None:  # fmt: skip
         if baseline not in (None, "zero", "mean_image"):
             raise ValueError(f"baseline must be None, 'zero' or 'mean_image', got {baseline!r}")
         self.loss_fn, self.baseline = loss_fn, baseline
@@ -66,7 +70,8 @@ class MaskedReconstructionError(Metric):
         self._sums: list[torch.Tensor] | None = None  # mean_image: Σw·x², Σw·x, Σw (per pixel), Σx (per pixel)
 
     @reinit__is_reduced
-    def update(self, out: dict) -> None:
+    def update(self, output: tuple[dict]) -> None:
+        (out,) = output
         out = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in out.items()}
         if self.baseline == "mean_image":
             x = out["target"].double()  # (B, N, P)

@@ -84,7 +84,7 @@ class _MAEBase(nn.Module):
         self.decoder = TransformerEncoder(dec_dim, dec_depth, dec_heads, mlp_ratio, grad_checkpoint=grad_checkpoint)
 
     def _decode(self, enc: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        """enc (B, 1+n, dim) → decoder over [class token, ``hidden`` (B, L, dec_dim)], class token dropped → (B, L, dd)."""
+        """Decode [class token of ``enc`` (B, 1+n, dim), ``hidden`` (B, L, dec_dim)] → (B, L, dec_dim)."""
         return self.decoder(torch.cat([self.dec_embed(enc[:, :1]), hidden], dim=1))[:, 1:]
 
 
@@ -282,6 +282,10 @@ class KspaceMAE(_MAEBase):
         self, kspace: torch.Tensor, mask: torch.Tensor, kspace_full: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
         m = self._check_inputs(kspace, mask)
+        if kspace_full is not None:
+            check_real("kspace_full", kspace_full)
+            check_shape("kspace_full", kspace_full, self.shape, "B, 2, S, T, H, W")
+            _check_finite("kspace_full", kspace_full)
         y, scale = self.normalise(kspace, m)
         enc, valid, index = self._encode(y, m)
         vis = self.dec_embed(enc[:, 1:])
@@ -299,9 +303,6 @@ class KspaceMAE(_MAEBase):
         weight = torch.where(m, self.sampled_weight, 1.0).to(pred_norm.dtype)
         out = {"pred": self.invert_norm(pred_norm, scale), "pred_norm": pred_norm, "weight": weight, "scale": scale}
         if kspace_full is not None:
-            check_real("kspace_full", kspace_full)
-            check_shape("kspace_full", kspace_full, self.shape, "B, 2, S, T, H, W")
-            _check_finite("kspace_full", kspace_full)
             out["target"] = kspace_full
             out["target_norm"] = self.apply_norm(kspace_full, scale)
         return out

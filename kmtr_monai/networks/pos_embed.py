@@ -42,7 +42,7 @@ def sincos_1d(pos: torch.Tensor, dim: int, temperature: float = 10000.0) -> torc
 
 
 def sincos_code(positions: torch.Tensor, dim: int) -> torch.Tensor:
-    """Multi-axis sin–cos code. ``positions`` (N, A) → (N, dim): axis blocks from :func:`split_dims`, zero-padded."""
+    """Multi-axis sin-cos: ``positions`` (N, A) → (N, dim), axis blocks from :func:`split_dims`, zero-padded."""
     if positions.ndim != 2:
         raise ValueError(f"positions must be (N, n_axes), got shape {tuple(positions.shape)}")
     blocks = [sincos_1d(positions[:, a], d) for a, d in enumerate(split_dims(dim, positions.shape[1]))]

@@ -57,6 +57,13 @@ def check_shape(name: str, x: torch.Tensor, expected: Sequence[int], layout: str
         )
 
 
+def _check_kspace_mask(kspace: torch.Tensor, mask: torch.Tensor, swhw: Sequence[int]) -> None:
+    """Type/shape checks of a k-space tokenizer's inputs; ``swhw`` = (S, T, H, W)."""
+    check_real("kspace", kspace)
+    check_shape("kspace", kspace, (2, *swhw), "B, 2, S, T, H, W")
+    check_shape("mask", mask, tuple(swhw[:3]), "B, S, T, H")
+
+
 def _as_patch(patch: Sequence[int] | int) -> tuple[int, int, int]:
     p = (patch,) * 3 if isinstance(patch, int) else tuple(int(v) for v in patch)
     if len(p) != 3 or min(p) < 1:
@@ -72,7 +79,7 @@ def _patch_grid(n_views: int, n_frames: int, hw: tuple[int, int], patch: tuple[i
 
 
 def patchify(x: torch.Tensor, patch: Sequence[int]) -> torch.Tensor:
-    """(B, C, S, T, H, W) → (B, S·nt·nh·nw, C·pt·ph·pw), tokens in (view, t, h, w) order, values in (c, pt, ph, pw)."""
+    """(B, C, S, T, H, W) → (B, S·nt·nh·nw, C·pt·ph·pw); tokens in (view, t, h, w), values in (c, pt, ph, pw) order."""
     pt, ph, pw = patch
     return rearrange(x, "b c s (t pt) (h ph) (w pw) -> b (s t h w) (c pt ph pw)", pt=pt, ph=ph, pw=pw)
 
@@ -149,6 +156,7 @@ class KspacePatchTokenizer(_PatchTokenizer):
         return any_line[..., None].expand(*any_line.shape, nw).flatten(1)
 
     def forward(self, kspace: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        _check_kspace_mask(kspace, mask, (self.n_views, self.n_frames, *self.hw))
         m = mask.bool()[:, None, :, :, :, None]  # (B, 1, S, T, H, 1)
         zero_filled = torch.where(m, kspace, torch.zeros((), dtype=kspace.dtype, device=kspace.device))
         x = torch.cat([zero_filled, m.to(kspace.dtype).expand_as(kspace[:, :1])], dim=1)
@@ -202,6 +210,7 @@ class KspaceLineTokenizer(nn.Module):
         return torch.where(valid, order, 0), valid
 
     def forward(self, kspace: torch.Tensor, mask: torch.Tensor) -> LineTokens:
+        _check_kspace_mask(kspace, mask, (*self.grid, self.n_readout))
         index, valid = self.gather_index(mask)
         lines = rearrange(kspace, "b c s t h w -> b (s t h) (c w)")
         zero = torch.zeros((), dtype=kspace.dtype, device=kspace.device)

@@ -95,8 +95,10 @@ def ellipsoid_sd(dx, dy, dz, a, b, c):
     """
     u, v, w = dx / a, dy / b, dz / c
     f = np.sqrt(u * u + v * v + w * w)
-    grad = np.sqrt((u / a) ** 2 + (v / b) ** 2 + (w / c) ** 2) + _F(1e-6)
-    return f * (f - 1) / grad
+    grad = np.sqrt((u / a) ** 2 + (v / b) ** 2 + (w / c) ** 2)
+    # f / |∇f²/2| -> the semi-axis along the direction; at the exact centre use the smallest semi-axis
+    scale = np.where(grad > 1e-12, f / np.maximum(grad, 1e-12), np.minimum(np.minimum(a, b), c))
+    return (f - 1) * scale
 
 
 def _crescent_fraction(p_rv: dict, lv: dict, lam: np.ndarray, grid: tuple) -> np.ndarray:
@@ -126,18 +128,22 @@ def cardiac_shapes(p: dict, n_frames: int) -> dict:
     # RV: crescent sized by bisection on a coarse half-grid (x2 >= 0, symmetric) so it follows the RV volume curve.
     # Every LV quantity is a function of g, so lam(g) is solved at a few g values and interpolated.
     r_epi = r_ed + lv["w_ed"]
-    p_rv = {"d": 0.7 * r_epi, "a1": 1.0, "a2": 1.2, "L": 1.9}  # shape ratios; size = lam
+    d_ratio, a2_ratio, l_ratio = p["rv_shape"]
+    p_rv = {"d": d_ratio * r_epi, "a1": 1.0, "a2": a2_ratio, "L": l_ratio}  # shape ratios; size = lam
     g_knots = np.linspace(0.0, 1.0, 6)
     len_k = l_ed * (1.0 - p["long_shortening"] * g_knots)
     r_k = np.sqrt(3.0 * edv * (1.0 - p["lv_ef"] / 100.0 * g_knots) / (2.0 * np.pi * len_k))
     lv_k = {"r": r_k, "L": len_k, "w": _wall_thickness(r_k, len_k, p["lv_mass_g"] / 1.05 * 1e3), "b": l_ed - len_k}
     target = p["rv_edv_ml"] * 1e3 * (1.0 - p["rv_ef"] / 100.0 * g_knots)
-    n = 26
-    a1, a2, a3 = np.linspace(-100.0, 110.0, n), np.linspace(0.0, 130.0, n // 2), np.linspace(0.0, 170.0, n)
-    x1, x2, x3 = (c.ravel() for c in np.meshgrid(a1, a2, a3, indexing="ij"))
-    pts = (x1, x2, x3, 2.0 * (a1[1] - a1[0]) * (a2[1] - a2[0]) * (a3[1] - a3[0]))
-    lo, hi = np.full(g_knots.size, 8.0), np.full(g_knots.size, 70.0)
-    for _ in range(14):
+    hi_lam = 2.2 * r_epi
+    lo, hi = np.full(g_knots.size, 0.3 * r_epi), np.full(g_knots.size, hi_lam)
+    bounds = ((-r_epi, p_rv["d"] + hi_lam * p_rv["a1"], 36), (0.0, hi_lam * p_rv["a2"], 18),
+              (0.0, hi_lam * p_rv["L"] + l_ed * p["long_shortening"], 30))  # fmt: skip
+    centres = [lo_ + (np.arange(k) + 0.5) * (hi_ - lo_) / k for lo_, hi_, k in bounds]  # cell centres
+    x1, x2, x3 = (c.ravel() for c in np.meshgrid(*centres, indexing="ij"))
+    cell = 2.0 * np.prod([(hi_ - lo_) / k for lo_, hi_, k in bounds])  # x2 >= 0 half, mirrored
+    pts = (x1, x2, x3, cell)
+    for _ in range(16):
         mid = 0.5 * (lo + hi)
         big = _crescent_fraction(p_rv, lv_k, mid, pts) > target
         hi, lo = np.where(big, mid, hi), np.where(big, lo, mid)

@@ -34,10 +34,10 @@ _SALT = 0x6B4D5452  # "kMTR"
 _THRESHOLD = {d: NormalDist().inv_cdf(1.0 - p) for d, p in DISEASE_PREVALENCE.items()}
 
 # Effect sizes of the disease model (tuned with benchmarks/cohort_difficulty.py so phenotype->disease AUC ∈ [0.65, 0.9]).
-BP_ON_MASS = 0.10  # relative LV mass per sd of the latent blood-pressure factor
-HTN_ON_MASS = 0.12  # extra relative LV mass with hypertension
-HBP_ON_MASS = 0.06  # extra relative LV mass with high blood pressure
-CAD_EF_DROP = (4.0, 16.0)  # uniform range of absolute LVEF loss (%) with CAD
+BP_ON_MASS = 0.07  # relative LV mass per sd of the latent blood-pressure factor
+HTN_ON_MASS = 0.06  # extra relative LV mass with hypertension
+HBP_ON_MASS = 0.05  # extra relative LV mass with high blood pressure
+CAD_EF_DROP = (1.0, 9.0)  # uniform range of absolute LVEF loss (%) with CAD
 
 
 def eid_of(index: int) -> str:
@@ -86,9 +86,10 @@ def sample_subject(seed: int, index: int) -> dict:
     severity, sector = 0.0, 0.0
     if cad:
         lv_ef -= float(rng.uniform(*CAD_EF_DROP))
-        severity = float(rng.uniform(0.5, 1.0)) if rng.random() < 0.8 else 0.0
-    elif rng.random() < 0.03:
-        severity = float(rng.uniform(0.2, 0.5))
+        severity = float(rng.uniform(0.3, 0.9)) if rng.random() < 0.6 else 0.0
+    elif rng.random() < 0.05:  # unobserved non-ischaemic dysfunction: hidden factor that lowers EF without CAD
+        lv_ef -= float(rng.uniform(1.0, 9.0))
+        severity = float(rng.uniform(0.2, 0.6)) if rng.random() < 0.5 else 0.0
     sector = float(rng.uniform(50.0, 110.0))
     mass_factor = np.exp(rng.normal(0.0, 0.11)) * (1.0 + BP_ON_MASS * bp + HTN_ON_MASS * htn + HBP_ON_MASS * hbp)
     lv_mass = (103.0 if male else 71.0) * (bsa / bsa_ref) ** 0.8 * mass_factor
@@ -106,22 +107,25 @@ def sample_subject(seed: int, index: int) -> dict:
         "lv_edv_ml": float(lv_edv), "lv_ef": lv_ef, "lv_mass_g": float(lv_mass), "rv_edv_ml": float(rv_edv),
         "rv_ef": rv_ef, "la_max_ml": float(la_max), "la_ef": la_ef, "ra_max_ml": float(ra_max), "ra_ef": ra_ef,
         "heart_rate_bpm": hr,
-        "lv_aspect": float(rng.normal(3.1, 0.25)),  # cavity length / radius at ED
+        "lv_aspect": float(np.clip(rng.normal(3.1, 0.4), 2.2, 4.2)),  # cavity length / radius at ED
         "long_shortening": float(rng.uniform(0.10, 0.17)),  # base descent / cavity length at ES
         "hypokinesis": severity, "hypokinesis_angle_deg": float(rng.uniform(-180.0, 180.0)),
         "hypokinesis_width_deg": sector,
         "heart_rotvec_deg": rng.normal(0.0, 10.0, 3).tolist(), "heart_shift_mm": rng.normal(0.0, 10.0, 3).tolist(),
-        "epicardial_fat_mm": float(rng.uniform(1.0, 4.0) * (bmi / 26.8)),
+        "epicardial_fat_mm": float(rng.uniform(0.5, 6.0) * (bmi / 26.8)),
         "subcutaneous_fat_mm": float(np.clip(4.0 + 1.6 * (bmi - 18.0) + rng.normal(0, 3), 3.0, 45.0)),
         "sax_start_mm": float(rng.uniform(-16.0, -6.0)),  # first SAX plane relative to the ED base plane
         "plane_tilt_deg": rng.normal(0.0, 4.0, 8).tolist(),  # planning error of the SAX stack and LAX planes
-        "inplane_rot_deg": rng.normal(0.0, 20.0, 4).tolist(),  # image-axis rotation of sax, 2ch, 3ch, 4ch
+        "inplane_rot_deg": rng.normal(0.0, 35.0, 4).tolist(),  # image-axis rotation of sax, 2ch, 3ch, 4ch
         "fov_shift_mm": rng.normal(0.0, 12.0, 8).tolist(),  # in-plane field-of-view offsets (sax, 2ch, 3ch, 4ch)
         "lax_angles_deg": [float(rng.normal(-95.0, 8.0)), float(rng.normal(40.0, 8.0)), float(rng.normal(0.0, 3.0))],
-        "blood": float(np.exp(rng.normal(0.0, 0.10))), "myocardium": float(0.30 * np.exp(rng.normal(0.0, 0.15))),
+        "blood": float(np.exp(rng.normal(0.0, 0.10))), "myocardium": float(0.30 * np.exp(rng.normal(0.0, 0.25))),
         "fat": float(0.85 * np.exp(rng.normal(0.0, 0.10))), "liver": float(0.30 * np.exp(rng.normal(0.0, 0.15))),
         "muscle": float(0.26 * np.exp(rng.normal(0.0, 0.15))), "lung": float(rng.uniform(0.02, 0.08)),
-        "noise_sigma": float(rng.uniform(0.02, 0.06)), "bias_strength": float(rng.uniform(0.1, 0.45)),
+        "noise_sigma": float(rng.uniform(0.02, 0.08)), "bias_strength": float(rng.uniform(0.1, 0.45)),
         "texture": float(rng.uniform(0.03, 0.10)), "gain": float(np.exp(rng.normal(0.0, 0.3))),
+        "rv_shape": [float(rng.uniform(0.6, 0.8)), float(rng.uniform(1.0, 1.4)), float(rng.uniform(1.6, 2.1))],
+        "papillary_mm": float(rng.uniform(2.0, 5.5)), "papillary_angle_deg": float(rng.normal(0.0, 15.0)),
+        "apical_slow_flow": float(rng.uniform(0.0, 0.35)),
         "appearance_seed": int(rng.integers(0, 2**31 - 1)),
     }  # fmt: skip

@@ -70,13 +70,11 @@ def view_planes(p: dict, preset: dict, origin: np.ndarray, axes: np.ndarray) -> 
     ex = e1 - (e1 @ normal) * normal
     ex /= np.linalg.norm(ex)
     ex, ey = _rotate_in_plane(ex, np.cross(normal, ex), p["inplane_rot_deg"][0])
-    start = origin + e3 * p["sax_start_mm"] + e3 * 0.0
-    centre = start + (ex * p["fov_shift_mm"][0] + ey * p["fov_shift_mm"][1])
-    # shift the centre so the stack is centred on the LV axis near mid-ventricle
-    centre = centre + 0.35 * (e3 - (e3 @ normal) * normal) * 0.0
+    # slice 0 is centred on the long axis sax_start_mm above the ED base plane, plus a field-of-view offset
+    centre = origin + e3 * p["sax_start_mm"] + ex * p["fov_shift_mm"][0] + ey * p["fov_shift_mm"][1]
     planes["sa"] = dict(origin=centre - half * (ex + ey), ex=ex, ey=ey, normal=normal,
                         spacing=preset["slice_spacing_mm"], n_slices=preset["sax_slices"])  # fmt: skip
-    lax_centre = origin + e3 * 0.22 * 100.0
+    lax_centre = origin + e3 * 22.0  # between the atria and the apex
     for k, (view, angle) in enumerate(zip(("la_2ch", "la_3ch", "la_4ch"), np.asarray(p["lax_angles_deg"])[[0, 1, 2]])):
         a = np.deg2rad(angle)
         u = np.cos(a) * e1 + np.sin(a) * e2
@@ -85,7 +83,6 @@ def view_planes(p: dict, preset: dict, origin: np.ndarray, axes: np.ndarray) -> 
         ey /= np.linalg.norm(ey)
         ex, ey = _rotate_in_plane(np.cross(ey, normal), ey, p["inplane_rot_deg"][1 + k])
         c = lax_centre + ex * p["fov_shift_mm"][2 + 2 * k] + ey * p["fov_shift_mm"][3 + 2 * k]
-        c = c - ((c - origin) @ normal) * normal * 0.0
         planes[view] = dict(origin=c - half * (ex + ey), ex=ex, ey=ey, normal=normal,
                             spacing=preset["slice_thickness_mm"], n_slices=1)  # fmt: skip
     return planes
@@ -164,8 +161,9 @@ def _revolution_sd(rho2, z, inv_r2, inv_l2):
     """
     z2 = z * z
     f2 = rho2 * inv_r2 + z2 * inv_l2
-    grad = np.sqrt(rho2 * (inv_r2 * inv_r2) + z2 * (inv_l2 * inv_l2)) + _F(1e-9)
-    return np.maximum((f2 - np.sqrt(f2)) / grad, -z)
+    grad = np.sqrt(rho2 * (inv_r2 * inv_r2) + z2 * (inv_l2 * inv_l2)) + _F(1e-12)
+    f = np.sqrt(f2)
+    return np.maximum((f2 - f) / grad, -z)  # at the exact base centre: 0 (on the truncation plane)
 
 
 def _heart_fields(x1, x2, x3, shapes: dict, p: dict, with_atria: bool) -> dict:
@@ -191,6 +189,15 @@ def _heart_fields(x1, x2, x3, shapes: dict, p: dict, with_atria: bool) -> dict:
     rv_ell = np.maximum(rv_ell, -z)
     out["rv"] = np.maximum(rv_ell, -out["epi"])
     out["rv_out"] = rv_ell - _F(rv["wall"])
+    # papillary muscles: two rods inside the cavity (labelled LV, as in UK Biobank), opposite the septum
+    pr = _F(p["papillary_mm"])
+    pap = None
+    for sign in (-1.0, 1.0):
+        ang = np.deg2rad(180.0 + sign * 55.0 + p["papillary_angle_deg"])
+        rr = _F(0.55) * col(lv["r"])
+        d = np.sqrt((x1 - rr * _F(np.cos(ang))) ** 2 + (x2 - rr * _F(np.sin(ang))) ** 2) - pr
+        pap = d if pap is None else np.minimum(pap, d)
+    out["pap"] = np.maximum(pap, np.abs(z - _F(0.55) * length) - _F(0.25) * length)
     if with_atria:
         for key in ("la", "ra"):
             at = shapes[key]
@@ -258,7 +265,9 @@ def render_subject(p: dict, preset: dict) -> tuple[dict, float]:
             _paint(tile, _occ(f["rv_out"], px), p["myocardium"])
             _paint(tile, _occ(f["rv"], px), p["blood"])
             _paint(tile, _occ(f["epi"], px), p["myocardium"])
-            _paint(tile, _occ(f["lv"], px), p["blood"])
+            slow = _F(p["blood"]) * (1 - _F(p["apical_slow_flow"]) * np.clip(f["z"] / _F(lv["L_ed"]), 0, 1) ** 2)
+            _paint(tile, _occ(f["lv"], px), slow)
+            _paint(tile, _occ(np.maximum(f["pap"], f["lv"]), px), p["myocardium"])
             img[k][:, sl[0], sl[1]] = tile.mean(axis=1).reshape(n_t, hb, wb)
             if labelled:
                 c = len(sub) // 2

@@ -48,7 +48,7 @@ def validate(x, name: str, *, kind: str = "any", ndim: int | None = None, min_nd
     else:
         raise TypeError(f"{name!r}: expected a torch.Tensor or numpy.ndarray, got {type(x).__name__}.")
     if kind == "complex" and not t.is_complex():
-        raise TypeError(f"{name!r}: expected a complex tensor (complex64 k-space / complex image), got dtype {t.dtype}.")
+        raise TypeError(f"{name!r}: expected a complex tensor (complex64 k-space or image), got dtype {t.dtype}.")
     if kind == "real" and t.is_complex():
         raise TypeError(f"{name!r}: expected a real tensor (e.g. float32 image), got complex dtype {t.dtype}.")
     lay = f" {layout}" if layout else ""
@@ -62,6 +62,14 @@ def validate(x, name: str, *, kind: str = "any", ndim: int | None = None, min_nd
         if not bool(torch.isfinite(s)) and not bool(torch.isfinite(t).all()):
             raise ValueError(f"{name!r}: contains NaN or Inf values.")
     return t
+
+
+def _check_fft_output(out: torch.Tensor, name: str) -> None:
+    """NaN/Inf check of an FFT's *input* for free: every 2-D FFT output is a sum over all inputs of its slice with
+    unit-modulus weights, so one non-finite input makes every output of that slice non-finite; one sample per slice
+    ((..., 0, 0)) is therefore enough, instead of a full pass over the data."""
+    if out.numel() and not bool(torch.isfinite(out[..., 0, 0]).all()):
+        raise ValueError(f"{name!r}: contains NaN or Inf values.")
 
 
 def _plain(t: torch.Tensor) -> torch.Tensor:
@@ -106,7 +114,8 @@ def _make_mask(pattern, n_pe, n_frames, acceleration, seed, options) -> np.ndarr
 
     m = np.asarray(make_mask(pattern, n_pe, n_frames, acceleration, seed=seed, **options), dtype=bool)
     if m.shape != (n_frames, n_pe):
-        raise ValueError(f"make_mask({pattern!r}) returned shape {m.shape}, expected (n_frames, n_pe)={(n_frames, n_pe)}.")
+        raise ValueError(f"make_mask({pattern!r}) returned shape {m.shape}, "
+                         f"expected (n_frames, n_pe)={(n_frames, n_pe)}.")
     m.setflags(write=False)  # shared by the cache: never mutate
     return m
 
@@ -152,7 +161,8 @@ class ChannelToComplex(Transform):
     def __call__(self, x):
         t = _plain(validate(x, self.name, kind="real", min_ndim=1))
         if t.shape[self.dim] != 2:
-            raise ValueError(f"{self.name!r}: expected size 2 (real, imag) on dim {self.dim}, got shape {tuple(t.shape)}.")
+            raise ValueError(f"{self.name!r}: expected size 2 (real, imag) on dim {self.dim}, "
+                             f"got shape {tuple(t.shape)}.")
         t = t.to(torch.float32)
         out = torch.complex(t.select(self.dim, 0), t.select(self.dim, 1))
         return _like(out, x)
@@ -165,10 +175,12 @@ class FFT2c(Transform):
         self.name = name
 
     def __call__(self, x):
-        t = _plain(validate(x, self.name, min_ndim=2, layout="(..., H, W)"))
+        t = _plain(validate(x, self.name, min_ndim=2, layout="(..., H, W)", check_finite=False))
         if not t.is_complex():
             t = t.to(torch.float32)
-        return _like(fft2c(t), x)
+        out = fft2c(t)
+        _check_fft_output(out, self.name)
+        return _like(out, x)
 
 
 class IFFT2c(Transform):
@@ -178,8 +190,10 @@ class IFFT2c(Transform):
         self.name = name
 
     def __call__(self, x):
-        t = _plain(validate(x, self.name, kind="complex", min_ndim=2, layout="(..., H, W)"))
-        return _like(ifft2c(t), x)
+        t = _plain(validate(x, self.name, kind="complex", min_ndim=2, layout="(..., H, W)", check_finite=False))
+        out = ifft2c(t)
+        _check_fft_output(out, self.name)
+        return _like(out, x)
 
 
 # ----------------------------------------------------------------------------------------------- synthetic phase
@@ -226,7 +240,9 @@ class RandSmoothPhase(Randomizable, Transform):
         return torch.polar(torch.ones(n_views, h, w), torch.angle(ifft2c(spec))).to(device)
 
     def __call__(self, img, subject_id=None, randomize: bool = True):
-        t = _plain(validate(img, self.name, kind="real", ndim=4, layout="(S, T, H, W)")).to(torch.float32)
+        rescale = self.magnitude_range is not None  # then the min/max below double as the NaN/Inf check
+        t = _plain(validate(img, self.name, kind="real", ndim=4, layout="(S, T, H, W)", check_finite=not rescale))
+        t = t.to(torch.float32)
         if randomize:
             self.randomize(t.shape, subject_id)
         pr = torch.view_as_real(self.phase_map(t.shape[0], t.shape[2], t.shape[3], t.device))[:, None]  # (S,1,H,W,2)
@@ -234,7 +250,9 @@ class RandSmoothPhase(Randomizable, Transform):
             out = t[..., None] * pr
         else:  # (lo + (t - min) * a) * phasor as one fused t * (a phasor) + (b phasor), b = lo - min * a
             lo, hi = self.magnitude_range
-            tmin, tmax = torch.aminmax(t)
+            tmin, tmax = torch.aminmax(t)  # NaN-propagating
+            if not bool(torch.isfinite(tmin) & torch.isfinite(tmax)):
+                raise ValueError(f"{self.name!r}: contains NaN or Inf values.")
             a = torch.where(tmax > tmin, (hi - lo) / (tmax - tmin), torch.zeros_like(tmax))
             out = torch.addcmul((lo - tmin * a) * pr, t[..., None], a * pr)
         return _like(torch.view_as_complex(out), img)
@@ -245,7 +263,8 @@ def _mask_tensor(mask, name: str, kshape: torch.Size) -> torch.Tensor:
     """Validate a (S, T, H) mask against k-space (..., S, T, H, W); return it float32 with a trailing W axis."""
     m = _plain(validate(mask, name, kind="real", ndim=3, layout="(S, T, H)"))
     if tuple(m.shape) != tuple(kshape[-4:-1]):
-        raise ValueError(f"{name!r}: mask shape {tuple(m.shape)} does not match k-space (S, T, H)={tuple(kshape[-4:-1])}.")
+        raise ValueError(f"{name!r}: mask shape {tuple(m.shape)} does not match k-space "
+                         f"(S, T, H)={tuple(kshape[-4:-1])}.")
     return m.to(torch.float32)[..., None]
 
 
@@ -320,7 +339,7 @@ class ZeroFilled(Transform):
         self.name = name
 
     def __call__(self, kspace, mask=None):
-        k = _plain(validate(kspace, self.name, kind="complex", min_ndim=2, layout="(..., H, W)"))
+        k = _plain(validate(kspace, self.name, kind="complex", min_ndim=2, layout="(..., H, W)", check_finite=False))
         if mask is not None:
             k = k * _mask_tensor(mask, "mask", k.shape).to(k.device)
         h, w = k.shape[-2:]
@@ -329,6 +348,7 @@ class ZeroFilled(Transform):
             img = torch.fft.ifft2(k.mul_(pre) if mask is not None else k * pre, norm="ortho")
         else:
             img = ifft2c(k)
+        _check_fft_output(img, self.name)
         ri = torch.view_as_real(img)  # |z| = sqrt(re^2 + im^2): much faster than torch.abs (hypot) on CPU
         out = ri[..., 0].square().addcmul_(ri[..., 1], ri[..., 1]).sqrt_()
         return _like(out.to(torch.float32), kspace)
@@ -461,7 +481,8 @@ class SimulateCoils(Transform):
 
     def maps(self, h: int, w: int, device=None) -> torch.Tensor:
         """Sensitivity maps (C, H, W) complex64."""
-        return _coil_maps(self.n_coils, int(h), int(w), float(self.radius), float(self.width), torch.device(device or "cpu"))
+        dev = torch.device(device or "cpu")
+        return _coil_maps(self.n_coils, int(h), int(w), float(self.radius), float(self.width), dev)
 
     def __call__(self, img):
         t = _plain(validate(img, self.name, ndim=4, layout="(S, T, H, W)"))
@@ -474,7 +495,8 @@ class CoilCombine(Transform):
     """Coil k-space (C, ..., H, W) complex -> one image (..., H, W).
 
     mode "sense": adjoint SENSE ``Σ_c conj(S_c) ifft2c(k_c) / Σ_c |S_c|²`` (complex64; needs ``maps``
-    (C, ..., H, W) broadcastable to the coil images); "rss": root-sum-of-squares ``sqrt(Σ_c |ifft2c(k_c)|²)`` (float32).
+    (C, ..., H, W) broadcastable to the coil images); "rss": root-sum-of-squares ``sqrt(Σ_c |ifft2c(k_c)|²)``
+    (float32).
     """
 
     def __init__(self, mode: str = "sense", name: str = "kspace") -> None:

@@ -246,7 +246,10 @@ class RandGlobalPhased(_RandWrapped):
 
 
 class SimulateCoilsd(_Wrapped):
-    """Complex image (S, T, H, W) -> coil images/k-space (C, S, T, H, W) at ``output_key``; maps (C, H, W) at ``maps_key``."""
+    """Complex image (S, T, H, W) -> coil images or k-space (C, S, T, H, W) at ``output_key``.
+
+    The sensitivity maps (C, H, W) go to ``maps_key`` (for ``CoilCombined``).
+    """
 
     def __init__(self, keys: KeysCollection, output_key=None, maps_key: str = "sens_maps", n_coils: int = 8,
                  to_kspace: bool = False, radius: float = 1.5, width: float = 1.0,

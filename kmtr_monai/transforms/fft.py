@@ -28,7 +28,7 @@ def _checkerboards(h: int, w: int, device: torch.device, dtype: torch.dtype) -> 
     return pre.to(device=device, dtype=dtype), (sign * pre).to(device=device, dtype=dtype)
 
 
-def checkerboard(h: int, w: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def checkerboard(h: int, w: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
     """The cached (H, W) checkerboard ``(-1)^(h+w)`` used by :func:`fft2c` (even H and W)."""
     return _checkerboards(int(h), int(w), torch.device(device), dtype)[0]
 
