@@ -357,3 +357,30 @@ def test_paper_preset_builds_with_paper_sizes():
     assert img.tokenizer.pos.shape == (23040, 1024)
     ks = build_kspace_mae("paper", tokenizer="line")
     assert ks.tokenizer.num_lines == 9 * 50 * 128 and ks.head.out_features == 2 * 128
+
+
+
+def test_drop_decoder_keeps_encode_and_blocks_forward():
+    s, t, h = sizes("tiny")
+    _, kspace, _, mask = make_batch(2, s, t, h)
+    mae = build_kspace_mae("tiny").eval()
+    tokens_before, pooled_before = mae.encode(kspace, mask)
+    n_before = sum(p.numel() for p in mae.parameters())
+    mae.drop_decoder()
+    assert sum(p.numel() for p in mae.parameters()) < n_before
+    assert not any(k.startswith(("decoder.", "dec_embed.", "head.", "mask_token")) for k in mae.state_dict())
+    tokens_after, pooled_after = mae.encode(kspace, mask)
+    assert torch.equal(pooled_before, pooled_after)
+    with pytest.raises(RuntimeError, match="decoder was dropped"):
+        mae(kspace, mask)
+
+
+def test_image_mae_eval_masks_are_repeatable():
+    s, t, h = sizes("tiny")
+    mae = build_image_mae("tiny")
+    img = torch.rand(2, s, t, h, h)
+    mae.eval()
+    assert torch.equal(mae(img)["weight"], mae(img)["weight"])
+    mae.train()
+    w = [mae(img)["weight"] for _ in range(3)]
+    assert not (torch.equal(w[0], w[1]) and torch.equal(w[1], w[2]))

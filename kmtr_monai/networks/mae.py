@@ -83,6 +83,23 @@ class _MAEBase(nn.Module):
         self.mask_token = nn.Parameter(torch.randn(1, 1, dec_dim) * 0.02)
         self.decoder = TransformerEncoder(dec_dim, dec_depth, dec_heads, mlp_ratio, grad_checkpoint=grad_checkpoint)
 
+    _DECODER_PARTS = ("dec_embed", "mask_token", "decoder", "head")
+
+    def drop_decoder(self) -> "_MAEBase":
+        """Delete the decoder (Stages II/III use only ``encode``); returns self.
+
+        Unused parameters would otherwise make DDP fail, and they waste memory. ``forward`` no longer works.
+        """
+        for name in self._DECODER_PARTS:
+            if hasattr(self, name):
+                delattr(self, name)
+        self.decoder_dropped = True
+        return self
+
+    def _require_decoder(self) -> None:
+        if getattr(self, "decoder_dropped", False):
+            raise RuntimeError(f"{type(self).__name__}: the decoder was dropped; only encode() is available")
+
     def _decode(self, enc: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """Decode [class token of ``enc`` (B, 1+n, dim), ``hidden`` (B, L, dec_dim)] → (B, L, dec_dim)."""
         return self.decoder(torch.cat([self.dec_embed(enc[:, :1]), hidden], dim=1))[:, 1:]
@@ -142,6 +159,10 @@ class ImageMAE(_MAEBase):
         return keep, masked
 
     def forward(self, image: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """In eval mode without a ``generator`` the masks come from a fixed seed, so validation is repeatable."""
+        self._require_decoder()
+        if generator is None and not self.training:
+            generator = torch.Generator(device=image.device).manual_seed(0)
         tokens = self.tokenizer(image)  # validates type and shape
         _check_finite("image", image)
         b, _, d = tokens.shape
@@ -281,6 +302,7 @@ class KspaceMAE(_MAEBase):
     def forward(
         self, kspace: torch.Tensor, mask: torch.Tensor, kspace_full: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
+        self._require_decoder()
         m = self._check_inputs(kspace, mask)
         if kspace_full is not None:
             check_real("kspace_full", kspace_full)
