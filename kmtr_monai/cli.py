@@ -34,11 +34,12 @@ def kspace(root: str, preset: str = "tiny", acceleration: int = 4, pattern: str 
     return kspace_summary(root, preset=preset, acceleration=acceleration, pattern=pattern, seed=seed)
 
 
-def pipeline(out: str = "runs/tiny", preset: str = "tiny", subjects: int | None = None, seed: int = 0, workers: int = 1):
+def pipeline(out: str = "runs/tiny", preset: str = "tiny", subjects: int | None = None, seed: int = 0, workers: int = 1,
+             epochs: int | None = None):
     """The main job: simulate a cohort, then train image-mae, kspace-mae and align with their bundles."""
     from kmtr_monai.pipeline import run_pipeline
 
-    run_pipeline(out=out, preset=preset, subjects=subjects, seed=seed, workers=workers)
+    run_pipeline(out=out, preset=preset, subjects=subjects, seed=seed, workers=workers, max_epochs=epochs)
 
 
 def main():

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 STAGES = ("image-mae", "kspace-mae", "align")
-DEFAULT_SUBJECTS = {"tiny": 24, "small": 2000, "paper": 2000}
+DEFAULT_SUBJECTS = {"tiny": 48, "small": 2000, "paper": 2000}
 
 
 def default_bundles_dir() -> Path:
@@ -43,10 +43,12 @@ def read_metrics(output_dir: Path) -> dict[str, float]:
 
 
 def run_pipeline(out: str = "runs/tiny", preset: str = "tiny", subjects: int | None = None, seed: int = 0,
-                 workers: int = 1, stages=STAGES, bundles_dir: str | None = None) -> dict:  # fmt: skip
+                 workers: int = 1, max_epochs: int | None = None, stages=STAGES,
+                 bundles_dir: str | None = None) -> dict:  # fmt: skip
     """Simulate a cohort, write its datalist, summarise its k-space, then train every stage's bundle in order.
 
-    Returns ``{stage: {metric: value}}`` and prints a table. Stops at the first failing stage with its command.
+    ``max_epochs`` overrides the preset's epoch count for every stage. Returns ``{stage: {metric: value}}`` and prints
+    a table. Stops at the first failing stage with its command.
     """
     from kmtr_monai.data.datalist import write_datalist
     from kmtr_monai.data.summary import kspace_summary
@@ -66,6 +68,8 @@ def run_pipeline(out: str = "runs/tiny", preset: str = "tiny", subjects: int | N
     for stage in stages:
         stage_dir = out_dir / stage
         overrides = {"dataset_dir": cohort, "ckpt_dir": stage_dir / "models", "output_dir": stage_dir / "eval"}
+        if max_epochs is not None:
+            overrides["max_epochs"] = max_epochs
         if stage == "align":
             overrides["image_mae_ckpt"] = out_dir / "image-mae" / "models" / "model.pt"
             overrides["kspace_mae_ckpt"] = out_dir / "kspace-mae" / "models" / "model.pt"
