@@ -93,12 +93,13 @@ def ellipsoid_sd(dx, dy, dz, a, b, c):
 
     Broadcasts: coordinates (S, N) with per-frame semi-axes (T, 1, 1) give (T, S, N) float32.
     """
-    u, v, w = dx / a, dy / b, dz / c
+    ia, ib, ic = 1.0 / a, 1.0 / b, 1.0 / c
+    u, v, w = dx * ia, dy * ib, dz * ic
     f = np.sqrt(u * u + v * v + w * w)
-    grad = np.sqrt((u / a) ** 2 + (v / b) ** 2 + (w / c) ** 2)
-    # f / |∇f²/2| -> the semi-axis along the direction; at the exact centre use the smallest semi-axis
-    scale = np.where(grad > 1e-12, f / np.maximum(grad, 1e-12), np.minimum(np.minimum(a, b), c))
-    return (f - 1) * scale
+    grad = np.sqrt((u * ia) ** 2 + (v * ib) ** 2 + (w * ic) ** 2)
+    # f / |∇(f²/2)| is the semi-axis along the direction; the epsilons make it the smallest one at the centre
+    eps = 1e-6
+    return (f - 1) * ((f + eps) / (grad + eps * np.maximum(np.maximum(ia, ib), ic)))
 
 
 def _crescent_fraction(p_rv: dict, lv: dict, lam: np.ndarray, grid: tuple) -> np.ndarray:
@@ -155,8 +156,8 @@ def cardiac_shapes(p: dict, n_frames: int) -> dict:
         a = (3.0 * v / (4.0 * np.pi * elong)) ** (1.0 / 3.0)
         return a, elong * a
 
-    la_a, la_c = atrium(p["la_max_ml"], p["la_ef"])
-    ra_a, ra_c = atrium(p["ra_max_ml"], p["ra_ef"], 1.15)
+    la_a, la_c = atrium(p["la_max_ml"], p["la_ef"], p["atrial_elongation"][0])
+    ra_a, ra_c = atrium(p["ra_max_ml"], p["ra_ef"], p["atrial_elongation"][1])
     la = {"x1": -0.1 * r_ed, "x2": -0.1 * r_ed, "x3": lv["b"] - la_c - 1.0, "a": la_a, "c": la_c}
     ra = {"x1": rv["d"] + 0.75 * float(rv["a1"][0]), "x2": 0.0, "x3": lv["b"] - ra_c - 1.0, "a": ra_a, "c": ra_c}
     return {"lv": lv, "rv": rv, "la": la, "ra": ra, "dt_ms": dt_ms}

@@ -37,7 +37,7 @@ _THRESHOLD = {d: NormalDist().inv_cdf(1.0 - p) for d, p in DISEASE_PREVALENCE.it
 BP_ON_MASS = 0.07  # relative LV mass per sd of the latent blood-pressure factor
 HTN_ON_MASS = 0.06  # extra relative LV mass with hypertension
 HBP_ON_MASS = 0.05  # extra relative LV mass with high blood pressure
-CAD_EF_DROP = (1.0, 9.0)  # uniform range of absolute LVEF loss (%) with CAD
+CAD_EF_DROP = (0.5, 7.5)  # uniform range of absolute LVEF loss (%) with CAD
 
 
 def eid_of(index: int) -> str:
@@ -92,8 +92,8 @@ def sample_subject(seed: int, index: int) -> dict:
         severity = float(rng.uniform(0.2, 0.6)) if rng.random() < 0.5 else 0.0
     sector = float(rng.uniform(50.0, 110.0))
     mass_factor = np.exp(rng.normal(0.0, 0.11)) * (1.0 + BP_ON_MASS * bp + HTN_ON_MASS * htn + HBP_ON_MASS * hbp)
-    lv_mass = (103.0 if male else 71.0) * (bsa / bsa_ref) ** 0.8 * mass_factor
-    rv_edv = lv_edv * float(np.exp(rng.normal(np.log(1.10), 0.07)))
+    lv_mass = (98.0 if male else 67.0) * (bsa / bsa_ref) ** 0.8 * mass_factor
+    rv_edv = lv_edv * float(np.exp(rng.normal(np.log(1.04), 0.07)))
     rv_ef = float(np.clip(rng.normal(57.0, 5.0) - 3.0 * cad, 35.0, 75.0))
     la_max = 70.0 * (bsa / 1.87) * float(np.exp(rng.normal(0.0, 0.22))) * (1.0 + 0.06 * bp)
     la_ef = float(np.clip(rng.normal(60.0, 7.0), 35.0, 80.0))
@@ -116,16 +116,17 @@ def sample_subject(seed: int, index: int) -> dict:
         "subcutaneous_fat_mm": float(np.clip(4.0 + 1.6 * (bmi - 18.0) + rng.normal(0, 3), 3.0, 45.0)),
         "sax_start_mm": float(rng.uniform(-16.0, -6.0)),  # first SAX plane relative to the ED base plane
         "plane_tilt_deg": rng.normal(0.0, 4.0, 8).tolist(),  # planning error of the SAX stack and LAX planes
-        "inplane_rot_deg": rng.normal(0.0, 35.0, 4).tolist(),  # image-axis rotation of sax, 2ch, 3ch, 4ch
+        "inplane_rot_deg": rng.uniform(-180.0, 180.0, 4).tolist(),  # image-axis rotation (sax, 2ch, 3ch, 4ch)
         "fov_shift_mm": rng.normal(0.0, 12.0, 8).tolist(),  # in-plane field-of-view offsets (sax, 2ch, 3ch, 4ch)
         "lax_angles_deg": [float(rng.normal(-95.0, 8.0)), float(rng.normal(40.0, 8.0)), float(rng.normal(0.0, 3.0))],
-        "blood": float(np.exp(rng.normal(0.0, 0.10))), "myocardium": float(0.30 * np.exp(rng.normal(0.0, 0.25))),
-        "fat": float(0.85 * np.exp(rng.normal(0.0, 0.10))), "liver": float(0.30 * np.exp(rng.normal(0.0, 0.15))),
+        "blood": float(np.exp(rng.normal(0.0, 0.25))), "myocardium": float(0.30 * np.exp(rng.normal(0.0, 0.25))),
+        "fat": float(0.85 * np.exp(rng.normal(0.0, 0.20))), "liver": float(0.30 * np.exp(rng.normal(0.0, 0.15))),
         "muscle": float(0.26 * np.exp(rng.normal(0.0, 0.15))), "lung": float(rng.uniform(0.02, 0.08)),
-        "noise_sigma": float(rng.uniform(0.02, 0.08)), "bias_strength": float(rng.uniform(0.1, 0.45)),
+        "noise_sigma": float(rng.uniform(0.02, 0.08)), "bias_strength": float(rng.uniform(0.1, 0.6)),
         "texture": float(rng.uniform(0.03, 0.10)), "gain": float(np.exp(rng.normal(0.0, 0.3))),
         "rv_shape": [float(rng.uniform(0.6, 0.8)), float(rng.uniform(1.0, 1.4)), float(rng.uniform(1.6, 2.1))],
         "papillary_mm": float(rng.uniform(2.0, 5.5)), "papillary_angle_deg": float(rng.normal(0.0, 15.0)),
-        "apical_slow_flow": float(rng.uniform(0.0, 0.35)),
+        "apical_slow_flow": float(rng.uniform(0.0, 0.35)), "atrial_signal": float(rng.uniform(0.7, 1.0)),
+        "atrial_elongation": [float(rng.uniform(1.0, 1.6)), float(rng.uniform(0.95, 1.45))],
         "appearance_seed": int(rng.integers(0, 2**31 - 1)),
     }  # fmt: skip

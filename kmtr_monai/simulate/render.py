@@ -1,11 +1,11 @@
 """bSSFP-like rendering of the parametric heart-in-torso on the SAX stack and the three LAX planes.
 
 Each view is a set of planes with a NIfTI affine; its pixel grid is sampled at ``SUBSAMPLES`` positions through the
-slice thickness. The static torso (fat, chest wall, lungs, liver, spine, aortas) is rendered once per plane; the
+slice thickness (two, at ±thickness/4: the midpoint rule on the two halves of the slice profile). The static torso (fat, chest wall, lungs, liver, spine, aortas) is rendered once per plane; the
 heart is evaluated only inside its bounding rectangle, for all frames at once (parameters broadcast over a leading
 frame axis). Soft occupancies ``clip(0.5 - sd / pixel, 0, 1)`` give in-plane partial volume; averaging the
-through-slice samples gives the slice-profile partial volume. Labels are those of the slice-centre sample (hard
-inside tests). Then a smooth bias field, a tissue texture and Rician noise are applied, all defined in world
+through-slice samples gives the slice-profile partial volume. Labels are those of the slice centre (the mean of the two
+sample distances, exact for locally planar surfaces). Then a smooth bias field, a tissue texture and Rician noise are applied, all defined in world
 coordinates, so every view sees the same field. Written from scratch: MONAI has no phantom renderer.
 """
 
@@ -16,19 +16,22 @@ import numpy as np
 from kmtr_monai.simulate.geometry import cardiac_shapes, ellipsoid_sd, heart_frame, rotation_matrix
 
 _F = np.float32
-SUBSAMPLES = (-1.0 / 3.0, 0.0, 1.0 / 3.0)  # through-slice sample offsets, fraction of the slice thickness
+SUBSAMPLES = (-0.25, 0.25)  # through-slice sample offsets (fraction of the slice thickness): midpoint rule on halves
 SAX_LABELS = {"LV": 1, "MYO": 2, "RV": 3}  # UK Biobank seg_sa.nii.gz
 LAX_LABELS = {"LA": 1, "RA": 2}  # seg_la_2ch (LA only) and seg_la_4ch
 
 
 def _occ(sd, pixel):
     """Soft occupancy in [0, 1] from a signed distance (mm) with a one-pixel ramp (box-filter partial volume)."""
-    return np.clip(_F(0.5) - sd * _F(1.0 / pixel), 0.0, 1.0)
+    occ = sd * _F(-1.0 / pixel)
+    occ += _F(0.5)
+    return np.clip(occ, 0.0, 1.0, out=occ)
 
 
 def _paint(img, occ, value):
-    """In-place ``img = img * (1 - occ) + value * occ``."""
-    img += occ * (value - img)
+    """In-place ``img = img * (1 - occ) + value * occ`` (``occ`` is overwritten)."""
+    occ *= np.subtract(value, img, dtype=_F)
+    img += occ
 
 
 def _fast_normal(rng: np.random.Generator, shape) -> np.ndarray:
@@ -192,12 +195,14 @@ def _heart_fields(x1, x2, x3, shapes: dict, p: dict, with_atria: bool) -> dict:
     # papillary muscles: two rods inside the cavity (labelled LV, as in UK Biobank), opposite the septum
     pr = _F(p["papillary_mm"])
     pap = None
-    for sign in (-1.0, 1.0):
+    z_lo, z_hi = float(x3.min()) - float(np.max(lv["b"])), float(x3.max())
+    in_range = z_hi > 0.3 * float(np.min(lv["L"])) and z_lo < 0.8 * lv["L_ed"]
+    for sign in (-1.0, 1.0) if in_range else ():
         ang = np.deg2rad(180.0 + sign * 55.0 + p["papillary_angle_deg"])
         rr = _F(0.55) * col(lv["r"])
         d = np.sqrt((x1 - rr * _F(np.cos(ang))) ** 2 + (x2 - rr * _F(np.sin(ang))) ** 2) - pr
         pap = d if pap is None else np.minimum(pap, d)
-    out["pap"] = np.maximum(pap, np.abs(z - _F(0.55) * length) - _F(0.25) * length)
+    out["pap"] = None if pap is None else np.maximum(pap, np.abs(z - _F(0.55) * length) - _F(0.25) * length)
     if with_atria:
         for key in ("la", "ra"):
             at = shapes[key]
@@ -256,33 +261,37 @@ def render_subject(p: dict, preset: dict) -> tuple[dict, float]:
             f = _heart_fields(x1, x2, x3, shapes, p, with_atria)
             tile = np.broadcast_to(bg[k][:, sl[0], sl[1]].reshape(len(sub), -1), f["lv"].shape).copy()
             vent = np.minimum(f["epi"], f["rv_out"])
-            fat_th = _F(fat_mm) + _F(7.0) * np.exp(-np.abs(f["z"]) / _F(12.0))
+            fat_th = np.abs(f["z"]) * _F(-7.0 / 25.0)  # thicker fat in the atrioventricular groove
+            fat_th += _F(7.0)
+            np.maximum(fat_th, 0.0, out=fat_th)
+            fat_th += _F(fat_mm)
             _paint(tile, _occ(vent - fat_th, px), p["fat"])
             if with_atria:
                 for key in ("la", "ra"):
                     _paint(tile, _occ(f[key] - _F(2.0), px), p["myocardium"])
-                    _paint(tile, _occ(f[key], px), p["blood"])
+                    _paint(tile, _occ(f[key], px), p["blood"] * p["atrial_signal"])  # slower atrial inflow
             _paint(tile, _occ(f["rv_out"], px), p["myocardium"])
             _paint(tile, _occ(f["rv"], px), p["blood"])
             _paint(tile, _occ(f["epi"], px), p["myocardium"])
             slow = _F(p["blood"]) * (1 - _F(p["apical_slow_flow"]) * np.clip(f["z"] / _F(lv["L_ed"]), 0, 1) ** 2)
             _paint(tile, _occ(f["lv"], px), slow)
-            _paint(tile, _occ(np.maximum(f["pap"], f["lv"]), px), p["myocardium"])
+            if f["pap"] is not None:
+                _paint(tile, _occ(np.maximum(f["pap"], f["lv"]), px), p["myocardium"])
             img[k][:, sl[0], sl[1]] = tile.mean(axis=1).reshape(n_t, hb, wb)
-            if labelled:
-                c = len(sub) // 2
-                lab = np.zeros(f["lv"][:, c].shape, np.int16)
-                epi, rvo = f["epi"][:, c] < 0, f["rv_out"][:, c] < 0
+            if labelled:  # slice-centre labels: the mean of the two sample distances is the centre distance
+                is_in = lambda key: f[key].sum(axis=1) < 0  # noqa: E731  (T, N)
+                lab = np.zeros((n_t, hb * wb), np.int16)
+                epi, rvo = is_in("epi"), is_in("rv_out")
                 if view == "sa":
-                    lab[f["rv"][:, c] < 0] = SAX_LABELS["RV"]
+                    lab[is_in("rv")] = SAX_LABELS["RV"]
                     lab[epi] = SAX_LABELS["MYO"]
-                    lab[f["lv"][:, c] < 0] = SAX_LABELS["LV"]
+                    lab[is_in("lv")] = SAX_LABELS["LV"]
                 elif with_atria:
                     free = ~(epi | rvo)
-                    ra_in = (f["ra"][:, c] < 0) & free
+                    ra_in = is_in("ra") & free
                     if view == "la_4ch":
                         lab[ra_in] = LAX_LABELS["RA"]
-                    lab[(f["la"][:, c] < 0) & free & ~ra_in] = LAX_LABELS["LA"]
+                    lab[is_in("la") & free & ~ra_in] = LAX_LABELS["LA"]
                 seg[k][:, sl[0], sl[1]] = lab.reshape(n_t, hb, wb)
         # bias x texture (world), Rician noise, gain
         field = look.field(base_pts[None] + (np.arange(nz) * pl["spacing"])[:, None, None, None] * pl["normal"])

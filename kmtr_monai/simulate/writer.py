@@ -98,7 +98,10 @@ def simulate_cohort(out, subjects: int = 16, preset: str = "tiny", seed: int = 0
     """
     _check_args(out, subjects, preset, seed, workers)
     out = os.fspath(out)
-    os.makedirs(out, exist_ok=True)
+    try:
+        os.makedirs(out, exist_ok=True)
+    except PermissionError as err:
+        raise PermissionError(f"cannot create output directory {out!r}: not writable ({err.strerror})") from err
     if not os.access(out, os.W_OK | os.X_OK):
         raise PermissionError(f"output directory {out!r} is not writable")
     jobs = [(out, int(seed), i, preset) for i in range(int(subjects))]
