@@ -81,6 +81,19 @@ class _RandWrapped(Randomizable, _Wrapped):
     def randomize(self, data=None) -> None:  # draws happen in __call__, where the data shape is known
         pass
 
+    def _apply_keys(self, d: dict, **kwargs) -> bool:
+        """``d[out] = t(d[key])`` for every present key, one random draw shared by all; False if none present."""
+        first = True
+        for key, out in self.key_iterator(d, self.output_keys):
+            d[out] = self._apply(key, d[key], randomize=first, **kwargs)
+            first = False
+        return not first
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        self._apply_keys(d)
+        return d
+
 
 class ComplexToChanneld(_Wrapped):
     """complex (...) -> float32 (2, ...) [real, imag] channel-first, per key."""
@@ -129,11 +142,7 @@ class RandSmoothPhased(_RandWrapped):
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
-        sid = _subject(d, self.seed_key)
-        first = True
-        for key, out in self.key_iterator(d, self.output_keys):
-            d[out] = self._apply(key, d[key], subject_id=sid, randomize=first)
-            first = False
+        self._apply_keys(d, subject_id=_subject(d, self.seed_key))
         return d
 
 
@@ -212,11 +221,7 @@ class RandKspaceShiftd(_RandWrapped):
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
-        first = True
-        for key in self.key_iterator(d):
-            d[key] = self._apply(key, d[key], randomize=first)
-            first = False
-        if first:  # no k-space key present: draw from the first image key's view count
+        if not self._apply_keys(d):  # no k-space key present: draw from the first image key's view count
             present = [k for k in self.image_keys if k in d]
             if not present:
                 return d
@@ -235,14 +240,6 @@ class RandGlobalPhased(_RandWrapped):
     def __init__(self, keys: KeysCollection, prob: float = 1.0, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, None, allow_missing_keys)
         self.t = A.RandGlobalPhase(prob=prob)
-
-    def __call__(self, data: Mapping) -> dict:
-        d = dict(data)
-        first = True
-        for key in self.key_iterator(d):
-            d[key] = self._apply(key, d[key], randomize=first)
-            first = False
-        return d
 
 
 class SimulateCoilsd(_Wrapped):
