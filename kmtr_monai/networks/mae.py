@@ -26,7 +26,7 @@ from einops import rearrange
 from torch import nn
 
 from ..constants import LAX_VIEWS
-from ..presets import DATA_PRESETS
+from ..presets import DATA_PRESETS, MODEL_PRESETS
 from .pos_embed import position_code
 from .tokenizers import (
     ImageTokenizer,
@@ -41,12 +41,6 @@ from .transformer import TransformerEncoder, init_vit_weights
 
 __all__ = ["MODEL_PRESETS", "ImageMAE", "KspaceMAE", "build_image_mae", "build_kspace_mae", "pool_tokens"]
 
-MODEL_PRESETS: dict[str, dict] = {
-    "tiny": dict(dim=64, depth=2, heads=4, dec_dim=64, dec_depth=1, dec_heads=4, patch=(2, 8, 8)),
-    "small": dict(dim=192, depth=4, heads=6, dec_dim=128, dec_depth=2, dec_heads=4, patch=(2, 8, 8)),
-    "paper": dict(dim=1024, depth=6, heads=16, dec_dim=512, dec_depth=2, dec_heads=16, patch=(5, 8, 8)),
-}
-"""Model sizes per preset. Data sizes come from ``presets.DATA_PRESETS`` (n_views = 3 LAX + n_sax)."""
 
 _POOLS = ("cls", "mean")
 
