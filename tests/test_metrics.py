@@ -184,8 +184,8 @@ def test_dual_encoder_mean_pooling_skips_padding_and_cls():
     tok = enc.encode(x)[0]
     mean = DualEncoder(enc, _StandIn(4), pooling="mean", embed_dim=8).eval()
     z = mean.embed_image(x)
-    torch.testing.assert_close(z[0], mean.image_proj(tok[0, 1:4].mean(0)))  # tokens 4, 5 are padding
-    torch.testing.assert_close(z[1], mean.image_proj(tok[1, 1:].mean(0)))
+    torch.testing.assert_close(z[0], mean.image_proj(tok[0, 1:4].mean(0, keepdim=True))[0])  # tokens 4, 5: padding
+    torch.testing.assert_close(z[1], mean.image_proj(tok[1, 1:].mean(0, keepdim=True))[0])
     cls = DualEncoder(enc, _StandIn(4), pooling="cls", embed_dim=8).eval()
     torch.testing.assert_close(cls.embed_image(x), cls.image_proj(tok[:, 0]))
     with pytest.raises(ValueError, match="pooling"):
