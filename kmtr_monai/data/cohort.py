@@ -24,7 +24,7 @@ from kmtr_monai.constants import (
     is_lax,
     sax_views,
 )
-from kmtr_monai.data.layout import list_subjects, read_nifti
+from kmtr_monai.data.layout import read_nifti
 from kmtr_monai.presets import DATA_PRESETS
 
 def frame_indices(n_total: int, n_frames: int) -> np.ndarray:

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from monai.metrics import PSNRMetric, SSIMMetric
 
-from kmtr_monai.data.cohort import list_subjects, make_dataset
+from kmtr_monai.data.cohort import make_dataset
+from kmtr_monai.data.layout import list_subjects
 from kmtr_monai.presets import DATA_PRESETS
 from kmtr_monai.transforms import FFT2cd, RandKspaceMaskd, RandSmoothPhased, ZeroFilledd
 
