@@ -54,11 +54,11 @@ def _read_seg(subject_dir: str, view: str) -> tuple[np.ndarray, np.ndarray]:
     allowed = np.zeros(max(UKBB_LABEL_MAPS[view]) + 1, dtype=bool)
     allowed[0] = True
     allowed[list(UKBB_LABEL_MAPS[view])] = True
-    bad = (seg < 0) | (seg >= allowed.size)
-    bad[~bad] = ~allowed[seg[~bad]]
-    if bad.any():
+    lo, hi = int(seg.min()), int(seg.max())  # one pass each; the label histogram only when the range is valid
+    if lo < 0 or hi >= allowed.size or not allowed[np.flatnonzero(np.bincount(seg.ravel()))].all():
+        bad = [int(v) for v in np.unique(seg) if v < 0 or v >= allowed.size or not allowed[v]]
         raise ValueError(
-            f"subject {subject!r}: {SEG_FILES[view]!r} contains labels {sorted(np.unique(seg[bad]).tolist())}; "
+            f"subject {subject!r}: {SEG_FILES[view]!r} contains labels {bad}; "
             f"expected UK Biobank labels {sorted([0, *UKBB_LABEL_MAPS[view]])}"
         )
     return seg, pixdim

@@ -240,12 +240,12 @@ def render_subject(p: dict, preset: dict) -> tuple[dict, float]:
         # world points (Z, S, X, Y, 3)
         base_pts = pl["origin"] + (ii[..., None] * px) * pl["ex"] + (jj[..., None] * px) * pl["ey"]
         k_off = np.arange(nz)[:, None] * pl["spacing"] + sub[None, :]  # (Z, S)
-        pts = base_pts[None, None] + k_off[..., None, None, None] * pl["normal"]
-        bg = _static_background(pts.astype(_F), p, origin.astype(_F), axes.astype(_F), px)  # (Z, S, X, Y)
+        pts = (base_pts[None, None] + k_off[..., None, None, None] * pl["normal"]).astype(_F)  # float32 from here
+        bg = _static_background(pts, p, origin.astype(_F), axes.astype(_F), px)  # (Z, S, X, Y)
         img = np.broadcast_to(bg.mean(axis=1)[:, None], (nz, n_t, m, m)).copy()  # (Z, T, X, Y)
         labelled = view != "la_3ch"
         seg = np.zeros((nz, n_t, m, m), np.int16) if labelled else None
-        loc = (pts - origin) @ axes  # (Z, S, X, Y, 3) heart-local
+        loc = (pts - origin.astype(_F)) @ axes.astype(_F)  # (Z, S, X, Y, 3) heart-local, float32
         inside = (loc[..., 0] > x1_lo) & (loc[..., 0] < x1_hi) & (np.abs(loc[..., 1]) < x2_hi)
         inside &= (loc[..., 2] > x3_lo) & (loc[..., 2] < x3_hi)
         for k in range(nz):  # slices: few; each one vectorised over frames, sub-samples and pixels
@@ -254,7 +254,7 @@ def render_subject(p: dict, preset: dict) -> tuple[dict, float]:
                 continue
             xs, ys = np.flatnonzero(hit.any(1)), np.flatnonzero(hit.any(0))
             sl = (slice(xs[0], xs[-1] + 1), slice(ys[0], ys[-1] + 1))
-            q = loc[k][:, sl[0], sl[1]].astype(_F)  # (S, h, w, 3)
+            q = loc[k][:, sl[0], sl[1]]  # (S, h, w, 3)
             hb, wb = q.shape[1:3]
             x1, x2, x3 = (q[..., c].reshape(len(sub), -1) for c in range(3))
             with_atria = float(x3.min()) < atria_x3_hi
