@@ -1,6 +1,6 @@
 """The on-disk cohort layout (UK Biobank convention, DESIGN §2): NIfTI reading with clear errors, subject listing.
 
-Kept free of torch/MONAI imports so file-level tools (``kmtr phenotypes``, the generator) start instantly.
+Kept free of torch/MONAI imports so file-level tools such as ``kmtr phenotypes`` start instantly.
 """
 
 from __future__ import annotations
@@ -10,10 +10,23 @@ import zlib
 
 import nibabel as nib
 import numpy as np
+from isal import igzip, isal_zlib
 
 from kmtr_monai.constants import IMAGE_FILES, SEG_FILES
 
 _TIME_SCALE_TO_S = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}
+_NIFTI2_HEADER_BYTES = 540
+
+
+def _load_nifti(path: str) -> nib.Nifti1Image:
+    """``nib.load``, except that ``.nii.gz`` is inflated with ISA-L (about 2x faster than zlib: the loader and the
+    phenotype code read every cohort file)."""
+    if not path.endswith(".gz"):
+        return nib.load(path)
+    with open(path, "rb") as f:
+        raw = igzip.decompress(f.read())
+    nifti2 = _NIFTI2_HEADER_BYTES in (int.from_bytes(raw[:4], "little"), int.from_bytes(raw[:4], "big"))
+    return (nib.Nifti2Image if nifti2 else nib.Nifti1Image).from_bytes(raw)
 
 
 def read_nifti(path: str, subject: str, allow_3d: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -30,9 +43,9 @@ def read_nifti(path: str, subject: str, allow_3d: bool = True) -> tuple[np.ndarr
     if not os.path.isfile(path):
         raise FileNotFoundError(f"subject {subject!r}: missing file {name!r} (expected {path})")
     try:
-        img = nib.load(path)
+        img = _load_nifti(path)
         data = np.asanyarray(img.dataobj)
-    except (nib.filebasedimages.ImageFileError, EOFError, OSError, zlib.error, ValueError) as err:
+    except (nib.filebasedimages.ImageFileError, EOFError, OSError, zlib.error, isal_zlib.error, ValueError) as err:
         raise ValueError(f"subject {subject!r}: cannot read NIfTI {name!r} ({path}): {err}") from err
     if data.size == 0:
         raise ValueError(f"subject {subject!r}: {name!r} is empty (shape {data.shape})")

@@ -55,7 +55,8 @@ def _read_seg(subject_dir: str, view: str) -> tuple[np.ndarray, np.ndarray]:
     allowed[0] = True
     allowed[list(UKBB_LABEL_MAPS[view])] = True
     lo, hi = int(seg.min()), int(seg.max())  # one pass each; the label histogram only when the range is valid
-    if lo < 0 or hi >= allowed.size or not allowed[np.flatnonzero(np.bincount(seg.ravel()))].all():
+    flat = seg.ravel(order="K")  # no copy of the Fortran-ordered NIfTI data
+    if lo < 0 or hi >= allowed.size or not allowed[np.flatnonzero(np.bincount(flat))].all():
         bad = [int(v) for v in np.unique(seg) if v < 0 or v >= allowed.size or not allowed[v]]
         raise ValueError(
             f"subject {subject!r}: {SEG_FILES[view]!r} contains labels {bad}; "

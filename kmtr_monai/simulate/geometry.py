@@ -94,12 +94,25 @@ def ellipsoid_sd(dx, dy, dz, a, b, c):
     Broadcasts: coordinates (S, N) with per-frame semi-axes (T, 1, 1) give (T, S, N) float32.
     """
     ia, ib, ic = 1.0 / a, 1.0 / b, 1.0 / c
-    u, v, w = dx * ia, dy * ib, dz * ic
-    f = np.sqrt(u * u + v * v + w * w)
-    grad = np.sqrt((u * ia) ** 2 + (v * ib) ** 2 + (w * ic) ** 2)
+    terms = ((dx, ia), (dy, ib), (dz, ic))
+    shape = np.broadcast_shapes(*(np.shape(d) for d, _ in terms), *(np.shape(i) for _, i in terms))
+    f2 = np.zeros(shape, np.result_type(dx, dy, dz, ia, ib, ic))  # Σ u², accumulated in place (few temporaries)
+    g2 = np.zeros_like(f2)
+    for d, i in terms:
+        t = np.square(d * i)
+        f2 += t
+        t *= i * i
+        g2 += t
+    f = np.sqrt(f2, out=f2)
+    grad = np.sqrt(g2, out=g2)
     # f / |∇(f²/2)| is the semi-axis along the direction; the epsilons make it the smallest one at the centre
     eps = 1e-6
-    return (f - 1) * ((f + eps) / (grad + eps * np.maximum(np.maximum(ia, ib), ic)))
+    grad += eps * np.maximum(np.maximum(ia, ib), ic)
+    out = f - 1
+    f += eps
+    f /= grad
+    out *= f
+    return out
 
 
 def _crescent_fraction(p_rv: dict, lv: dict, lam: np.ndarray, grid: tuple) -> np.ndarray:

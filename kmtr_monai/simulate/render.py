@@ -12,6 +12,7 @@ coordinates, so every view sees the same field. Written from scratch: MONAI has 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from kmtr_monai.simulate.geometry import cardiac_shapes, ellipsoid_sd, heart_frame, rotation_matrix
 
@@ -34,21 +35,14 @@ def _paint(img, occ, value):
     img += occ
 
 
-def _fast_normal(rng: np.random.Generator, shape) -> np.ndarray:
-    """Approximately standard-normal float32 noise: a centred sum of 4 random bytes (Irwin-Hall, kurtosis -0.3).
-
-    About 3x faster than ``Generator.standard_normal`` for the ~10^7 values per subject; the slight deviation from
-    Gaussian tails is irrelevant for image noise.
-    """
-    b = rng.integers(0, 256, size=(4, *shape), dtype=np.uint8)
-    s = b[0].astype(np.uint16)
-    s += b[1]
-    s += b[2]
-    s += b[3]
-    out = s.astype(_F)
-    out -= _F(510.0)
-    out *= _F(1.0 / np.sqrt(4 * (256.0**2 - 1) / 12.0))
-    return out
+def _add_rician_noise(img: np.ndarray, sigma: float, gen: torch.Generator) -> np.ndarray:
+    """In place ``img = |img + sigma·(n1 + i·n2)|`` for float32 ``img`` with independent standard-normal ``n1``, ``n2``
+    (the magnitude of a complex Gaussian: Rician). Drawn with ``torch.randn``, about 3x faster than NumPy's ziggurat
+    for the ~4·10^7 values of a paper-preset subject."""
+    x = torch.from_numpy(img)
+    noise = torch.randn((2, *img.shape), generator=gen).mul_(sigma)
+    torch.hypot(noise[0].add_(x), noise[1], out=x)
+    return img
 
 
 def _rotate_in_plane(ex, ey, deg):
@@ -112,9 +106,15 @@ class _Appearance:
 
     def field(self, pts: np.ndarray) -> np.ndarray:
         """Multiplicative bias × texture at world points (..., 3) -> (...) float32."""
-        bias = np.exp(np.cos(pts @ self.bias_k.T + self.bias_phase) @ self.bias_amp)
-        tex = 1.0 + self.tex_amp * (np.cos(pts @ self.tex_k.T + self.tex_phase).sum(-1) / np.sqrt(8.0))
-        return (bias * tex).astype(_F)
+        pts = pts.astype(_F)  # float32 SIMD cos: phases reach a few hundred rad, where the float32 step is ~3e-5 rad
+        bias = np.cos(pts @ self.bias_k.T.astype(_F) + self.bias_phase.astype(_F)) @ self.bias_amp.astype(_F)
+        arg = pts @ self.tex_k.T.astype(_F)
+        arg += self.tex_phase.astype(_F)
+        tex = np.cos(arg, out=arg).sum(-1)
+        tex *= _F(self.tex_amp / np.sqrt(8.0))
+        tex += _F(1.0)
+        tex *= np.exp(bias)
+        return tex
 
 
 def _cylinder_sd(pts, a, direction, radius, length=None):
@@ -219,7 +219,7 @@ def render_subject(p: dict, preset: dict) -> tuple[dict, float]:
     shapes = cardiac_shapes(p, n_t)
     planes = view_planes(p, preset, origin, axes)
     look = _Appearance(p)
-    rng = np.random.default_rng([p["appearance_seed"], 1])
+    noise_gen = torch.Generator().manual_seed(int(np.random.SeedSequence([p["appearance_seed"], 1]).generate_state(1)[0]))
     lv, rv, la, ra = shapes["lv"], shapes["rv"], shapes["la"], shapes["ra"]
     fat_mm = p["epicardial_fat_mm"]
     # local-coordinate bounding box of everything that moves (all frames)
@@ -296,10 +296,7 @@ def render_subject(p: dict, preset: dict) -> tuple[dict, float]:
         # bias x texture (world), Rician noise, gain
         field = look.field(base_pts[None] + (np.arange(nz) * pl["spacing"])[:, None, None, None] * pl["normal"])
         img *= field[:, None]
-        sigma = _F(p["noise_sigma"])
-        n1, n2 = _fast_normal(rng, img.shape), _fast_normal(rng, img.shape)
-        img += sigma * n1
-        np.hypot(img, sigma * n2, out=img)
+        _add_rician_noise(img, p["noise_sigma"], noise_gen)
         img *= _F(p["gain"])
         to_xyzt = (2, 3, 0, 1)  # (Z, T, X, Y) -> (X, Y, Z, T)
         out[view] = (img.transpose(to_xyzt), None if seg is None else seg.transpose(to_xyzt), affine_of(pl, px))

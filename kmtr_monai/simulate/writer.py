@@ -18,6 +18,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import nibabel as nib
 import numpy as np
+import torch
 from isal import igzip
 
 from kmtr_monai.constants import ALL_PHENOTYPES, DISEASES, DISEASES_CSV, IMAGE_FILES, PHENOTYPES_CSV, SEG_FILES
@@ -115,7 +116,7 @@ def simulate_cohort(out, subjects: int = 16, preset: str = "tiny", seed: int = 0
     if workers == 1:
         results = [_make_subject(job) for job in jobs]
     else:
-        with ProcessPoolExecutor(max_workers=int(workers)) as pool:
+        with ProcessPoolExecutor(max_workers=int(workers), initializer=torch.set_num_threads, initargs=(1,)) as pool:
             results = list(pool.map(_make_subject, jobs, chunksize=max(1, len(jobs) // (8 * workers))))
 
     with open(os.path.join(out, PHENOTYPES_CSV), "w", newline="") as f:
