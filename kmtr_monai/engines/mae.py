@@ -45,6 +45,8 @@ class MaskedReconstructionError(Metric):
     ``baseline`` gives the error of a reference predictor on exactly the same positions and weights:
     - ``None``: the network's prediction;
     - ``"zero"``: predicting zeros — for the k-space MAE this is the zero-filled k-space (unsampled lines stay 0);
+    - ``"view_sharing"``: for the k-space MAE, the view-shared k-space ``ref_norm`` (each unsampled line copied from
+      the nearest frame that sampled it);
     - ``"mean_image"``: for the image MAE (``pred``/``target`` (B, N, P), ``weight`` (B, N)), predicting every masked
       patch by the mean image of the evaluated set at that position, computed exactly from running sums
       ``Σw·x², Σw·x, Σw`` and ``Σx`` (so no second pass over the data is needed).
@@ -57,8 +59,8 @@ class MaskedReconstructionError(Metric):
 
     def __init__(self, loss_fn: Callable[[dict], torch.Tensor], baseline: str | None = None,
                  output_transform=lambda output: (output["pred"],), device="cpu") -> None:  # fmt: skip
-        if baseline not in (None, "zero", "mean_image"):
-            raise ValueError(f"baseline must be None, 'zero' or 'mean_image', got {baseline!r}")
+        if baseline not in (None, "zero", "view_sharing", "mean_image"):
+            raise ValueError(f"baseline must be None, 'zero', 'view_sharing' or 'mean_image', got {baseline!r}")
         self.loss_fn, self.baseline = loss_fn, baseline
         super().__init__(output_transform=output_transform, device=device)
 
@@ -82,6 +84,10 @@ class MaskedReconstructionError(Metric):
             return
         if self.baseline == "zero":
             out = {k: torch.zeros_like(v) if k.startswith("pred") else v for k, v in out.items()}
+        elif self.baseline == "view_sharing":
+            if "ref_norm" not in out:
+                raise KeyError(f"baseline 'view_sharing' needs 'ref_norm' in the network output; it has {sorted(out)}")
+            out = {**out, "pred_norm": out["ref_norm"]}
         w = _weight_total(out).double()
         self._err += self.loss_fn(out).double().to(self._device) * w
         self._w += w.to(self._device)

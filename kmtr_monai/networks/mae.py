@@ -37,6 +37,7 @@ from .tokenizers import (
     patchify,
     unpatchify,
 )
+from ..view_sharing import view_share
 from .transformer import TransformerEncoder, init_vit_weights
 
 __all__ = ["MODEL_PRESETS", "ImageMAE", "KspaceMAE", "build_image_mae", "build_kspace_mae", "pool_tokens"]
@@ -199,11 +200,15 @@ class KspaceMAE(_MAEBase):
         dim, depth, heads / dec_dim, dec_depth, dec_heads: encoder / decoder.
         sampled_weight: loss weight of sampled lines (unsampled lines weigh 1).
         norm, asinh_alpha: k-space normalisation (see module docstring).
+        reference: ``"view_sharing"`` (the decoder predicts a correction to the view-shared k-space of
+            :func:`kmtr_monai.view_sharing.view_share`, built from sampled lines only) or ``"none"`` (it predicts
+            the k-space itself).
         pool: ``"cls"`` or ``"mean"``. grad_checkpoint: checkpoint every block.
 
     ``forward(kspace (B,2,S,T,H,W), mask (B,S,T,H), kspace_full (B,2,S,T,H,W) | None)`` returns
     ``pred`` (B,2,S,T,H,W) in original units, ``target`` (= kspace_full), ``weight`` (B,S,T,H),
-    ``pred_norm``/``target_norm`` (normalised units) and ``scale`` (B,) the per-subject RMS of sampled values.
+    ``pred_norm``/``target_norm`` (normalised units), ``ref_norm`` (the view-shared k-space, normalised: the
+    reference predictor) and ``scale`` (B,) the per-subject RMS of sampled values.
     """
 
     def __init__(
@@ -227,8 +232,12 @@ class KspaceMAE(_MAEBase):
         pool: str = "cls",
         mlp_ratio: float = 4.0,
         grad_checkpoint: bool = False,
+        reference: str = "view_sharing",
     ) -> None:
         super().__init__()
+        if reference not in ("view_sharing", "none"):
+            raise ValueError(f"reference must be 'view_sharing' or 'none', got {reference!r}")
+        self.reference = reference
         if tokenizer not in ("line", "patch"):
             raise ValueError(f"tokenizer must be 'line' or 'patch', got {tokenizer!r}")
         if norm not in ("asinh", "scale"):
@@ -248,6 +257,8 @@ class KspaceMAE(_MAEBase):
         self.head = nn.Linear(dec_dim, out_dim)
         init_vit_weights(self.dec_embed)
         init_vit_weights(self.head)
+        if reference == "view_sharing":  # start exactly at the reference: the decoder learns the correction
+            nn.init.zeros_(self.head.weight)
 
     # ----------------------------------------------------------------------------------------- input / scaling
     def _check_inputs(self, kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -316,8 +327,12 @@ class KspaceMAE(_MAEBase):
         else:
             hidden = torch.where(valid[..., None], vis, self.mask_token) + self.dec_pos
             pred_norm = unpatchify(self.head(self._decode(enc, hidden)), self.tokenizer.patch, self.tokenizer.grid)
+        ref_norm = self.apply_norm(view_share(kspace, m), scale)
+        if self.reference == "view_sharing":
+            pred_norm = pred_norm + ref_norm
         weight = torch.where(m, self.sampled_weight, 1.0).to(pred_norm.dtype)
-        out = {"pred": self.invert_norm(pred_norm, scale), "pred_norm": pred_norm, "weight": weight, "scale": scale}
+        out = {"pred": self.invert_norm(pred_norm, scale), "pred_norm": pred_norm, "ref_norm": ref_norm,
+               "weight": weight, "scale": scale}  # fmt: skip
         if kspace_full is not None:
             out["target"] = kspace_full
             out["target_norm"] = self.apply_norm(kspace_full, scale)
