@@ -79,17 +79,22 @@ def retrieval_topk(
     return {f"top{int(k)}": int((rank < k).sum()) / n for k in ks}
 
 
-def _probe_estimator(alpha: float):
+PROBE_ALPHAS = tuple(float(a) for a in np.logspace(-3, 5, 17))  # ridge strengths searched when alpha is None
+
+
+def _probe_estimator(alpha: float | None):
+    """Standardise x and y, then ridge: fixed ``alpha``, or (None) the best of ``PROBE_ALPHAS`` per target by
+    efficient leave-one-out on the training rows only (``RidgeCV``): with fewer subjects than feature dimensions an
+    untuned ridge overfits and gives strongly negative R^2 whatever the features hold."""
     from sklearn.compose import TransformedTargetRegressor
-    from sklearn.linear_model import Ridge
+    from sklearn.linear_model import Ridge, RidgeCV
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    if not alpha >= 0:
-        raise ValueError(f"alpha must be >= 0, got {alpha}")
-    return TransformedTargetRegressor(
-        regressor=make_pipeline(StandardScaler(), Ridge(alpha=alpha)), transformer=StandardScaler()
-    )
+    if alpha is not None and not alpha >= 0:
+        raise ValueError(f"alpha must be >= 0 or None, got {alpha}")
+    ridge = RidgeCV(alphas=PROBE_ALPHAS, alpha_per_target=True) if alpha is None else Ridge(alpha=alpha)
+    return TransformedTargetRegressor(regressor=make_pipeline(StandardScaler(), ridge), transformer=StandardScaler())
 
 
 def _r2_dict(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
@@ -99,11 +104,12 @@ def _r2_dict(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
     return {"r2": r2, "mean_r2": float(r2.mean())}
 
 
-def linear_probe_r2(train_x: Any, train_y: Any, test_x: Any, test_y: Any, alpha: float = 1.0) -> dict[str, Any]:
+def linear_probe_r2(train_x: Any, train_y: Any, test_x: Any, test_y: Any, alpha: float | None = None) -> dict[str, Any]:
     """Ridge probe from embeddings to targets, fitted on train, scored on test.
 
     Features and targets are standardised with train statistics (scikit-learn ``StandardScaler`` +
-    ``TransformedTargetRegressor``), so one ``alpha`` suits targets of any unit.
+    ``TransformedTargetRegressor``), so one ``alpha`` suits targets of any unit; ``alpha=None`` (default) picks it
+    per target on the training rows (see ``_probe_estimator``).
 
     Args:
         train_x: (N, D) embeddings; train_y: (N,) or (N, P) targets; test_x/test_y likewise (M rows).
@@ -126,7 +132,7 @@ def linear_probe_r2(train_x: Any, train_y: Any, test_x: Any, test_y: Any, alpha:
     return _r2_dict(yte, np.asarray(est.predict(xte)).reshape(yte.shape))
 
 
-def linear_probe_r2_cv(x: Any, y: Any, alpha: float = 1.0, n_splits: int = 5, seed: int = 0) -> dict[str, Any]:
+def linear_probe_r2_cv(x: Any, y: Any, alpha: float | None = None, n_splits: int = 5, seed: int = 0) -> dict[str, Any]:
     """K-fold cross-validated ridge probe on one set of embeddings (used inside evaluation).
 
     Every row is predicted by a probe fitted on the other folds (``sklearn.model_selection.cross_val_predict``
@@ -221,8 +227,9 @@ class LinearProbeR2(_EpochPairs):
 
     ``output_transform`` must yield ``(z, y)``: embeddings (B, D) and targets (B,) or (B, P). There is no
     separate probe-training set inside evaluation, so the gathered validation embeddings are split into
-    ``n_splits`` folds (:func:`linear_probe_r2_cv`). ``compute()`` returns the mean R^2 (float); the per-target
-    values of the last compute are kept in ``self.per_target``.
+    ``n_splits`` folds (:func:`linear_probe_r2_cv`; ``alpha=None`` tunes the ridge inside each training fold).
+    ``compute()`` returns the mean R^2 (float); the per-target values of the last compute are kept in
+    ``self.per_target``.
     """
 
     _names = ("z", "y")
@@ -230,7 +237,7 @@ class LinearProbeR2(_EpochPairs):
 
     def __init__(
         self,
-        alpha: float = 1.0,
+        alpha: float | None = None,
         n_splits: int = 5,
         seed: int = 0,
         output_transform: Callable = lambda x: x,

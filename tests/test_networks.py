@@ -127,11 +127,31 @@ def test_line_tokenizer_gathers_sampled_lines_with_padding():
         tok(k, torch.zeros_like(mask))
 
 
+def test_patch_tokenizer_needs_the_magnitude_channel():
+    tok = KspacePatchTokenizer(2, 1, 4, 16, 16, (2, 8, 8), 32)
+    with pytest.raises(ValueError, match=r"B, 3, S, T, H, W"):
+        tok(torch.randn(1, 2, 2, 4, 16, 16), torch.ones(1, 2, 4, 16, dtype=torch.bool))
+
+
+def test_kspace_magnitude_channel_is_phase_invariant():
+    m = build_kspace_mae("tiny", tokenizer="patch")
+    _, k, _, mask = make_batch(2, 5, 4, 32, seed=5)
+    rotated = torch.stack([k[:, 0] * math.cos(1.1) - k[:, 1] * math.sin(1.1),
+                           k[:, 0] * math.sin(1.1) + k[:, 1] * math.cos(1.1)], dim=1)  # global phase 1.1 rad
+    y0, _ = m.normalise(k, mask > 0)
+    y1, _ = m.normalise(rotated, mask > 0)
+    assert not torch.allclose(y0, y1, atol=1e-3)
+    torch.testing.assert_close(m.magnitude(y0), m.magnitude(y1), atol=1e-5, rtol=1e-5)
+    expect = m.apply_norm(k.square().sum(1, keepdim=True).sqrt(), m.normalise(k, mask > 0)[1])
+    torch.testing.assert_close(m.magnitude(y0), torch.where((mask > 0)[:, None, ..., None], expect, 0.0),
+                               atol=1e-5, rtol=1e-4)
+
+
 def test_patch_tokenizer_valid_marks_patches_with_sampled_lines():
     tok = KspacePatchTokenizer(2, 1, 4, 16, 16, (2, 8, 8), 32)
     mask = torch.zeros(1, 2, 4, 16, dtype=torch.bool)
     mask[0, 1, 3, 9] = True  # view 1, t-patch 1, h-patch 1 -> both w-patches
-    _, valid = tok(torch.randn(1, 2, 2, 4, 16, 16), mask)
+    _, valid = tok(torch.randn(1, 3, 2, 4, 16, 16), mask)
     expect = torch.zeros(2, 2, 2, 2, dtype=torch.bool)
     expect[1, 1, 1, :] = True
     assert torch.equal(valid[0], expect.flatten())
@@ -144,6 +164,8 @@ def test_kspace_tokenizers_ignore_unsampled_values(kind):
     else:
         tok = KspacePatchTokenizer(5, 3, 4, 32, 32, (2, 8, 8), 64)
     _, k, _, mask = make_batch(2, 5, 4, 32, seed=4)
+    if kind == "patch":  # [real, imag, magnitude]
+        k = torch.cat([k, k.square().sum(1, keepdim=True).sqrt()], dim=1)
     junk = torch.randn_like(k) * 1e3
     junk[0, 0, 0, 0, :, 0] = float("inf")
     noisy = torch.where((mask == 0)[:, None, ..., None], junk, k)

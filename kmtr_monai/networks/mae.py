@@ -295,13 +295,20 @@ class KspaceMAE(_MAEBase):
             return y * s
         return torch.sinh(y * math.asinh(1.0 / self.alpha)) * (self.alpha * s)
 
+    def magnitude(self, y: torch.Tensor) -> torch.Tensor:
+        """Normalised (B, 2, ...) → normalised |k| (B, 1, ...): the magnitude in original units, normalised the same
+        way (phase- and shift-invariant; the scale cancels, so no per-subject value is needed)."""
+        unit = torch.ones(y.shape[0], dtype=y.dtype, device=y.device)
+        k = self.invert_norm(y, unit)
+        return self.apply_norm(torch.hypot(k[:, :1], k[:, 1:2]), unit)
+
     # ------------------------------------------------------------------------------------------------- model
     def _encode(self, y: torch.Tensor, mask: torch.Tensor):
         """→ (encoder tokens (B, 1+n, dim), valid (B, n) bool, line index (B, n) or None)."""
         if self.kind == "line":
             lt = self.tokenizer(y, mask)
             return self.encoder(lt.tokens, lt.valid), lt.valid, lt.index
-        tokens, valid = self.tokenizer(y, mask)
+        tokens, valid = self.tokenizer(torch.cat([y, self.magnitude(y)], dim=1), mask)
         return self.encoder(tokens, valid), valid, None
 
     def forward(

@@ -57,10 +57,10 @@ def check_shape(name: str, x: torch.Tensor, expected: Sequence[int], layout: str
         )
 
 
-def _check_kspace_mask(kspace: torch.Tensor, mask: torch.Tensor, swhw: Sequence[int]) -> None:
+def _check_kspace_mask(kspace: torch.Tensor, mask: torch.Tensor, swhw: Sequence[int], channels: int = 2) -> None:
     """Type/shape checks of a k-space tokenizer's inputs; ``swhw`` = (S, T, H, W)."""
     check_real("kspace", kspace)
-    check_shape("kspace", kspace, (2, *swhw), "B, 2, S, T, H, W")
+    check_shape("kspace", kspace, (channels, *swhw), f"B, {channels}, S, T, H, W")
     check_shape("mask", mask, tuple(swhw[:3]), "B, S, T, H")
 
 
@@ -139,14 +139,21 @@ class ImageTokenizer(_PatchTokenizer):
 
 
 class KspacePatchTokenizer(_PatchTokenizer):
-    """Patch tokens on the zero-filled k-space grid, channels [real, imag, mask].
+    """Patch tokens on the zero-filled k-space grid, channels [real, imag, magnitude, mask].
 
-    ``forward(kspace (B, 2, S, T, H, W), mask (B, S, T, H) bool) -> (tokens (B, N, dim), valid (B, N) bool)``;
-    ``valid`` is False for patches that contain no sampled ky line (the MAE's masked patches).
+    The magnitude channel (normalised like the real and imaginary parts by the caller) is invariant to the global
+    phase and to in-plane shifts (a linear phase ramp), which otherwise scramble every linear read-out of real and
+    imaginary parts across subjects.
+
+    ``forward(kspace (B, 3, S, T, H, W) [real, imag, magnitude], mask (B, S, T, H) bool) -> (tokens (B, N, dim),
+    valid (B, N) bool)``; unsampled lines are zeroed here, and ``valid`` is False for patches that contain no
+    sampled ky line (the MAE's masked patches).
     """
 
+    channels = 3
+
     def __init__(self, n_views: int, n_lax: int, n_frames: int, n_pe: int, n_readout: int, patch, dim: int) -> None:
-        super().__init__(3, n_views, n_lax, n_frames, (n_pe, n_readout), patch, dim)
+        super().__init__(self.channels + 1, n_views, n_lax, n_frames, (n_pe, n_readout), patch, dim)
 
     def patch_valid(self, mask: torch.Tensor) -> torch.Tensor:
         """mask (B, S, T, H) bool → (B, N) bool: patch holds at least one sampled line."""
@@ -156,7 +163,7 @@ class KspacePatchTokenizer(_PatchTokenizer):
         return any_line[..., None].expand(*any_line.shape, nw).flatten(1)
 
     def forward(self, kspace: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        _check_kspace_mask(kspace, mask, (self.n_views, self.n_frames, *self.hw))
+        _check_kspace_mask(kspace, mask, (self.n_views, self.n_frames, *self.hw), channels=self.channels)
         m = mask.bool()[:, None, :, :, :, None]  # (B, 1, S, T, H, 1)
         zero_filled = torch.where(m, kspace, torch.zeros((), dtype=kspace.dtype, device=kspace.device))
         x = torch.cat([zero_filled, m.to(kspace.dtype).expand_as(kspace[:, :1])], dim=1)
