@@ -157,14 +157,15 @@ def test_patch_tokenizer_valid_marks_patches_with_sampled_lines():
     assert torch.equal(valid[0], expect.flatten())
 
 
-@pytest.mark.parametrize("kind", ["line", "patch"])
+@pytest.mark.parametrize("kind", ["line", "patch", "patch_view_sharing"])
 def test_kspace_tokenizers_ignore_unsampled_values(kind):
     if kind == "line":
         tok = KspaceLineTokenizer(5, 3, 4, 32, 32, 64)
     else:
-        tok = KspacePatchTokenizer(5, 3, 4, 32, 32, (2, 8, 8), 64)
+        fill = "view_sharing" if kind == "patch_view_sharing" else "zero"
+        tok = KspacePatchTokenizer(5, 3, 4, 32, 32, (2, 8, 8), 64, fill=fill)
     _, k, _, mask = make_batch(2, 5, 4, 32, seed=4)
-    if kind == "patch":  # [real, imag, magnitude]
+    if kind != "line":  # [real, imag, magnitude]
         k = torch.cat([k, k.square().sum(1, keepdim=True).sqrt()], dim=1)
     junk = torch.randn_like(k) * 1e3
     junk[0, 0, 0, 0, :, 0] = float("inf")

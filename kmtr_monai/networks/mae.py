@@ -201,8 +201,9 @@ class KspaceMAE(_MAEBase):
         sampled_weight: loss weight of sampled lines (unsampled lines weigh 1).
         norm, asinh_alpha: k-space normalisation (see module docstring).
         reference: ``"view_sharing"`` (the decoder predicts a correction to the view-shared k-space of
-            :func:`kmtr_monai.view_sharing.view_share`, built from sampled lines only) or ``"none"`` (it predicts
-            the k-space itself).
+            :func:`kmtr_monai.view_sharing.view_share`, built from sampled lines only, and patch tokens are cut
+            from that view-shared k-space) or ``"none"`` (zero-filled patch tokens; the decoder predicts the
+            k-space itself).
         pool: ``"cls"`` or ``"mean"``. grad_checkpoint: checkpoint every block.
 
     ``forward(kspace (B,2,S,T,H,W), mask (B,S,T,H), kspace_full (B,2,S,T,H,W) | None)`` returns
@@ -251,7 +252,8 @@ class KspaceMAE(_MAEBase):
             self.tokenizer = KspaceLineTokenizer(n_views, n_lax, n_frames, n_pe, n_readout, dim)
             grid, out_dim = self.tokenizer.grid, 2 * n_readout
         else:
-            self.tokenizer = KspacePatchTokenizer(n_views, n_lax, n_frames, n_pe, n_readout, patch, dim)
+            fill = "view_sharing" if reference == "view_sharing" else "zero"
+            self.tokenizer = KspacePatchTokenizer(n_views, n_lax, n_frames, n_pe, n_readout, patch, dim, fill=fill)
             grid, out_dim = self.tokenizer.grid, 2 * math.prod(self.tokenizer.patch)
         self.register_buffer("dec_pos", position_code(grid, dec_dim, n_lax), persistent=False)
         self.head = nn.Linear(dec_dim, out_dim)

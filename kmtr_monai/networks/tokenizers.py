@@ -22,6 +22,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from ..view_sharing import view_share
 from .pos_embed import position_code
 
 __all__ = [
@@ -145,15 +146,25 @@ class KspacePatchTokenizer(_PatchTokenizer):
     phase and to in-plane shifts (a linear phase ramp), which otherwise scramble every linear read-out of real and
     imaginary parts across subjects.
 
+    ``fill`` decides what unsampled lines hold: ``"zero"`` (zero-filled; ``valid`` is False for patches that
+    contain no sampled ky line, the MAE's masked patches) or ``"view_sharing"`` (the nearest sampled frame's line,
+    :func:`kmtr_monai.view_sharing.view_share`; every patch is valid). Either way only sampled values are read.
+    With zero filling, the pooled features of a Stage I encoder were dominated by the mask pattern: the same
+    subjects under two different masks were matched 3.7% of the time (top-1 of 135) against 59% for block means of
+    the raw |k| (``BENCHMARKS.md``).
+
     ``forward(kspace (B, 3, S, T, H, W) [real, imag, magnitude], mask (B, S, T, H) bool) -> (tokens (B, N, dim),
-    valid (B, N) bool)``; unsampled lines are zeroed here, and ``valid`` is False for patches that contain no
-    sampled ky line (the MAE's masked patches).
+    valid (B, N) bool)``.
     """
 
     channels = 3
 
-    def __init__(self, n_views: int, n_lax: int, n_frames: int, n_pe: int, n_readout: int, patch, dim: int) -> None:
+    def __init__(self, n_views: int, n_lax: int, n_frames: int, n_pe: int, n_readout: int, patch, dim: int,
+                 fill: str = "zero") -> None:  # fmt: skip
+        if fill not in ("zero", "view_sharing"):
+            raise ValueError(f"fill must be 'zero' or 'view_sharing', got {fill!r}")
         super().__init__(self.channels + 1, n_views, n_lax, n_frames, (n_pe, n_readout), patch, dim)
+        self.fill = fill
 
     def patch_valid(self, mask: torch.Tensor) -> torch.Tensor:
         """mask (B, S, T, H) bool → (B, N) bool: patch holds at least one sampled line."""
@@ -164,10 +175,15 @@ class KspacePatchTokenizer(_PatchTokenizer):
 
     def forward(self, kspace: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         _check_kspace_mask(kspace, mask, (self.n_views, self.n_frames, *self.hw), channels=self.channels)
-        m = mask.bool()[:, None, :, :, :, None]  # (B, 1, S, T, H, 1)
-        zero_filled = torch.where(m, kspace, torch.zeros((), dtype=kspace.dtype, device=kspace.device))
-        x = torch.cat([zero_filled, m.to(kspace.dtype).expand_as(kspace[:, :1])], dim=1)
-        return self._embed(x), self.patch_valid(mask.bool())
+        mask = mask.bool()
+        m = mask[:, None, :, :, :, None]  # (B, 1, S, T, H, 1)
+        if self.fill == "view_sharing":
+            filled, valid = view_share(kspace, mask), torch.ones_like(self.patch_valid(mask))
+        else:
+            filled = torch.where(m, kspace, torch.zeros((), dtype=kspace.dtype, device=kspace.device))
+            valid = self.patch_valid(mask)
+        x = torch.cat([filled, m.to(kspace.dtype).expand_as(kspace[:, :1])], dim=1)
+        return self._embed(x), valid
 
 
 class LineTokens(NamedTuple):
