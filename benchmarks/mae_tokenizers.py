@@ -224,6 +224,8 @@ def main(argv=None) -> None:
     ap.add_argument("--n-train", type=int, default=64, help="synthetic training subjects")
     ap.add_argument("--n-val", type=int, default=16, help="synthetic validation subjects")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--reference", default="none", choices=["none", "view_sharing"],
+                    help="KspaceMAE reference (the recorded table used 'none')")
     args = ap.parse_args(argv)
     if min(args.steps, args.batch, args.cost_steps, args.n_train, args.n_val) < 1 or min(args.accelerations) < 1:
         ap.error("--steps, --batch, --cost-steps, --n-train, --n-val and --accelerations must be >= 1")
@@ -252,7 +254,7 @@ def main(argv=None) -> None:
         probe = {k: v[: args.batch] for k, v in train_data.items()}
         for kind in ("line", "patch"):
             torch.manual_seed(args.seed)
-            model = build_kspace_mae(args.preset, tokenizer=kind)
+            model = build_kspace_mae(args.preset, tokenizer=kind, reference=args.reference)
             c = cost(model, probe, args.cost_steps)
             secs = train(model, train_data, args.steps, args.batch, args.lr, args.seed)
             q = evaluate(model, val_data, args.batch)

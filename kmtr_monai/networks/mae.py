@@ -195,8 +195,8 @@ class KspaceMAE(_MAEBase):
     Args:
         n_views, n_lax, n_frames: views (LAX first), LAX count, frames.
         n_pe, n_readout: ky lines (axis H) and readout samples (axis W).
-        tokenizer: ``"line"`` (one token per sampled (view, t, ky) line) or ``"patch"`` (zero-filled patches of
-            size ``patch`` with the mask as a third channel; patches with no sampled line are key-padded).
+        tokenizer: ``"line"`` (one token per sampled (view, t, ky) line) or ``"patch"`` (patches of size
+            ``patch`` with channels real, imaginary, magnitude and mask; filled as ``reference`` says).
         dim, depth, heads / dec_dim, dec_depth, dec_heads: encoder / decoder.
         sampled_weight: loss weight of sampled lines (unsampled lines weigh 1).
         norm, asinh_alpha: k-space normalisation (see module docstring).
