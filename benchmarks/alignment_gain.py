@@ -20,7 +20,7 @@ shared space was ever trained, so chance level is the honest expectation).
 
 Usage::
 
-    python benchmarks/alignment_gain.py --run /tmp/pipe --preset tiny --split validation
+    python benchmarks/alignment_gain.py --run /tmp/pipe --preset tiny   # scored on the test split
 """
 
 from __future__ import annotations
@@ -139,7 +139,8 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", required=True, help="output folder of `kmtr pipeline`")
     ap.add_argument("--preset", default="tiny", choices=("tiny", "small"), help="preset the run was made with")
-    ap.add_argument("--split", default="validation", choices=("validation", "test"), help="evaluation split")
+    ap.add_argument("--split", default="test", choices=("validation", "test"),
+                    help="evaluation split (test by default: the align checkpoint is selected on validation)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--acceleration", type=int, default=4, help="k-space acceleration (validation mask)")
     ap.add_argument("--bundles", default=str(BUNDLES), help="bundles/ folder")
