@@ -68,8 +68,8 @@ def main(argv=None) -> dict:
         ks = (data["kspace"], data["mask"])
         stage1 = load_encoder_weights(parser.get_parsed_content("kspace_mae", lazy=False),
                                       str(run / "kspace-mae" / "models" / "model.pt"), key="model")  # fmt: skip
-        feats = {"raw |k| block means": raw_magnitude_blocks(*ks),
-                 "Stage I k-space encoder": batched(kspace_pooled(stage1.drop_decoder().eval(), pooling), *ks, **kw)}  # fmt: skip
+        stage1_fn = kspace_pooled(stage1.drop_decoder().eval(), pooling)
+        feats = {"raw |k| block means": raw_magnitude_blocks(*ks), "Stage I k-space encoder": batched(stage1_fn, *ks, **kw)}
         aligned_ckpt = run / "align" / "models" / "model.pt"
         if aligned_ckpt.is_file():
             aligned = load_encoder_weights(parser.get_parsed_content("kspace_mae", lazy=False).drop_decoder(),

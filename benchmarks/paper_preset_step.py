@@ -66,7 +66,8 @@ def main(argv=None) -> list[dict]:
     rows = []
     print(f"paper preset: {s} views × {t} frames × {n}², batch {args.batch}, device {device}, "
           f"gradient checkpointing {grad_ckpt}")  # fmt: skip
-    print("| network | parameters | loss | all gradients finite | forward + backward s | peak GiB |\n|---|---|---|---|---|---|")
+    print("| network | parameters | loss | all gradients finite | forward + backward s | peak GiB |")
+    print("|---|---|---|---|---|---|")
     for which in args.which:
         if which == "image":
             model, inputs = build_image_mae("paper", grad_checkpoint=grad_ckpt), (image,)

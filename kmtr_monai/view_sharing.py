@@ -31,7 +31,8 @@ def view_share(kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     w_prev = ((d_prev <= d_next) & (d_prev < n_t)).to(kspace.dtype)
     total = (w_next + w_prev).clamp_min(1.0)
     w_next, w_prev = w_next / total, w_prev / total
-    zero_filled = torch.where(mask.bool()[:, None, ..., None], kspace, torch.zeros((), dtype=kspace.dtype, device=kspace.device))
+    zero = torch.zeros((), dtype=kspace.dtype, device=kspace.device)
+    zero_filled = torch.where(mask.bool()[:, None, ..., None], kspace, zero)
     shape = (-1, kspace.shape[1], -1, -1, -1, kspace.shape[-1])
 
     def take(index: torch.Tensor) -> torch.Tensor:

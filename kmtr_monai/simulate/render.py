@@ -36,8 +36,8 @@ def _paint(img, occ, value):
 
 
 def _add_rician_noise(img: np.ndarray, sigma: float, gen: torch.Generator) -> np.ndarray:
-    """In place ``img = |img + sigma·(n1 + i·n2)|`` for float32 ``img`` with independent standard-normal ``n1``, ``n2``
-    (the magnitude of a complex Gaussian: Rician). Drawn with ``torch.randn``, about 3x faster than NumPy's ziggurat
+    """In place ``img = |img + sigma·(n1 + i·n2)|`` for float32 ``img``, with independent standard-normal ``n1`` and
+    ``n2`` (the magnitude of a complex Gaussian: Rician). Drawn with ``torch.randn``, about 3x faster than NumPy's ziggurat
     for the ~4·10^7 values of a paper-preset subject."""
     x = torch.from_numpy(img)
     noise = torch.randn((2, *img.shape), generator=gen).mul_(sigma)
@@ -219,7 +219,8 @@ def render_subject(p: dict, preset: dict) -> tuple[dict, float]:
     shapes = cardiac_shapes(p, n_t)
     planes = view_planes(p, preset, origin, axes)
     look = _Appearance(p)
-    noise_gen = torch.Generator().manual_seed(int(np.random.SeedSequence([p["appearance_seed"], 1]).generate_state(1)[0]))
+    noise_seed = int(np.random.SeedSequence([p["appearance_seed"], 1]).generate_state(1)[0])
+    noise_gen = torch.Generator().manual_seed(noise_seed)
     lv, rv, la, ra = shapes["lv"], shapes["rv"], shapes["la"], shapes["ra"]
     fat_mm = p["epicardial_fat_mm"]
     # local-coordinate bounding box of everything that moves (all frames)
