@@ -29,6 +29,7 @@ __all__ = [
     "get_local_rank",
     "is_main_process",
     "init_distributed",
+    "finalize_distributed",
     "all_gather_with_grad",
     "all_gather_uneven",
 ]
@@ -119,6 +120,18 @@ def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> t
         timeout=timedelta(seconds=timeout_s),
     )
     return dist.get_rank(), dist.get_world_size(), local_rank, device
+
+
+def finalize_distributed() -> None:
+    """End of a DDP run: wait for every rank (barrier), then destroy the process group; no-op without one.
+
+    Without the barrier a rank that finishes first tears down its gloo connections while rank 0 is still writing
+    checkpoints and metrics, and the early rank was seen to abort at exit ("terminate called without an active
+    exception", SIGABRT) in about one run in five.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _gathered_sizes(n: int, device: torch.device) -> list[int]:
