@@ -125,9 +125,9 @@ def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> t
 def finalize_distributed() -> None:
     """End of a DDP run: wait for every rank (barrier), then destroy the process group; no-op without one.
 
-    Without the barrier a rank that finishes first tears down its gloo connections while rank 0 is still writing
-    checkpoints and metrics, and the early rank was seen to abort at exit ("terminate called without an active
-    exception", SIGABRT) in about one run in five.
+    Without the barrier a rank that finishes first tears down its gloo connections while rank 0 may still be
+    writing checkpoints and metrics; one CI run of the 2-rank test saw that early rank abort at exit ("terminate
+    called without an active exception", SIGABRT).
     """
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
