@@ -147,6 +147,14 @@ def test_kspace_magnitude_channel_is_phase_invariant():
                                atol=1e-5, rtol=1e-4)
 
 
+def test_view_shared_patch_tokens_are_all_valid():
+    tok = KspacePatchTokenizer(2, 1, 4, 16, 16, (2, 8, 8), 32, fill="view_sharing")
+    mask = torch.zeros(3, 2, 4, 16, dtype=torch.bool)
+    mask[:, :, 0, 9] = True  # one sampled line per view: view sharing copies it into every frame
+    tokens, valid = tok(torch.randn(3, 3, 2, 4, 16, 16), mask)
+    assert tokens.shape[:2] == valid.shape == (3, tok.num_tokens) and bool(valid.all())
+
+
 def test_patch_tokenizer_valid_marks_patches_with_sampled_lines():
     tok = KspacePatchTokenizer(2, 1, 4, 16, 16, (2, 8, 8), 32)
     mask = torch.zeros(1, 2, 4, 16, dtype=torch.bool)

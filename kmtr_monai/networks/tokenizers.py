@@ -178,7 +178,8 @@ class KspacePatchTokenizer(_PatchTokenizer):
         mask = mask.bool()
         m = mask[:, None, :, :, :, None]  # (B, 1, S, T, H, 1)
         if self.fill == "view_sharing":
-            filled, valid = view_share(kspace, mask), torch.ones_like(self.patch_valid(mask))
+            filled = view_share(kspace, mask)
+            valid = torch.ones(mask.shape[0], self.num_tokens, dtype=torch.bool, device=mask.device)
         else:
             filled = torch.where(m, kspace, torch.zeros((), dtype=kspace.dtype, device=kspace.device))
             valid = self.patch_valid(mask)
