@@ -13,7 +13,7 @@ from kmtr_monai.transforms import (
     ApplyKspaceMask, ApplyKspaceMaskd, ChannelToComplex, ChannelToComplexd, CoilCombine, CoilCombined,
     ComplexToChannel, ComplexToChanneld, FFT2c, FFT2cd, IFFT2c, IFFT2cd, RandGlobalPhase, RandGlobalPhased,
     RandKspaceMask, RandKspaceMaskd, RandKspaceShift, RandKspaceShiftd, RandSmoothPhase, RandSmoothPhased,
-    SimulateCoils, SimulateCoilsd, ZeroFilled, ZeroFilledd, cached_make_mask, fft2c, ifft2c,
+    RandViewRotate, RandViewRotated, SimulateCoils, SimulateCoilsd, ZeroFilled, ZeroFilledd, cached_make_mask, fft2c, ifft2c,
 )  # fmt: skip
 from kmtr_monai.transforms.fft import checkerboard
 
@@ -288,6 +288,48 @@ def test_global_phase_is_constant_per_view():
     d = RandGlobalPhased(["a", "b"]).set_random_state(0)({"a": k, "b": 2 * k})
     np.testing.assert_allclose((d["b"] / d["a"]).numpy(), 2.0, atol=1e-5)  # the same draw for every key
     assert isinstance(RandGlobalPhase(prob=0.0)(k), torch.Tensor) and torch.equal(RandGlobalPhase(prob=0.0)(k), k)
+
+
+def _centroid(img: torch.Tensor) -> torch.Tensor:
+    """(..., H, W) -> (..., 2) intensity centroid (row, column) relative to the in-plane centre."""
+    h, w = img.shape[-2:]
+    ys, xs = torch.meshgrid(torch.arange(h) - (h - 1) / 2, torch.arange(w) - (w - 1) / 2, indexing="ij")
+    m = img.sum((-2, -1))
+    return torch.stack([(img * ys).sum((-2, -1)) / m, (img * xs).sum((-2, -1)) / m], -1)
+
+
+def test_view_rotation_turns_each_view_by_its_own_angle():
+    h = 33
+    ys, xs = torch.meshgrid(torch.arange(h) - 16.0, torch.arange(h) - 16.0, indexing="ij")
+    blob = torch.exp(-((ys - 3.0) ** 2 + (xs - 9.0) ** 2) / 4.0)  # a small spot 9.5 px from the centre
+    img = blob.expand(4, 3, h, h).clone()  # (S, T, H, W): every view and frame the same
+    tr = RandViewRotate(max_angle_deg=180.0).set_random_state(1)
+    out = tr(img)
+    assert out.shape == img.shape and out.dtype == img.dtype
+    assert len(set(np.round(tr.angles, 6))) == 4  # one angle per view
+    assert torch.equal(out[:, 0], out[:, 2])  # frames of a view turn together
+    before, after = _centroid(img)[:, 0], _centroid(out)[:, 0]  # (S, 2)
+    np.testing.assert_allclose(after.norm(dim=-1).numpy(), before.norm(dim=-1).numpy(), atol=0.1)  # radius kept
+    turned = torch.atan2(after[:, 0], after[:, 1]) - torch.atan2(before[:, 0], before[:, 1])
+    turned = torch.remainder(turned + math.pi, 2 * math.pi) - math.pi
+    sign = np.sign(turned[0].item() * tr.angles[0])  # one rotation sense for every view
+    np.testing.assert_allclose(turned.numpy(), sign * tr.angles, atol=0.02)
+    assert torch.equal(RandViewRotate(max_angle_deg=0.0)(img), img)
+    assert torch.equal(RandViewRotate(prob=0.0)(img), img)
+
+
+def test_view_rotation_dict_shares_a_draw_and_checks_input():
+    img = torch.rand(3, 2, 16, 16)
+    d = RandViewRotated(["a", "b"]).set_random_state(0)({"a": img, "b": img.clone()})
+    assert torch.equal(d["a"], d["b"]) and not torch.equal(d["a"], img)
+    other = RandViewRotated("a").set_random_state(1)({"a": img})["a"]  # a second instance draws its own angles
+    assert not torch.allclose(other, d["a"])
+    with pytest.raises(TypeError, match="'kspace'.*complex"):
+        RandViewRotated("kspace")({"kspace": img.to(torch.complex64)})
+    with pytest.raises(ValueError, match="'image'.*4 dims"):
+        RandViewRotated("image")({"image": img[0]})
+    with pytest.raises(ValueError, match="max_angle_deg"):
+        RandViewRotate(max_angle_deg=200.0)
 
 
 # ------------------------------------------------------------------------------------------------- multi-coil

@@ -12,6 +12,7 @@ from kmtr_monai.transforms.array import (
     RandKspaceMask,
     RandKspaceShift,
     RandSmoothPhase,
+    RandViewRotate,
     SimulateCoils,
     ZeroFilled,
     cached_make_mask,
@@ -28,6 +29,7 @@ from kmtr_monai.transforms.dictionary import (
     RandKspaceMaskd,
     RandKspaceShiftd,
     RandSmoothPhased,
+    RandViewRotated,
     SimulateCoilsd,
     ZeroFilledd,
 )

@@ -26,8 +26,8 @@ from kmtr_monai.transforms.fft import _checkerboards, fft2c, ifft2c
 
 __all__ = [
     "ComplexToChannel", "ChannelToComplex", "FFT2c", "IFFT2c", "RandSmoothPhase", "RandKspaceMask",
-    "ApplyKspaceMask", "ZeroFilled", "RandKspaceShift", "RandGlobalPhase", "SimulateCoils", "CoilCombine",
-    "cached_make_mask", "subject_random_state", "validate",
+    "ApplyKspaceMask", "ZeroFilled", "RandKspaceShift", "RandGlobalPhase", "RandViewRotate", "SimulateCoils",
+    "CoilCombine", "cached_make_mask", "subject_random_state", "validate",
 ]  # fmt: skip
 
 MAX_SEED = 2**31 - 1
@@ -448,6 +448,42 @@ class RandGlobalPhase(RandomizableTransform):
         th = torch.as_tensor(self.theta, dtype=torch.float64)
         rot = torch.polar(torch.ones_like(th), th).to(device=t.device, dtype=t.dtype)
         return _like(t * rot[:, None, None, None], x)
+
+
+# ---------------------------------------------------------------------------------------- image augmentations
+class RandViewRotate(RandomizableTransform):
+    """Random in-plane rotation of every view by its own angle: real image (S, T, H, W) -> same.
+
+    Angles are uniform in [-max_angle_deg, max_angle_deg], one per view, shared by the view's frames; rotation is
+    about the in-plane centre with bilinear interpolation, and pixels from outside the field of view are 0.
+    MONAI's ``Rotate`` turns all channels by one angle, so it is applied here once per view with that view's angle.
+    """
+
+    def __init__(self, max_angle_deg: float = 180.0, prob: float = 1.0, name: str = "image") -> None:
+        RandomizableTransform.__init__(self, prob)
+        if not 0.0 <= max_angle_deg <= 180.0:
+            raise ValueError(f"max_angle_deg must be in [0, 180], got {max_angle_deg}.")
+        self.max_angle_deg, self.name = float(max_angle_deg), name
+        self.angles: np.ndarray | None = None  # (S,) radians
+
+    def randomize(self, n_views: int) -> None:
+        super().randomize(None)
+        a = self.R.uniform(-self.max_angle_deg, self.max_angle_deg, size=n_views)
+        self.angles = np.deg2rad(a) if self._do_transform else np.zeros(n_views)
+
+    def __call__(self, img, randomize: bool = True):
+        from monai.transforms import Rotate
+
+        t = _plain(validate(img, self.name, kind="real", ndim=4, layout="(S, T, H, W)"))
+        if randomize:
+            self.randomize(t.shape[0])
+        if self.angles is None or len(self.angles) != t.shape[0]:
+            raise RuntimeError(f"RandViewRotate: no angles drawn for {t.shape[0]} views; call randomize() first.")
+        if not self._do_transform or self.max_angle_deg == 0.0:
+            return img
+        views = [_plain(Rotate(float(a), keep_size=True, padding_mode="zeros", dtype=torch.float32)(v)) if a else v
+                 for v, a in zip(t.float(), self.angles)]  # fmt: skip
+        return _like(torch.stack(views).to(t.dtype), img)
 
 
 # ------------------------------------------------------------------------------------------------- multi-coil

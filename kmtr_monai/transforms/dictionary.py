@@ -25,7 +25,8 @@ from kmtr_monai.transforms import array as A
 
 __all__ = [
     "ComplexToChanneld", "ChannelToComplexd", "FFT2cd", "IFFT2cd", "RandSmoothPhased", "RandKspaceMaskd",
-    "ApplyKspaceMaskd", "ZeroFilledd", "RandKspaceShiftd", "RandGlobalPhased", "SimulateCoilsd", "CoilCombined",
+    "ApplyKspaceMaskd", "ZeroFilledd", "RandKspaceShiftd", "RandGlobalPhased", "RandViewRotated", "SimulateCoilsd",
+    "CoilCombined",
 ]  # fmt: skip
 
 
@@ -240,6 +241,19 @@ class RandGlobalPhased(_RandWrapped):
     def __init__(self, keys: KeysCollection, prob: float = 1.0, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, None, allow_missing_keys)
         self.t = A.RandGlobalPhase(prob=prob)
+
+
+class RandViewRotated(_RandWrapped):
+    """Random in-plane rotation, one angle per view, the same draw for every key (real (S, T, H, W) images).
+
+    Two instances on two keys rotate them independently: the ``align`` bundle does so for the image seen by the image
+    encoder and the image its k-space is simulated from, so a subject's pose is not shared between the two inputs.
+    """
+
+    def __init__(self, keys: KeysCollection, max_angle_deg: float = 180.0, prob: float = 1.0,
+                 allow_missing_keys: bool = False) -> None:  # fmt: skip
+        super().__init__(keys, None, allow_missing_keys)
+        self.t = A.RandViewRotate(max_angle_deg=max_angle_deg, prob=prob)
 
 
 class SimulateCoilsd(_Wrapped):
