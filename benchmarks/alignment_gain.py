@@ -107,19 +107,16 @@ def batched(fn: Callable[..., torch.Tensor], *tensors: torch.Tensor, batch_size:
 
 def kspace_pooled(encoder, pooling: str):
     """(kspace, mask) -> pooled (B, C) features of a KspaceMAE, pooled like the DualEncoder pools."""
-    from kmtr_monai.networks.mae import pool_tokens
 
     def fn(kspace, mask):
         tokens, _, valid = encoder.encode(kspace, mask, return_valid=True)
-        return pool_tokens(tokens, pooling, valid)
+        return encoder.pool_tokens(tokens, pooling, valid)
 
     return fn
 
 
 def image_pooled(encoder, pooling: str):
-    from kmtr_monai.networks.mae import pool_tokens
-
-    return lambda image: pool_tokens(encoder.encode(image)[0], pooling)
+    return lambda image: encoder.pool_tokens(encoder.encode(image)[0], pooling)
 
 
 def probe(train_x, train_y, test_x, test_y) -> tuple[np.ndarray, list[tuple[int, int]]]:

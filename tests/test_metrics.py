@@ -231,6 +231,48 @@ def test_dual_encoder_on_tiny_maes_is_batch_independent():
     torch.testing.assert_close(out["z_kspace"][:1], alone, atol=1e-5, rtol=1e-4)
 
 
+def test_view_time_pooling_keeps_views_and_phases_apart():
+    from kmtr_monai.networks.mae import pool_tokens
+
+    b, s, t, per, c = 2, 3, 2, 4, 5
+    tokens = torch.randn(b, 1 + s * t * per, c)
+    valid = torch.rand(b, s * t * per) > 0.3
+    valid[:, :per] = False  # a whole cell without valid tokens pools to 0, not NaN
+    out = pool_tokens(tokens, "view_time", valid, cells=(s, t))
+    assert out.shape == (b, s * t * c)
+    cells = tokens[:, 1:].reshape(b, s, t, per, c)
+    for i in range(s):
+        for j in range(t):
+            keep = valid.reshape(b, s, t, per)[:, i, j]
+            want = torch.stack([cells[k, i, j][keep[k]].mean(0) if keep[k].any() else torch.zeros(c) for k in range(b)])
+            got = out.reshape(b, s, t, c)[:, i, j]
+            torch.testing.assert_close(got, want)
+    torch.testing.assert_close(pool_tokens(tokens, "view_time", cells=(s, t)), cells.mean(3).flatten(1))
+    with pytest.raises(ValueError, match="grid"):
+        pool_tokens(tokens, "view_time")
+    with pytest.raises(ValueError, match="do not split"):
+        pool_tokens(tokens, "view_time", cells=(5, 5))
+
+
+def test_dual_encoder_view_time_pooling_on_tiny_maes():
+    torch.manual_seed(0)
+    image_mae, kspace_mae = build_image_mae("tiny"), build_kspace_mae("tiny", tokenizer="patch")
+    model = DualEncoder(image_mae, kspace_mae, embed_dim=16, pooling="view_time").eval()
+    cells = image_mae.view_time_cells
+    assert cells == kspace_mae.view_time_cells == image_mae.tokenizer.grid[:2]
+    assert model.image_proj.net[0].in_features == cells[0] * cells[1] * 64  # tiny: token width 64
+    _, s, t, h, w = kspace_mae.shape
+    mask = torch.zeros(2, s, t, h, dtype=torch.bool)
+    mask[..., ::2] = True
+    with torch.no_grad():
+        out = model(torch.rand(2, s, t, h, w), torch.randn(2, 2, s, t, h, w), mask)
+    assert out["h_kspace"].shape == (2, cells[0] * cells[1] * 64) and out["z_kspace"].shape == (2, 16)
+    with pytest.raises(ValueError, match="view_time.*line"):
+        DualEncoder(image_mae, build_kspace_mae("tiny", tokenizer="line"), pooling="view_time")
+    with pytest.raises(ValueError, match="view_time.*line"):
+        build_kspace_mae("tiny", tokenizer="line", pool="view_time")
+
+
 def test_projector():
     p = Projector(10, 20, 7)
     assert p(torch.randn(4, 10)).shape == (4, 7)

@@ -7,12 +7,14 @@ Encoder contract (that of :mod:`kmtr_monai.networks.mae`): ``image_encoder.encod
 ``kspace_encoder.encode(kspace, mask)`` return ``(tokens, pooled)`` or ``(tokens, pooled, valid)`` with ``tokens``
 (B, 1+n, C), class token first, and optional ``valid`` (B, n) bool marking real (non-padding) tokens, e.g. line
 tokens whose count differs between subjects. If ``encode`` accepts ``return_valid``, it is called with
-``return_valid=True`` so that mean pooling can skip padding. Pooling reuses ``mae.pool_tokens``.
+``return_valid=True`` so that mean pooling can skip padding. Pooling reuses ``mae.pool_tokens``; ``"view_time"``
+pooling reads the (view, time) cells of the token grid from the encoder's ``view_time_cells``.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 
 import torch
 import torch.nn as nn
@@ -21,7 +23,7 @@ from kmtr_monai.networks.mae import pool_tokens
 
 __all__ = ["Projector", "DualEncoder"]
 
-POOLINGS = ("cls", "mean")
+POOLINGS = ("cls", "mean", "view_time")
 
 
 class Projector(nn.Module):
@@ -80,12 +82,13 @@ class DualEncoder(nn.Module):
         image_encoder: module with ``encode(image) -> (tokens, pooled[, padding_mask])``.
         kspace_encoder: module with ``encode(kspace, mask) -> (tokens, pooled[, padding_mask])``.
         embed_dim: projector output width (128 in the paper).
-        pooling: ``"cls"`` (token 0) or ``"mean"`` (mean of the valid non-class tokens).
+        pooling: ``"cls"`` (token 0), ``"mean"`` (mean of the valid non-class tokens) or ``"view_time"`` (that mean
+            per (view, time step) cell, concatenated: width S·T'·C; see ``mae.pool_tokens``).
         freeze_image, freeze_kspace: freeze that encoder (requires_grad False, kept in eval mode, run under
             no_grad); its projector stays trainable.
         image_dim, kspace_dim: token widths; inferred from an int ``hidden_size``/``embed_dim``/``width``/``dim``
             attribute of the encoder or of its ``.encoder`` if None.
-        proj_hidden_dim: projector hidden width (default: the encoder width).
+        proj_hidden_dim: projector hidden width (default: the encoder's token width).
         proj_batch_norm: batch norm in the projectors' hidden layer (see :class:`Projector`).
 
     ``forward(image, kspace, mask)`` returns ``{"z_image": (B, embed_dim), "z_kspace": (B, embed_dim)}``
@@ -118,14 +121,28 @@ class DualEncoder(nn.Module):
         self.freeze_kspace = bool(freeze_kspace)
         image_dim = _infer_width(image_encoder, "image_encoder") if image_dim is None else image_dim
         kspace_dim = _infer_width(kspace_encoder, "kspace_encoder") if kspace_dim is None else kspace_dim
-        self.image_proj = Projector(image_dim, proj_hidden_dim, embed_dim, batch_norm=proj_batch_norm)
-        self.kspace_proj = Projector(kspace_dim, proj_hidden_dim, embed_dim, batch_norm=proj_batch_norm)
+        self._image_cells = self._cells(image_encoder, "image_encoder")
+        self._kspace_cells = self._cells(kspace_encoder, "kspace_encoder")
+        self.image_proj = Projector(image_dim * math.prod(self._image_cells or ()), proj_hidden_dim or image_dim,
+                                    embed_dim, batch_norm=proj_batch_norm)  # fmt: skip
+        self.kspace_proj = Projector(kspace_dim * math.prod(self._kspace_cells or ()), proj_hidden_dim or kspace_dim,
+                                     embed_dim, batch_norm=proj_batch_norm)  # fmt: skip
         self._image_valid = _accepts_return_valid(image_encoder)
         self._kspace_valid = _accepts_return_valid(kspace_encoder)
         for frozen, enc in ((self.freeze_image, image_encoder), (self.freeze_kspace, kspace_encoder)):
             if frozen:
                 enc.requires_grad_(False)
                 enc.eval()
+
+    def _cells(self, encoder: nn.Module, name: str) -> tuple[int, int] | None:
+        """(S, T') cells for ``"view_time"`` pooling (None for the other poolings)."""
+        if self.pooling != "view_time":
+            return None
+        cells = getattr(encoder, "view_time_cells", None)
+        if cells is None:
+            raise ValueError(f"pooling 'view_time' needs {name} ({type(encoder).__name__}) with tokens on a (view, "
+                             "time) grid (a `view_time_cells` attribute; patch tokens, not line tokens)")  # fmt: skip
+        return tuple(cells)
 
     def train(self, mode: bool = True) -> DualEncoder:
         """Switch mode but keep frozen encoders in eval (no dropout, fixed norm statistics)."""
@@ -136,7 +153,7 @@ class DualEncoder(nn.Module):
             self.kspace_encoder.eval()
         return self
 
-    def _pooled(self, out: tuple, name: str) -> torch.Tensor:
+    def _pooled(self, out: tuple, name: str, cells: tuple[int, int] | None) -> torch.Tensor:
         if not isinstance(out, (tuple, list)) or len(out) not in (2, 3):
             raise ValueError(f"{name}.encode must return (tokens, pooled) or (tokens, pooled, valid)")
         tokens, valid = out[0], (out[2] if len(out) == 3 else None)
@@ -147,13 +164,13 @@ class DualEncoder(nn.Module):
                 f"{name}.encode valid must be bool (B, n) = {(tokens.shape[0], tokens.shape[1] - 1)}, got "
                 f"{valid.dtype} {tuple(valid.shape)}"
             )
-        return pool_tokens(tokens, self.pooling, valid)
+        return pool_tokens(tokens, self.pooling, valid, cells)
 
     def embed_image(self, image: torch.Tensor) -> torch.Tensor:
         """image (B, S, T, H, W) (whatever the image encoder takes) -> z_image (B, embed_dim)."""
         kw = {"return_valid": True} if self._image_valid else {}
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_image):
-            feat = self._pooled(self.image_encoder.encode(image, **kw), "image_encoder")
+            feat = self._pooled(self.image_encoder.encode(image, **kw), "image_encoder", self._image_cells)
         return self.image_proj(feat)
 
     def kspace_features(self, kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -163,7 +180,8 @@ class DualEncoder(nn.Module):
         """
         kw = {"return_valid": True} if self._kspace_valid else {}
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_kspace):
-            return self._pooled(self.kspace_encoder.encode(kspace, mask, **kw), "kspace_encoder")
+            out = self.kspace_encoder.encode(kspace, mask, **kw)
+            return self._pooled(out, "kspace_encoder", self._kspace_cells)
 
     def embed_kspace(self, kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """kspace (B, 2, S, T, H, W) + mask (B, S, T, H) -> z_kspace (B, embed_dim)."""

@@ -43,7 +43,7 @@ from .transformer import TransformerEncoder, init_vit_weights
 __all__ = ["MODEL_PRESETS", "ImageMAE", "KspaceMAE", "build_image_mae", "build_kspace_mae", "pool_tokens"]
 
 
-_POOLS = ("cls", "mean")
+_POOLS = ("cls", "mean", "view_time")
 
 
 def _check_finite(name: str, x: torch.Tensor) -> None:
@@ -51,15 +51,36 @@ def _check_finite(name: str, x: torch.Tensor) -> None:
         raise ValueError(f"{name}: contains NaN values")
 
 
-def pool_tokens(tokens: torch.Tensor, pool: str, valid: torch.Tensor | None = None) -> torch.Tensor:
-    """tokens (B, 1+N, D) with class token first → (B, D): the class token, or the mean of the valid other tokens."""
+def pool_tokens(
+    tokens: torch.Tensor, pool: str, valid: torch.Tensor | None = None, cells: Sequence[int] | None = None
+) -> torch.Tensor:
+    """tokens (B, 1+N, D), class token first → pooled features.
+
+    ``"cls"``: the class token (B, D). ``"mean"``: the mean of the valid other tokens (B, D). ``"view_time"``: the mean
+    of the valid tokens of each (view, time step) cell, concatenated in (view, time) order (B, S·T'·D); it needs
+    ``cells`` = (S, T'), the leading axes of a token grid with N = S·T'·(tokens per cell), so what differs between
+    views and cardiac phases (ED against ES for an ejection fraction) is not averaged away.
+    """
     if pool == "cls":
         return tokens[:, 0]
     rest = tokens[:, 1:]
+    if pool == "view_time":
+        if cells is None:
+            raise ValueError("pool 'view_time' needs tokens on a (view, time, ...) grid (patch tokens), got none")
+        n_cells = math.prod(cells)
+        if rest.shape[1] % n_cells:
+            raise ValueError(f"pool 'view_time': {rest.shape[1]} tokens do not split into {tuple(cells)} cells")
+        rest = rest.reshape(rest.shape[0], n_cells, -1, rest.shape[-1])  # (B, cells, tokens per cell, D)
+        valid = None if valid is None else valid.reshape(valid.shape[0], n_cells, -1)
+        dim = 2
+    else:
+        dim = 1
     if valid is None:
-        return rest.mean(1)
-    w = valid.to(rest.dtype)[..., None]
-    return (rest * w).sum(1) / w.sum(1).clamp_min(1.0)
+        pooled = rest.mean(dim)
+    else:
+        w = valid.to(rest.dtype)[..., None]
+        pooled = (rest * w).sum(dim) / w.sum(dim).clamp_min(1.0)
+    return pooled.flatten(1)
 
 
 def _check_pool(pool: str) -> str:
@@ -79,6 +100,17 @@ class _MAEBase(nn.Module):
         self.decoder = TransformerEncoder(dec_dim, dec_depth, dec_heads, mlp_ratio, grad_checkpoint=grad_checkpoint)
 
     _DECODER_PARTS = ("dec_embed", "mask_token", "decoder", "head")
+
+    @property
+    def view_time_cells(self) -> tuple[int, int] | None:
+        """(S, T'): the (view, time step) cells of the token grid for ``"view_time"`` pooling; None for line tokens,
+        which are not on a grid."""
+        grid = self.tokenizer.grid
+        return (grid[0], grid[1]) if len(grid) == 4 else None
+
+    def pool_tokens(self, tokens: torch.Tensor, pool: str, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """:func:`pool_tokens` with this encoder's token grid."""
+        return pool_tokens(tokens, pool, valid, self.view_time_cells)
 
     def drop_decoder(self) -> "_MAEBase":
         """Delete the decoder (Stages II/III use only ``encode``); returns self.
@@ -108,7 +140,8 @@ class ImageMAE(_MAEBase):
         depth, heads: encoder. dec_dim, dec_depth, dec_heads: decoder.
         mask_ratio: fraction of patches hidden per sample; exactly ``floor(mask_ratio·N + 0.5)`` (round half up),
             clipped so that at least one patch stays visible.
-        pool: ``"cls"`` or ``"mean"`` for :meth:`encode`. grad_checkpoint: checkpoint every block.
+        pool: ``"cls"``, ``"mean"`` or ``"view_time"`` for :meth:`encode` (:func:`pool_tokens`). grad_checkpoint:
+            checkpoint every block.
 
     ``forward(image (B,S,T,H,W), generator=None) -> {"pred", "target"}: (B, N, P) pixel patches (P = pt·ph·pw),
     "weight": (B, N) 1.0 on masked patches}``.
@@ -186,7 +219,7 @@ class ImageMAE(_MAEBase):
         tokens = self.tokenizer(image)
         _check_finite("image", image)
         out = self.encoder(tokens)
-        return out, pool_tokens(out, self.pool)
+        return out, self.pool_tokens(out, self.pool)
 
 
 class KspaceMAE(_MAEBase):
@@ -204,7 +237,8 @@ class KspaceMAE(_MAEBase):
             :func:`kmtr_monai.view_sharing.view_share`, built from sampled lines only, and patch tokens are cut
             from that view-shared k-space) or ``"none"`` (zero-filled patch tokens; the decoder predicts the
             k-space itself).
-        pool: ``"cls"`` or ``"mean"``. grad_checkpoint: checkpoint every block.
+        pool: ``"cls"``, ``"mean"`` or ``"view_time"`` (patch tokens only; :func:`pool_tokens`). grad_checkpoint:
+            checkpoint every block.
 
     ``forward(kspace (B,2,S,T,H,W), mask (B,S,T,H), kspace_full (B,2,S,T,H,W) | None)`` returns
     ``pred`` (B,2,S,T,H,W) in original units, ``target`` (= kspace_full), ``weight`` (B,S,T,H),
@@ -261,6 +295,8 @@ class KspaceMAE(_MAEBase):
         init_vit_weights(self.head)
         if reference == "view_sharing":  # start exactly at the reference: the decoder learns the correction
             nn.init.zeros_(self.head.weight)
+        if pool == "view_time" and self.view_time_cells is None:
+            raise ValueError("pool 'view_time' needs patch tokens; line tokens are not on a (view, time) grid")
 
     # ----------------------------------------------------------------------------------------- input / scaling
     def _check_inputs(self, kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -365,7 +401,7 @@ class KspaceMAE(_MAEBase):
         m = self._check_inputs(kspace, mask)
         y, _ = self.normalise(kspace, m)
         enc, valid, _ = self._encode(y, m)
-        pooled = pool_tokens(enc, self.pool, valid)
+        pooled = self.pool_tokens(enc, self.pool, valid)
         return (enc, pooled, valid) if return_valid else (enc, pooled)
 
 
