@@ -99,3 +99,23 @@ def test_align_two_process_gloo(stage_outputs, tiny_cohort):
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert (out / "align-ddp" / "models" / "model.pt").is_file()
     assert "val_top1" in (out / "align-ddp" / "eval" / "metrics.csv").read_text()
+
+
+def test_align_inputs_get_independent_poses(tiny_cohort):
+    """The image and the image its k-space is simulated from are rotated by separate draws (no shared pose)."""
+    from monai.bundle import ConfigParser
+
+    from kmtr_monai.data.datalist import read_datalist
+    from kmtr_monai.transforms import RandViewRotated
+
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLES / "align" / "configs" / "train.json"), str(BUNDLES / "presets" / "tiny.json")])
+    parser["dataset_dir"] = str(tiny_cohort)
+    chain = parser.get_parsed_content("train#preprocessing")
+    chain.set_random_state(0)
+    rotations = [t for t in chain.transforms if isinstance(t, RandViewRotated)]
+    assert sorted(k for t in rotations for k in t.keys) == ["image", "image_k"] and len(rotations) == 2
+    out = chain(read_datalist(str(tiny_cohort / "datalist.json"), "training")[0])
+    assert out["kspace"].shape[0] == 2 and out["image"].ndim == 4 and "image_k" not in out
+    first, second = (t.t.angles for t in rotations)
+    assert len(first) == out["image"].shape[0] and (abs(first - second) > 1e-3).all()
