@@ -41,6 +41,17 @@ BUNDLES = Path(__file__).resolve().parent.parent / "bundles"
 SHOWN = ("LVEDV (mL)", "LVEF (%)", "LVM (g)", "RVEDV (mL)")
 
 
+def run_arguments(doc: str, split: str = "test") -> argparse.ArgumentParser:
+    """The command line the Stage II benchmarks share: --run, --preset, --split, --acceleration, --threads."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--run", required=True, help="output folder of `kmtr pipeline` (cohort/, image-mae/, kspace-mae/, align/)")
+    ap.add_argument("--preset", default="tiny", choices=("tiny", "small"), help="preset the run was made with")
+    ap.add_argument("--split", default=split, choices=("validation", "test"), help="evaluation split")
+    ap.add_argument("--acceleration", type=int, default=4, help="k-space acceleration (validation mask)")
+    ap.add_argument("--threads", type=int, default=2)
+    return ap
+
+
 def make_parser(run: Path, preset: str, acceleration: int, bundles: Path = BUNDLES):
     """``ConfigParser`` of the align bundle at ``preset`` with the run's cohort and Stage I checkpoints."""
     from monai.bundle import ConfigParser
@@ -133,13 +144,7 @@ def probe(train_x, train_y, test_x, test_y) -> tuple[np.ndarray, list[tuple[int,
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", required=True, help="output folder of `kmtr pipeline`")
-    ap.add_argument("--preset", default="tiny", choices=("tiny", "small"), help="preset the run was made with")
-    ap.add_argument("--split", default="test", choices=("validation", "test"),
-                    help="evaluation split (test by default: the align checkpoint is selected on validation)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--acceleration", type=int, default=4, help="k-space acceleration (validation mask)")
+    ap = run_arguments(__doc__)
     ap.add_argument("--bundles", default=str(BUNDLES), help="bundles/ folder")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -17,7 +17,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alignment_gain import BUNDLES, batched, check_run, image_pooled, kspace_pooled, load_split, make_parser
+from alignment_gain import BUNDLES, batched, check_run, image_pooled, kspace_pooled, load_split, make_parser, run_arguments
 
 # (label, kind, function of one subject's latent dict)
 FACTORS = (
@@ -57,12 +56,7 @@ def latent_factors(cohort: Path, eids: list[str]) -> np.ndarray:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", required=True, help="output folder of `kmtr pipeline`")
-    ap.add_argument("--preset", default="tiny", choices=("tiny", "small"))
-    ap.add_argument("--split", default="test", choices=("validation", "test"))
-    ap.add_argument("--acceleration", type=int, default=4)
-    ap.add_argument("--threads", type=int, default=2)
+    ap = run_arguments(__doc__)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()

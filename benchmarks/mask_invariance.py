@@ -18,13 +18,12 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import torch
 
-from alignment_gain import BUNDLES, batched, kspace_pooled, load_split, make_parser
+from alignment_gain import BUNDLES, batched, kspace_pooled, load_split, make_parser, run_arguments
 
 
 def raw_magnitude_blocks(kspace: torch.Tensor, mask: torch.Tensor, block: int = 8) -> torch.Tensor:
@@ -45,13 +44,8 @@ def same_subject_retrieval(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", required=True, help="output folder of `kmtr pipeline` (cohort/, kspace-mae/, align/)")
-    ap.add_argument("--preset", default="tiny", choices=("tiny", "small"))
-    ap.add_argument("--split", default="validation", choices=("validation", "test"))
-    ap.add_argument("--acceleration", type=int, default=4)
+    ap = run_arguments(__doc__, split="validation")
     ap.add_argument("--seeds", type=int, nargs=2, default=(0, 1), help="global seeds of the two passes")
-    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     from kmtr_monai.engines.checkpoint import load_encoder_weights

@@ -20,7 +20,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alignment_gain import BUNDLES, SHOWN, batched, image_pooled, kspace_pooled, load_split, make_parser, probe
+from alignment_gain import BUNDLES, SHOWN, batched, image_pooled, kspace_pooled, load_split, make_parser, probe, run_arguments
 from kmtr_monai.constants import PHENOTYPES
 
 POOLINGS = ("cls", "mean", "view_time")
@@ -47,12 +46,7 @@ def view_shared_energy(kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", required=True, help="folder with cohort/, image-mae/models/model.pt, kspace-mae/models/model.pt")
-    ap.add_argument("--preset", default="tiny", choices=("tiny", "small"))
-    ap.add_argument("--split", default="test", choices=("validation", "test"))
-    ap.add_argument("--acceleration", type=int, default=4)
-    ap.add_argument("--threads", type=int, default=2)
+    ap = run_arguments(__doc__)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
