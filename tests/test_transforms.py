@@ -13,7 +13,8 @@ from kmtr_monai.transforms import (
     ApplyKspaceMask, ApplyKspaceMaskd, ChannelToComplex, ChannelToComplexd, CoilCombine, CoilCombined,
     ComplexToChannel, ComplexToChanneld, FFT2c, FFT2cd, IFFT2c, IFFT2cd, RandGlobalPhase, RandGlobalPhased,
     RandKspaceMask, RandKspaceMaskd, RandKspaceShift, RandKspaceShiftd, RandSmoothPhase, RandSmoothPhased,
-    RandViewRotate, RandViewRotated, SimulateCoils, SimulateCoilsd, ZeroFilled, ZeroFilledd, cached_make_mask, fft2c, ifft2c,
+    RandViewRotate, RandViewRotated, SimulateCoils, SimulateCoilsd, ZeroFilled, ZeroFilledd, cached_make_mask,
+    fft2c, ifft2c,
 )  # fmt: skip
 from kmtr_monai.transforms.fft import checkerboard
 

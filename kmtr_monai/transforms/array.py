@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from monai.transforms import Randomizable, RandomizableTransform, Transform
+from monai.transforms import Randomizable, RandomizableTransform, Rotate, Transform
 from monai.utils import convert_to_dst_type
 
 from kmtr_monai.transforms.fft import _checkerboards, fft2c, ifft2c
@@ -472,8 +472,6 @@ class RandViewRotate(RandomizableTransform):
         self.angles = np.deg2rad(a) if self._do_transform else np.zeros(n_views)
 
     def __call__(self, img, randomize: bool = True):
-        from monai.transforms import Rotate
-
         t = _plain(validate(img, self.name, kind="real", ndim=4, layout="(S, T, H, W)"))
         if randomize:
             self.randomize(t.shape[0])
