@@ -76,7 +76,7 @@ def main(argv=None) -> dict:
     results = {}
     for name, (fn, keys) in rows.items():
         x = {s: batched(fn, *(d[k] for k in keys), batch_size=bs, device="cpu").numpy() for s, d in splits.items()}
-        r2, _ = probe(x["train"], y["train"], x["eval"], y["eval"])
+        r2, _, _ = probe(x["train"], y["train"], x["eval"], y["eval"])
         results[name] = {"width": x["train"].shape[1], "mean_r2": float(np.nanmean(r2)), "r2": dict(zip(PHENOTYPES, r2))}
 
     def f(v):

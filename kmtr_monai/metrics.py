@@ -24,7 +24,7 @@ from ignite.metrics.metric import reinit__is_reduced
 
 from kmtr_monai.distributed import all_gather_uneven
 
-__all__ = ["retrieval_topk", "linear_probe_r2", "linear_probe_r2_cv", "RetrievalTopK", "LinearProbeR2"]
+__all__ = ["retrieval_topk", "linear_probe_r2", "linear_probe_r2_cv", "r2_gain_interval", "RetrievalTopK", "LinearProbeR2"]
 
 
 def _as_2d_tensor(x: Any, name: str) -> torch.Tensor:
@@ -115,7 +115,7 @@ def linear_probe_r2(train_x: Any, train_y: Any, test_x: Any, test_y: Any, alpha:
         train_x: (N, D) embeddings; train_y: (N,) or (N, P) targets; test_x/test_y likewise (M rows).
 
     Returns:
-        ``{"r2": ndarray (P,) per-target R^2 on test, "mean_r2": float}``.
+        ``{"r2": ndarray (P,) per-target R^2 on test, "mean_r2": float, "pred": ndarray (M, P) test predictions}``.
     """
     xtr, ytr = _as_2d_numpy(train_x, "train_x"), _as_2d_numpy(train_y, "train_y")
     xte, yte = _as_2d_numpy(test_x, "test_x"), _as_2d_numpy(test_y, "test_y")
@@ -128,8 +128,48 @@ def linear_probe_r2(train_x: Any, train_y: Any, test_x: Any, test_y: Any, alpha:
         raise ValueError(f"train/test widths differ: x {xtr.shape[1]} vs {xte.shape[1]}, y {ytr.shape[1]} vs {yte.shape[1]}")
     if xtr.shape[0] < 2 or xte.shape[0] < 2:
         raise ValueError("linear probe needs at least 2 train and 2 test rows")
-    est = _probe_estimator(alpha).fit(xtr, ytr)
-    return _r2_dict(yte, np.asarray(est.predict(xte)).reshape(yte.shape))
+    pred = np.asarray(_probe_estimator(alpha).fit(xtr, ytr).predict(xte)).reshape(yte.shape)
+    return {**_r2_dict(yte, pred), "pred": pred}
+
+
+def r2_gain_interval(
+    y: Any, pred_ref: Any, pred_new: Any, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0
+) -> dict[str, float]:
+    """Gain in mean R^2 (over targets) of ``pred_new`` over ``pred_ref``, with a paired bootstrap interval.
+
+    Rows (subjects) are resampled with replacement, the same rows for both predictions, by
+    ``scipy.stats.bootstrap`` (BCa). A target's NaN rows are left out of its R^2.
+
+    Args:
+        y, pred_ref, pred_new: (N,) or (N, P) targets and two sets of predictions of them.
+
+    Returns:
+        ``{"gain": float, "low": float, "high": float}`` (the interval at ``confidence``).
+    """
+    from scipy.stats import bootstrap
+
+    yy, a, b = (_as_2d_numpy(v, n) for v, n in ((y, "y"), (pred_ref, "pred_ref"), (pred_new, "pred_new")))
+    if not yy.shape == a.shape == b.shape:
+        raise ValueError(f"shapes differ: y {yy.shape}, pred_ref {a.shape}, pred_new {b.shape}")
+    ok = np.isfinite(yy)
+    if (ok.sum(0) < 3).any():
+        raise ValueError(f"every target needs at least 3 finite rows, got {ok.sum(0).tolist()}")
+
+    def mean_r2(rows: np.ndarray, pred: np.ndarray) -> float:
+        w, t = ok[rows], np.where(ok[rows], yy[rows], 0.0)
+        mu = t.sum(0) / np.maximum(w.sum(0), 1)
+        ss_tot = (w * (t - mu) ** 2).sum(0)
+        ss_res = (w * (t - np.where(w, pred[rows], 0.0)) ** 2).sum(0)
+        return float(np.mean(1.0 - ss_res / np.maximum(ss_tot, np.finfo(float).tiny)))
+
+    def gain(rows: np.ndarray) -> float:
+        return mean_r2(rows, b) - mean_r2(rows, a)
+
+    rows = np.arange(yy.shape[0])
+    res = bootstrap((rows,), gain, vectorized=False, confidence_level=confidence, n_resamples=n_resamples,
+                    random_state=np.random.default_rng(seed))  # fmt: skip
+    ci = res.confidence_interval
+    return {"gain": gain(rows), "low": float(ci.low), "high": float(ci.high)}
 
 
 def linear_probe_r2_cv(x: Any, y: Any, alpha: float | None = None, n_splits: int = 5, seed: int = 0) -> dict[str, Any]:

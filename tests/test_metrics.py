@@ -8,7 +8,9 @@ import torch
 import torch.nn as nn
 from ignite.engine import Engine
 
-from kmtr_monai.metrics import LinearProbeR2, RetrievalTopK, linear_probe_r2, linear_probe_r2_cv, retrieval_topk
+from kmtr_monai.metrics import (
+    LinearProbeR2, RetrievalTopK, linear_probe_r2, linear_probe_r2_cv, r2_gain_interval, retrieval_topk,
+)  # fmt: skip
 from kmtr_monai.engines.checkpoint import load_encoder_weights, save_checkpoint_atomic
 from kmtr_monai.networks.dual import DualEncoder, Projector
 from kmtr_monai.networks.mae import build_image_mae, build_kspace_mae
@@ -97,6 +99,39 @@ def test_linear_probe_cv_and_torch_input():
         linear_probe_r2(x[:10], y[:9], x, y)
     with pytest.raises(ValueError, match="n_splits"):
         linear_probe_r2_cv(x[:6], y[:6], n_splits=5)
+
+
+def test_linear_probe_returns_its_test_predictions():
+    x, y = _linear_data(200, seed=6)
+    res = linear_probe_r2(x[:150], y[:150], x[150:], y[150:])
+    assert res["pred"].shape == (50, 3)
+    from sklearn.metrics import r2_score
+
+    np.testing.assert_allclose(res["r2"], r2_score(y[150:], res["pred"], multioutput="raw_values"))
+
+
+def test_r2_gain_interval_against_sklearn_and_its_coverage():
+    from sklearn.metrics import r2_score
+
+    g = np.random.default_rng(7)
+    y = g.normal(size=(450, 4))
+    weak, strong = 0.2 * y + g.normal(size=y.shape), 0.6 * y + 0.7 * g.normal(size=y.shape)
+    res = r2_gain_interval(y, weak, strong)
+    exact = r2_score(y, strong, multioutput="raw_values").mean() - r2_score(y, weak, multioutput="raw_values").mean()
+    assert res["gain"] == pytest.approx(exact, abs=1e-12)
+    assert 0.0 < res["low"] < res["gain"] < res["high"]  # a large gain: the interval excludes 0
+    twin = 0.2 * y + g.normal(size=y.shape)  # as good as `weak`, independent errors: the interval includes 0
+    same = r2_gain_interval(y, weak, twin)
+    assert same["low"] < 0.0 < same["high"]
+    y_nan = y.copy()
+    y_nan[:50, 0] = np.nan  # a target's NaN rows are left out of its R^2 only
+    ok = np.isfinite(y_nan[:, 0])
+    per = [r2_score(y_nan[ok, 0], p[ok, 0]) for p in (weak, strong)]
+    rest = [r2_score(y[:, 1:], p[:, 1:], multioutput="raw_values") for p in (weak, strong)]
+    want = (per[1] + rest[1].sum() - per[0] - rest[0].sum()) / 4
+    assert r2_gain_interval(y_nan, weak, strong)["gain"] == pytest.approx(want, abs=1e-12)
+    with pytest.raises(ValueError, match="shapes differ"):
+        r2_gain_interval(y, weak[:, :3], strong)
 
 
 # ---------------------------------------------------------------- ignite metrics
