@@ -19,7 +19,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from monai.transforms import Randomizable, RandomizableTransform, Rotate, Transform
+from monai.networks.layers import AffineTransform
+from monai.transforms import Randomizable, RandomizableTransform, Transform
 from monai.utils import convert_to_dst_type
 
 from kmtr_monai.transforms.fft import _checkerboards, fft2c, ifft2c
@@ -456,7 +457,8 @@ class RandViewRotate(RandomizableTransform):
 
     Angles are uniform in [-max_angle_deg, max_angle_deg], one per view, shared by the view's frames; rotation is
     about the in-plane centre with bilinear interpolation, and pixels from outside the field of view are 0.
-    MONAI's ``Rotate`` turns all channels by one angle, so it is applied here once per view with that view's angle.
+    MONAI's ``Rotate`` turns all channels by one angle; MONAI's batched ``AffineTransform`` takes one matrix per
+    view (views as its batch, frames as its channels), so all views turn in one resampling call.
     """
 
     def __init__(self, max_angle_deg: float = 180.0, prob: float = 1.0, name: str = "image") -> None:
@@ -479,9 +481,11 @@ class RandViewRotate(RandomizableTransform):
             raise RuntimeError(f"RandViewRotate: no angles drawn for {t.shape[0]} views; call randomize() first.")
         if not self._do_transform or self.max_angle_deg == 0.0:
             return img
-        views = [_plain(Rotate(float(a), keep_size=True, padding_mode="zeros", dtype=torch.float32)(v)) if a else v
-                 for v, a in zip(t.float(), self.angles)]  # fmt: skip
-        return _like(torch.stack(views).to(t.dtype), img)
+        cos, sin = (torch.as_tensor(f(self.angles), dtype=torch.float32, device=t.device) for f in (np.cos, np.sin))
+        theta = torch.stack([torch.stack([cos, -sin, torch.zeros_like(cos)], -1),
+                             torch.stack([sin, cos, torch.zeros_like(cos)], -1)], 1)  # (S, 2, 3), pixel units  # fmt: skip
+        rotate = AffineTransform(normalized=False, mode="bilinear", padding_mode="zeros", zero_centered=True)
+        return _like(rotate(t.float(), theta).to(t.dtype), img)
 
 
 # ------------------------------------------------------------------------------------------------- multi-coil
