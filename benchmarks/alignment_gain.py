@@ -79,10 +79,10 @@ def make_parser(run: Path, preset: str, acceleration: int, bundles: Path = BUNDL
     return parser
 
 
-def check_run(run: Path, preset: str) -> None:
-    """The run folder holds the pipeline's outputs, made at ``preset``."""
-    needed = ["cohort/datalist.json", "image-mae/models/model.pt", "kspace-mae/models/model.pt",
-              "align/models/model.pt"]  # fmt: skip
+def check_run(run: Path, preset: str, align: bool = True) -> None:
+    """The run folder holds the pipeline's outputs (the align checkpoint only if ``align``), made at ``preset``."""
+    needed = ["cohort/datalist.json", "image-mae/models/model.pt", "kspace-mae/models/model.pt"]
+    needed += ["align/models/model.pt"] if align else []
     missing = [p for p in needed if not (run / p).is_file()]
     if missing:
         raise FileNotFoundError(f"run {run} lacks {missing} (made by `kmtr pipeline --out {run}`)")
@@ -91,6 +91,23 @@ def check_run(run: Path, preset: str) -> None:
         made = json.loads(meta.read_text()).get("preset")
         if made is not None and made != preset:
             raise ValueError(f"--preset {preset!r} does not match the run's cohort preset {made!r} ({meta})")
+
+
+def open_run(ap: argparse.ArgumentParser, argv=None, align: bool = True) -> tuple[argparse.Namespace, Path]:
+    """Parse the command line, set the thread count and check the run folder (:func:`check_run`)."""
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    run = Path(args.run).resolve()
+    check_run(run, args.preset, align)
+    return args, run
+
+
+def stage1_encoder(parser, which: str):
+    """The Stage I ``"image"`` or ``"kspace"`` MAE of the run, weights loaded, decoder dropped, in eval mode."""
+    from kmtr_monai.engines.checkpoint import load_encoder_weights
+
+    net = parser.get_parsed_content(f"{which}_mae", lazy=False)
+    return load_encoder_weights(net, parser.get_parsed_content(f"{which}_mae_ckpt"), key="model").drop_decoder().eval()
 
 
 def load_split(parser, split: str) -> dict[str, torch.Tensor]:
@@ -152,14 +169,8 @@ def probe(train_x, train_y, test_x, test_y) -> tuple[np.ndarray, np.ndarray, lis
 def main(argv=None) -> dict:
     ap = run_arguments(__doc__)
     ap.add_argument("--bundles", default=str(BUNDLES), help="bundles/ folder")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args, run = open_run(ap, argv)
     start = time.perf_counter()
-    run = Path(args.run).resolve()
-    check_run(run, args.preset)
-
-    from kmtr_monai.engines.checkpoint import load_encoder_weights
-
     parser = make_parser(run, args.preset, args.acceleration, Path(args.bundles).resolve())
     device = parser.get_parsed_content("device")
     pooling, seed, bs = (parser.get_parsed_content(k) for k in ("pooling", "seed", "batch_size"))
@@ -168,10 +179,7 @@ def main(argv=None) -> dict:
     # ---- networks, all from the bundle definitions
     torch.manual_seed(seed)
     scratch = parser.get_parsed_content("kspace_mae", lazy=False).drop_decoder()
-    stage1_k = load_encoder_weights(parser.get_parsed_content("kspace_mae", lazy=False),
-                                    parser.get_parsed_content("kspace_mae_ckpt"), key="model").drop_decoder()  # fmt: skip
-    stage1_i = load_encoder_weights(parser.get_parsed_content("image_mae", lazy=False),
-                                    parser.get_parsed_content("image_mae_ckpt"), key="model").drop_decoder()  # fmt: skip
+    stage1_k, stage1_i = stage1_encoder(parser, "kspace"), stage1_encoder(parser, "image")
     dual = parser.get_parsed_content("network_def", lazy=False)
     ckpt = torch.load(run / "align" / "models" / "model.pt", map_location="cpu", weights_only=True)
     dual.load_state_dict(ckpt["model"], strict=True)

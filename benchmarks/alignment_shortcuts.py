@@ -25,7 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alignment_gain import BUNDLES, batched, check_run, image_pooled, kspace_pooled, load_split, make_parser, run_arguments
+from alignment_gain import (
+    BUNDLES, batched, image_pooled, kspace_pooled, load_split, make_parser, open_run, run_arguments, stage1_encoder,
+)  # fmt: skip
 
 # (label, kind, function of one subject's latent dict)
 FACTORS = (
@@ -56,29 +58,20 @@ def latent_factors(cohort: Path, eids: list[str]) -> np.ndarray:
 
 
 def main(argv=None) -> dict:
-    ap = run_arguments(__doc__)
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args, run = open_run(run_arguments(__doc__), argv)
     start = time.perf_counter()
-    run = Path(args.run).resolve()
-    check_run(run, args.preset)
-
-    from kmtr_monai.engines.checkpoint import load_encoder_weights
     from kmtr_monai.metrics import linear_probe_r2
 
     parser = make_parser(run, args.preset, args.acceleration, BUNDLES)
     pooling, bs = parser.get_parsed_content("pooling"), parser.get_parsed_content("batch_size")
     splits = {"train": load_split(parser, "training"), "eval": load_split(parser, args.split)}
-    stage1_k = load_encoder_weights(parser.get_parsed_content("kspace_mae", lazy=False),
-                                    parser.get_parsed_content("kspace_mae_ckpt"), key="model").drop_decoder()  # fmt: skip
-    stage1_i = load_encoder_weights(parser.get_parsed_content("image_mae", lazy=False),
-                                    parser.get_parsed_content("image_mae_ckpt"), key="model").drop_decoder()  # fmt: skip
+    stage1_k, stage1_i = stage1_encoder(parser, "kspace"), stage1_encoder(parser, "image")
     dual = parser.get_parsed_content("network_def", lazy=False)
     dual.load_state_dict(torch.load(run / "align" / "models" / "model.pt", map_location="cpu", weights_only=True)["model"])
     encoders = {
-        "k-space Stage I": (kspace_pooled(stage1_k.eval(), pooling), ("kspace", "mask")),
+        "k-space Stage I": (kspace_pooled(stage1_k, pooling), ("kspace", "mask")),
         "k-space aligned": (kspace_pooled(dual.kspace_encoder.eval(), pooling), ("kspace", "mask")),
-        "image Stage I": (image_pooled(stage1_i.eval(), pooling), ("image",)),
+        "image Stage I": (image_pooled(stage1_i, pooling), ("image",)),
         "image aligned": (image_pooled(dual.image_encoder.eval(), pooling), ("image",)),
     }
     feats = {name: {s: batched(fn, *(d[k] for k in keys), batch_size=bs, device="cpu").numpy()

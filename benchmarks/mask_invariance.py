@@ -19,11 +19,10 @@ Usage::
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch
 
-from alignment_gain import BUNDLES, batched, kspace_pooled, load_split, make_parser, run_arguments
+from alignment_gain import BUNDLES, batched, kspace_pooled, load_split, make_parser, open_run, run_arguments, stage1_encoder
 
 
 def raw_magnitude_blocks(kspace: torch.Tensor, mask: torch.Tensor, block: int = 8) -> torch.Tensor:
@@ -46,12 +45,10 @@ def same_subject_retrieval(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]
 def main(argv=None) -> dict:
     ap = run_arguments(__doc__, split="validation")
     ap.add_argument("--seeds", type=int, nargs=2, default=(0, 1), help="global seeds of the two passes")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args, run = open_run(ap, argv, align=False)
     from kmtr_monai.engines.checkpoint import load_encoder_weights
 
     start = time.perf_counter()
-    run = Path(args.run).resolve()
     passes = []
     for seed in args.seeds:
         parser = make_parser(run, args.preset, args.acceleration, BUNDLES)
@@ -60,9 +57,7 @@ def main(argv=None) -> dict:
         pooling, bs = parser.get_parsed_content("pooling"), parser.get_parsed_content("batch_size")
         kw = dict(batch_size=bs, device="cpu")
         ks = (data["kspace"], data["mask"])
-        stage1 = load_encoder_weights(parser.get_parsed_content("kspace_mae", lazy=False),
-                                      str(run / "kspace-mae" / "models" / "model.pt"), key="model")  # fmt: skip
-        stage1_fn = kspace_pooled(stage1.drop_decoder().eval(), pooling)
+        stage1_fn = kspace_pooled(stage1_encoder(parser, "kspace"), pooling)
         feats = {"raw |k| block means": raw_magnitude_blocks(*ks), "Stage I k-space encoder": batched(stage1_fn, *ks, **kw)}
         aligned_ckpt = run / "align" / "models" / "model.pt"
         if aligned_ckpt.is_file():

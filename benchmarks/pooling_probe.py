@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from alignment_gain import BUNDLES, SHOWN, batched, image_pooled, kspace_pooled, load_split, make_parser, probe, run_arguments
+from alignment_gain import (
+    BUNDLES, SHOWN, batched, image_pooled, kspace_pooled, load_split, make_parser, open_run, probe, run_arguments,
+    stage1_encoder,
+)  # fmt: skip
 from kmtr_monai.constants import PHENOTYPES
 
 POOLINGS = ("cls", "mean", "view_time")
@@ -46,24 +48,12 @@ def view_shared_energy(kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
 
 
 def main(argv=None) -> dict:
-    ap = run_arguments(__doc__)
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args, run = open_run(run_arguments(__doc__), argv, align=False)
     start = time.perf_counter()
-    run = Path(args.run).resolve()
-    for need in ("cohort/datalist.json", "image-mae/models/model.pt", "kspace-mae/models/model.pt"):
-        if not (run / need).is_file():
-            raise FileNotFoundError(f"run {run} lacks {need}")
-
-    from kmtr_monai.engines.checkpoint import load_encoder_weights
-
     parser = make_parser(run, args.preset, args.acceleration, BUNDLES)
     bs = parser.get_parsed_content("batch_size")
     splits = {"train": load_split(parser, "training"), "eval": load_split(parser, args.split)}
-    image_enc = load_encoder_weights(parser.get_parsed_content("image_mae", lazy=False),
-                                     parser.get_parsed_content("image_mae_ckpt"), key="model").drop_decoder().eval()  # fmt: skip
-    kspace_enc = load_encoder_weights(parser.get_parsed_content("kspace_mae", lazy=False),
-                                      parser.get_parsed_content("kspace_mae_ckpt"), key="model").drop_decoder().eval()  # fmt: skip
+    image_enc, kspace_enc = stage1_encoder(parser, "image"), stage1_encoder(parser, "kspace")
 
     rows = {"image intensity sums per (view, frame) (no network)": (intensity_sums, ("image",)),
             "view-shared k-space energy per (view, frame) (no network)": (view_shared_energy, ("kspace", "mask"))}  # fmt: skip
