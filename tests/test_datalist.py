@@ -16,14 +16,19 @@ from kmtr_monai.data.datalist import read_datalist, stratified_split, write_data
 
 
 def make_csv_cohort(root, n, seed=0, nan_eid=None):
-    """``n`` subject folders (one tiny NIfTI each) with phenotypes.csv (ALL_PHENOTYPES) and diseases.csv."""
+    """``n`` subject folders (seven tiny valid NIfTI files each), phenotypes.csv (ALL_PHENOTYPES) and diseases.csv."""
     rng = np.random.default_rng(seed)
     eids = [str(1000 + i) for i in range(n)]
     labels = (rng.random((n, 3)) < [0.2, 0.4, 0.3]).astype(int)
     values = rng.normal(50, 10, (n, len(ALL_PHENOTYPES)))
     for e in eids:
         os.makedirs(os.path.join(root, e), exist_ok=True)
-        nib.save(nib.Nifti1Image(np.zeros((2, 2, 1, 1), np.uint8), np.eye(4)), os.path.join(root, e, "seg_sa.nii.gz"))
+        for view in ("sa", "la_2ch", "la_3ch", "la_4ch"):
+            shape = (4, 4, 3 if view == "sa" else 1, 2)
+            nib.save(nib.Nifti1Image(np.ones(shape, np.float32), np.eye(4)), os.path.join(root, e, f"{view}.nii.gz"))
+            if view != "la_3ch":
+                seg = nib.Nifti1Image(np.zeros(shape, np.uint8), np.eye(4))
+                nib.save(seg, os.path.join(root, e, f"seg_{view}.nii.gz"))
     with open(os.path.join(root, "phenotypes.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["eid", *ALL_PHENOTYPES])

@@ -212,7 +212,7 @@ def test_qc_area_jump(tmp_path):
 @pytest.mark.parametrize(
     "breakage, exc, words",
     [
-        ("missing", FileNotFoundError, ["1001", "seg_la_4ch.nii.gz"]),
+        ("no_seg", FileNotFoundError, ["1001", "no segmentation file"]),
         ("corrupt", ValueError, ["1001", "seg_sa.nii.gz", "cannot read"]),
         ("ndim", ValueError, ["1001", "seg_la_2ch.nii.gz", "4-D"]),
         ("labels", ValueError, ["1001", "seg_sa.nii.gz", "[7]"]),
@@ -222,8 +222,9 @@ def test_qc_area_jump(tmp_path):
 )
 def test_bad_input_names_subject_and_file(tmp_path, breakage, exc, words):
     d, arrays = make_subject(str(tmp_path))
-    if breakage == "missing":
-        os.remove(os.path.join(d, "seg_la_4ch.nii.gz"))
+    if breakage == "no_seg":
+        for name in arrays:
+            os.remove(os.path.join(d, f"{name}.nii.gz"))
     elif breakage == "corrupt":
         with open(os.path.join(d, "seg_sa.nii.gz"), "wb") as f:
             f.write(b"\x1f\x8b not really a gzip stream")

@@ -17,6 +17,16 @@ import numpy as np
 
 from kmtr_monai.constants import DISEASES, DISEASES_CSV, PHENOTYPES, PHENOTYPES_CSV
 from kmtr_monai.data.layout import list_subjects
+from kmtr_monai.data.validate import (
+    BAD_SUBJECTS_CSV,
+    MISSING_VIEWS,
+    ON_BAD_SUBJECT,
+    Problem,
+    apply_policy,
+    check_choice,
+    check_subject,
+    log,
+)
 
 SPLITS = ("training", "validation", "test")
 _ALIASES = {"train": "training", "val": "validation", "valid": "validation", "testing": "test"}
@@ -81,62 +91,105 @@ def stratified_split(strata: np.ndarray, fractions: tuple[float, ...], seed: int
 
 
 def write_datalist(
-    root: str, out: str | None = None, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0
+    root: str,
+    out: str | None = None,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+    on_bad_subject: str = "fail",
+    missing_views: str = "fail",
+    check_files: bool = True,
+    preset: str | None = None,
 ) -> str:
     """Build the stratified datalist of the cohort under ``root`` and write it (default ``<root>/datalist.json``).
 
     Reads ``<root>/phenotypes.csv`` (eid + at least ``PHENOTYPES``) and ``<root>/diseases.csv`` (eid + ``DISEASES``,
-    0/1); every subject folder must have a row in both and every row a folder. Returns the JSON path.
+    0/1). With ``check_files`` every subject's NIfTI files are read and checked (``validate.check_subject``; with
+    ``preset``, also against its ``DATA_PRESETS`` frames and SAX slices). Bad subjects (a bad file, a missing or
+    invalid CSV row) stop the run under ``on_bad_subject="fail"`` or are left out of the datalist under ``"skip"``;
+    missing view files follow ``missing_views`` (``"fail"``, ``"invalid"``: kept, the loader flags the view
+    invalid, ``"skip"``). All are listed in ``bad_subjects.csv`` next to the JSON. Returns the JSON path.
     """
     for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0 <= value < 1:
             raise ValueError(f"{name} must be in [0, 1), got {value}")
     if val_fraction + test_fraction >= 1:
         raise ValueError(f"val_fraction + test_fraction must be < 1, got {val_fraction + test_fraction}")
+    check_choice("on_bad_subject", on_bad_subject, ON_BAD_SUBJECT)
+    check_choice("missing_views", missing_views, MISSING_VIEWS)
+    n_frames, n_sax = 1, 0
+    if preset is not None:
+        from kmtr_monai.presets import DATA_PRESETS
+
+        if preset not in DATA_PRESETS:
+            raise ValueError(f"unknown data preset {preset!r}; expected one of {sorted(DATA_PRESETS)}")
+        n_frames, n_sax = DATA_PRESETS[preset]["n_frames"], DATA_PRESETS[preset]["n_sax"]
     eids = list_subjects(root)
+    out = out or os.path.join(root, "datalist.json")
+    report = os.path.join(os.path.dirname(os.path.abspath(out)), BAD_SUBJECTS_CSV)
     pheno = _read_csv(os.path.join(root, PHENOTYPES_CSV), PHENOTYPES)
     dis = _read_csv(os.path.join(root, DISEASES_CSV), DISEASES)
+    problems = []
     for csv_name, rows in ((PHENOTYPES_CSV, pheno), (DISEASES_CSV, dis)):
         no_row = [e for e in eids if e not in rows]
+        problems += [Problem(e, csv_name, f"subject folder without a row in {csv_name!r}") for e in no_row]
         no_folder = [e for e in rows if e not in set(eids)]
-        if no_row:
-            raise ValueError(f"subject folders without a row in {csv_name!r}: {no_row[:10]} ({len(no_row)} in all)")
-        if no_folder:
+        if no_folder and on_bad_subject == "fail":
             raise ValueError(f"{csv_name!r} rows whose subject folder is missing under {root}: {no_folder[:10]}")
-    labels = np.array([[_to_float(v, f"{DISEASES_CSV} eid {e} {c}") for v, c in zip(dis[e], DISEASES)] for e in eids])
-    bad = ~np.isin(labels, (0.0, 1.0))
-    if bad.any():
-        i, j = np.argwhere(bad)[0]
-        raise ValueError(f"{DISEASES_CSV!r}: eid {eids[i]} {DISEASES[j]} = {labels[i, j]}; expected 0 or 1")
-    values = np.array(
-        [[_to_float(v, f"{PHENOTYPES_CSV} eid {e} {c}") for v, c in zip(pheno[e], PHENOTYPES)] for e in eids]
-    )
+        if no_folder:
+            log.warning("%s: %d rows without a subject folder under %s (ignored): %s", csv_name, len(no_folder), root,
+                        no_folder[:10])  # fmt: skip
+    labels, values = {}, {}
+    for e in eids:
+        if e not in pheno or e not in dis:
+            continue
+        try:
+            labels[e] = [_to_float(v, f"{DISEASES_CSV!r}: eid {e} {c}") for v, c in zip(dis[e], DISEASES)]
+            bad = [(c, v) for c, v in zip(DISEASES, labels[e]) if v not in (0.0, 1.0)]
+            if bad:
+                raise ValueError(f"{DISEASES_CSV!r}: eid {e} {bad[0][0]} = {bad[0][1]}; expected 0 or 1")
+        except ValueError as err:
+            problems.append(Problem(e, DISEASES_CSV, str(err)))
+        try:
+            values[e] = [_to_float(v, f"{PHENOTYPES_CSV!r}: eid {e} {c}") for v, c in zip(pheno[e], PHENOTYPES)]
+        except ValueError as err:
+            problems.append(Problem(e, PHENOTYPES_CSV, str(err)))
+    if check_files:
+        for e in eids:  # one subject per iteration: file reading dominates
+            problems += check_subject(root, e, n_frames=n_frames, n_sax=n_sax)
+    left_out = apply_policy(problems, on_bad_subject, missing_views, report=report)
+    eids = [e for e in eids if e not in left_out]
+    if not eids:
+        raise ValueError(f"no usable subject left under {root}; see {report}")
+    label_arr = np.array([labels[e] for e in eids], dtype=np.float64)
+    value_arr = np.array([values[e] for e in eids], dtype=np.float64)
 
     fractions = (1 - val_fraction - test_fraction, val_fraction, test_fraction)
-    split = stratified_split(labels.astype(np.int64), fractions, seed)
+    split = stratified_split(label_arr.astype(np.int64), fractions, seed)
     items = [
         {
             "eid": e,
-            "phenotypes": [None if math.isnan(v) else float(v) for v in values[i]],
-            "diseases": [int(v) for v in labels[i]],
+            "phenotypes": [None if math.isnan(v) else float(v) for v in value_arr[i]],
+            "diseases": [int(v) for v in label_arr[i]],
         }
         for i, e in enumerate(eids)
     ]
     doc = {name: [items[i] for i in np.flatnonzero(split == k)] for k, name in enumerate(SPLITS)}
     doc.update(seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
                phenotype_names=list(PHENOTYPES), disease_names=list(DISEASES))  # fmt: skip
-    out = out or os.path.join(root, "datalist.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
         json.dump(doc, f, indent=1, allow_nan=False)
     print(f"datalist: {len(eids)} subjects -> {out}")
     for k, name in enumerate(SPLITS):
-        prev = labels[split == k].mean(axis=0) if (split == k).any() else np.full(len(DISEASES), np.nan)
+        prev = label_arr[split == k].mean(axis=0) if (split == k).any() else np.full(len(DISEASES), np.nan)
         rates = "  ".join(f"{d} {p:.2f}" for d, p in zip(DISEASES, prev))
         print(f"  {name:<10} {int((split == k).sum()):5d}  {rates}")
-    n_nan = int(np.isnan(values).any(axis=1).sum())
+    n_nan = int(np.isnan(value_arr).any(axis=1).sum())
     if n_nan:
-        print(f"  {n_nan} subjects have NaN phenotypes (QC failures), written as null")
+        print(f"  {n_nan} subjects have NaN phenotypes (QC failures or missing views), written as null")
+    if left_out:
+        print(f"  {len(left_out)} subjects left out -> {report}")
     return out
 
 

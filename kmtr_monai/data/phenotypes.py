@@ -34,8 +34,17 @@ import os
 import numpy as np
 from scipy import ndimage
 
-from kmtr_monai.constants import ALL_PHENOTYPES, MYOCARDIAL_DENSITY_G_PER_ML, SEG_FILES, UKBB_LABEL_MAPS
-from kmtr_monai.data.layout import list_subjects, read_nifti
+from kmtr_monai.constants import ALL_PHENOTYPES, MYOCARDIAL_DENSITY_G_PER_ML, SEG_FILES
+from kmtr_monai.data.layout import MissingFileError, SubjectFileError, list_subjects, read_nifti
+from kmtr_monai.data.validate import (
+    BAD_SUBJECTS_CSV,
+    ON_BAD_SUBJECT,
+    apply_policy,
+    check_choice,
+    check_labels,
+    log,
+    problem_from_error,
+)
 
 LARGE_COMPONENT_FRACTION = 0.1
 AREA_JUMP_FACTOR = 2.0
@@ -48,21 +57,8 @@ _IN_PLANE_8[:, :, 1] = True
 def _read_seg(subject_dir: str, view: str) -> tuple[np.ndarray, np.ndarray]:
     """Read ``SEG_FILES[view]`` as int (X, Y, Z, T) and check its labels against ``UKBB_LABEL_MAPS[view]``."""
     subject = os.path.basename(os.path.normpath(subject_dir))
-    path = os.path.join(subject_dir, SEG_FILES[view])
-    data, pixdim = read_nifti(path, subject)
-    seg = np.rint(data).astype(np.int16) if not np.issubdtype(data.dtype, np.integer) else data
-    allowed = np.zeros(max(UKBB_LABEL_MAPS[view]) + 1, dtype=bool)
-    allowed[0] = True
-    allowed[list(UKBB_LABEL_MAPS[view])] = True
-    lo, hi = int(seg.min()), int(seg.max())  # one pass each; the label histogram only when the range is valid
-    flat = seg.ravel(order="K")  # no copy of the Fortran-ordered NIfTI data
-    if lo < 0 or hi >= allowed.size or not allowed[np.flatnonzero(np.bincount(flat))].all():
-        bad = [int(v) for v in np.unique(seg) if v < 0 or v >= allowed.size or not allowed[v]]
-        raise ValueError(
-            f"subject {subject!r}: {SEG_FILES[view]!r} contains labels {bad}; "
-            f"expected UK Biobank labels {sorted([0, *UKBB_LABEL_MAPS[view]])}"
-        )
-    return seg, pixdim
+    data, pixdim = read_nifti(os.path.join(subject_dir, SEG_FILES[view]), subject)
+    return check_labels(data, view, subject), pixdim
 
 
 def ventricular_phenotypes(seg_sa: np.ndarray, pixdim: np.ndarray) -> dict[str, float]:
@@ -143,70 +139,124 @@ def _volume_summary(prefix: str, volume: np.ndarray, ok: bool) -> dict[str, floa
 def _lax_plane(seg: np.ndarray, subject: str, view: str) -> np.ndarray:
     """(X, Y, 1, T) LAX labels -> (X, Y, T)."""
     if seg.shape[2] != 1:
-        raise ValueError(f"subject {subject!r}: {SEG_FILES[view]!r} has shape {seg.shape}; expected one slice (Z=1)")
+        raise SubjectFileError(subject, SEG_FILES[view], f"subject {subject!r}: {SEG_FILES[view]!r} has shape "
+                                                         f"{seg.shape}; expected one slice (Z=1)")  # fmt: skip
     return seg[:, :, 0, :]
 
 
-def compute_phenotypes(subject_dir: str, return_qc: bool = False):
-    """The full ukbb_cardiac phenotype set (``constants.ALL_PHENOTYPES``) of one subject folder.
+# The phenotype columns of each chamber group (the qc keys): "LV" covers both ventricles (from seg_sa alone).
+CHAMBER_COLUMNS = {
+    "LV": tuple(n for n in ALL_PHENOTYPES if n.startswith(("LV", "RV"))),
+    "LA": tuple(n for n in ALL_PHENOTYPES if n.startswith("LA")),
+    "RA": tuple(n for n in ALL_PHENOTYPES if n.startswith("RA")),
+}
+_CHAMBER_FILES = {"LV": ("sa",), "LA": ("la_2ch", "la_4ch"), "RA": ("la_4ch",)}
+MISSING_PREFIX = "not computed: missing "
 
-    Reads ``seg_sa.nii.gz``, ``seg_la_2ch.nii.gz`` and ``seg_la_4ch.nii.gz`` from ``subject_dir``. Returns
+
+def compute_phenotypes(subject_dir: str, return_qc: bool = False):
+    """The ukbb_cardiac phenotype set (``constants.ALL_PHENOTYPES``) of one subject folder, as far as its files allow.
+
+    Reads ``seg_sa.nii.gz`` (ventricles: LV*, RV*), ``seg_la_2ch.nii.gz`` + ``seg_la_4ch.nii.gz`` (LA*) and
+    ``seg_la_4ch.nii.gz`` (RA*). A chamber whose files are missing gets NaN and the qc reason
+    ``"not computed: missing <files>"`` (a short-axis-only cohort gets its ventricular phenotypes). Returns
     ``dict[name, float]`` in ``ALL_PHENOTYPES`` order, or ``(values, qc)`` when ``return_qc`` where ``qc`` maps
     ``"LV"``, ``"LA"``, ``"RA"`` to lists of failure reasons (empty = passed).
+
+    Raises ``layout.SubjectFileError`` (a ValueError naming subject and file) for a present but unusable file and
+    ``layout.MissingFileError`` when the folder has no segmentation at all.
     """
     subject = os.path.basename(os.path.normpath(subject_dir))
     if not os.path.isdir(subject_dir):
-        raise FileNotFoundError(f"subject {subject!r}: folder {subject_dir} does not exist")
-    seg_sa, pix_sa = _read_seg(subject_dir, "sa")
-    values = ventricular_phenotypes(seg_sa, pix_sa)
-    qc = {"LV": [] if values["LVEDV (mL)"] > 0 else ["LV empty at ED"], "LA": [], "RA": []}
+        raise MissingFileError(subject, "", f"subject {subject!r}: folder {subject_dir} does not exist")
+    present = {v: os.path.isfile(os.path.join(subject_dir, f)) for v, f in SEG_FILES.items()}
+    if not any(present.values()):
+        files = ", ".join(SEG_FILES.values())
+        raise MissingFileError(subject, "", f"subject {subject!r}: no segmentation file ({files}) in {subject_dir}")
+    values = dict.fromkeys(ALL_PHENOTYPES, np.nan)
+    qc = {}
+    for chamber, views in _CHAMBER_FILES.items():
+        absent = [SEG_FILES[v] for v in views if not present[v]]
+        qc[chamber] = [MISSING_PREFIX + ", ".join(absent)] if absent else []
 
-    seg2, pix2 = _read_seg(subject_dir, "la_2ch")
-    seg4, pix4 = _read_seg(subject_dir, "la_4ch")
-    seg2, seg4 = _lax_plane(seg2, subject, "la_2ch"), _lax_plane(seg4, subject, "la_4ch")
-    if seg2.shape[-1] != seg4.shape[-1]:
-        raise ValueError(
-            f"subject {subject!r}: {SEG_FILES['la_2ch']!r} has {seg2.shape[-1]} frames but {SEG_FILES['la_4ch']!r} "
-            f"has {seg4.shape[-1]}; biplane LA volumes need the same frames"
-        )
-    a2, l2, r2 = atrial_area_length(seg2 == 1, pix2[0], pix2[1])
-    a4, l4, r4 = atrial_area_length(seg4 == 1, pix4[0], pix4[1])
-    ar, lr, rr = atrial_area_length(seg4 == 2, pix4[0], pix4[1])
-    qc["LA"] = [f"la_2ch LA {r}" for r in r2] + [f"la_4ch LA {r}" for r in r4]
-    qc["RA"] = [f"la_4ch RA {r}" for r in rr]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        la_volume = _AREA_LENGTH_K * a2 * a4 / (0.5 * (l2 + l4))
-        ra_volume = _AREA_LENGTH_K * ar * ar / lr
-    values.update(_volume_summary("LA", la_volume, not qc["LA"]))
-    values.update(_volume_summary("RA", ra_volume, not qc["RA"]))
+    if present["sa"]:
+        seg_sa, pix_sa = _read_seg(subject_dir, "sa")
+        values.update(ventricular_phenotypes(seg_sa, pix_sa))
+        qc["LV"] = [] if values["LVEDV (mL)"] > 0 else ["LV empty at ED"]
+    if present["la_4ch"]:
+        seg4, pix4 = _read_seg(subject_dir, "la_4ch")
+        seg4 = _lax_plane(seg4, subject, "la_4ch")
+        ar, lr, rr = atrial_area_length(seg4 == 2, pix4[0], pix4[1])
+        qc["RA"] = [f"la_4ch RA {r}" for r in rr]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ra_volume = _AREA_LENGTH_K * ar * ar / lr
+        values.update(_volume_summary("RA", ra_volume, not qc["RA"]))
+        if present["la_2ch"]:
+            seg2, pix2 = _read_seg(subject_dir, "la_2ch")
+            seg2 = _lax_plane(seg2, subject, "la_2ch")
+            if seg2.shape[-1] != seg4.shape[-1]:
+                raise SubjectFileError(
+                    subject, SEG_FILES["la_2ch"],
+                    f"subject {subject!r}: {SEG_FILES['la_2ch']!r} has {seg2.shape[-1]} frames but "
+                    f"{SEG_FILES['la_4ch']!r} has {seg4.shape[-1]}; biplane LA volumes need the same frames",
+                )  # fmt: skip
+            a2, l2, r2 = atrial_area_length(seg2 == 1, pix2[0], pix2[1])
+            a4, l4, r4 = atrial_area_length(seg4 == 1, pix4[0], pix4[1])
+            qc["LA"] = [f"la_2ch LA {r}" for r in r2] + [f"la_4ch LA {r}" for r in r4]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                la_volume = _AREA_LENGTH_K * a2 * a4 / (0.5 * (l2 + l4))
+            values.update(_volume_summary("LA", la_volume, not qc["LA"]))
+    elif present["la_2ch"]:  # checked even though the LA needs both views, so a broken file is still reported
+        _lax_plane(_read_seg(subject_dir, "la_2ch")[0], subject, "la_2ch")
     values = {name: float(values[name]) for name in ALL_PHENOTYPES}
     return (values, qc) if return_qc else values
 
 
-def write_cohort_phenotypes(root: str, out: str | None = None) -> str:
+def write_cohort_phenotypes(root: str, out: str | None = None, on_bad_subject: str = "fail") -> str:
     """Compute ``ALL_PHENOTYPES`` for every subject folder ``<root>/<eid>/`` and write a CSV (``eid`` + columns).
 
-    Default ``out`` is ``<root>/phenotypes.csv``; NaN is written as ``nan``. Prints a short summary (subjects,
-    mean ± sd of a few phenotypes, QC failures) and returns the CSV path.
+    Default ``out`` is ``<root>/phenotypes.csv``. Cells of phenotypes whose segmentation files are missing are
+    empty; phenotypes rejected by QC (or undefined, e.g. LVCO without a frame interval) are written as ``nan``.
+    Each subject with missing phenotypes is logged with the reason. A subject with an unusable file (see
+    ``validate``) stops the run under ``on_bad_subject="fail"`` or is left out under ``"skip"``; either way it
+    is listed in ``bad_subjects.csv`` next to ``out``. Prints a short summary and returns the CSV path.
     """
+    check_choice("on_bad_subject", on_bad_subject, ON_BAD_SUBJECT)
     eids = list_subjects(root)
     out = out or os.path.join(root, "phenotypes.csv")
-    rows, failures = [], []
+    report = os.path.join(os.path.dirname(os.path.abspath(out)), BAD_SUBJECTS_CSV)
+    rows, failures, partial, problems = [], [], [], []
     for eid in eids:  # one subject per iteration: file reading dominates, each subject is vectorised
-        values, qc = compute_phenotypes(os.path.join(root, eid), return_qc=True)
-        rows.append([eid, *(values[name] for name in ALL_PHENOTYPES)])
-        failures += [f"{eid} {chamber}: {'; '.join(r)}" for chamber, r in qc.items() if r]
+        try:
+            values, qc = compute_phenotypes(os.path.join(root, eid), return_qc=True)
+        except (SubjectFileError, MissingFileError) as err:
+            problems.append(problem_from_error(eid, err))
+            if on_bad_subject == "fail":
+                break
+            continue
+        missing = {c for c, r in qc.items() if r and r[0].startswith(MISSING_PREFIX)}
+        cells = ["" if any(n in CHAMBER_COLUMNS[c] for c in missing) else f"{values[n]:.6g}" for n in ALL_PHENOTYPES]
+        rows.append([eid, *cells])
+        for c in sorted(missing):
+            partial.append(f"{eid} {c}: {qc[c][0]}")
+            log.info("subject %s: %s phenotypes %s", eid, "ventricular" if c == "LV" else c, qc[c][0])
+        failures += [f"{eid} {chamber}: {'; '.join(r)}" for chamber, r in qc.items() if r and chamber not in missing]
+    apply_policy(problems, on_bad_subject, report=report)  # raises under "fail" after writing the report
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["eid", *ALL_PHENOTYPES])
-        writer.writerows([[row[0], *(f"{v:.6g}" for v in row[1:])] for row in rows])
-    table = np.array([row[1:] for row in rows], dtype=np.float64)
-    print(f"phenotypes: {len(eids)} subjects -> {out}")
+        writer.writerows(rows)
+    table = np.array([[float(v) if v else np.nan for v in row[1:]] for row in rows], dtype=np.float64)
+    table = table.reshape(len(rows), len(ALL_PHENOTYPES))
+    print(f"phenotypes: {len(rows)} subjects -> {out}")
     for name in ("LVEDV (mL)", "LVEF (%)", "LVM (g)", "RVEDV (mL)", "LAV max (mL)", "RAV max (mL)"):
         col = table[:, ALL_PHENOTYPES.index(name)]
         finite = col[np.isfinite(col)]
         mean, sd = (finite.mean(), finite.std()) if finite.size else (np.nan, np.nan)
         print(f"  {name:<14} {mean:8.2f} ± {sd:.2f}  (NaN: {col.size - finite.size})")
+    print(f"  not computed (missing files): {len(partial)}" + "".join(f"\n    {p}" for p in partial[:10]))
     print(f"  QC failures: {len(failures)}" + "".join(f"\n    {f}" for f in failures[:10]))
+    if problems:
+        print(f"  bad subjects skipped: {len(problems)} -> {report}" + "".join(f"\n    {p}" for p in problems[:10]))
     return out
