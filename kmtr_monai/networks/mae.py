@@ -341,13 +341,18 @@ class KspaceMAE(_MAEBase):
         return self.apply_norm(torch.hypot(k[:, :1], k[:, 1:2]), unit)
 
     # ------------------------------------------------------------------------------------------------- model
-    def _encode(self, y: torch.Tensor, mask: torch.Tensor):
-        """→ (encoder tokens (B, 1+n, dim), valid (B, n) bool, line index (B, n) or None)."""
+    def _encode(self, y: torch.Tensor, mask: torch.Tensor, return_hidden: bool = False):
+        """→ (encoder tokens (B, 1+n, dim), valid (B, n) bool, line index (B, n) or None[, per-block hidden states])."""
         if self.kind == "line":
             lt = self.tokenizer(y, mask)
-            return self.encoder(lt.tokens, lt.valid), lt.valid, lt.index
-        tokens, valid = self.tokenizer(torch.cat([y, self.magnitude(y)], dim=1), mask)
-        return self.encoder(tokens, valid), valid, None
+            tokens, valid, index = lt.tokens, lt.valid, lt.index
+        else:
+            tokens, valid = self.tokenizer(torch.cat([y, self.magnitude(y)], dim=1), mask)
+            index = None
+        if return_hidden:
+            enc, hidden = self.encoder(tokens, valid, return_hidden=True)
+            return enc, valid, index, hidden
+        return self.encoder(tokens, valid), valid, index
 
     def forward(
         self, kspace: torch.Tensor, mask: torch.Tensor, kspace_full: torch.Tensor | None = None
@@ -392,17 +397,21 @@ class KspaceMAE(_MAEBase):
         w = out["weight"]
         return (per_line * w).sum() / w.sum().clamp_min(1e-12)
 
-    def encode(self, kspace: torch.Tensor, mask: torch.Tensor, return_valid: bool = False):
-        """kspace (B,2,S,T,H,W), mask (B,S,T,H) → (tokens (B, 1+n, dim), pooled (B, dim)[, valid (B, n) bool]).
+    def encode(self, kspace: torch.Tensor, mask: torch.Tensor, return_valid: bool = False,
+               return_hidden: bool = False):  # fmt: skip
+        """kspace (B,2,S,T,H,W), mask (B,S,T,H) → (tokens (B, 1+n, dim), pooled (B, dim)[, valid (B, n) bool]
+        [, hidden]).
 
         n is the number of sampled lines (line tokenizer, padded to the batch maximum) or of patches (patch
-        tokenizer); ``valid`` marks real tokens (mean pooling uses only those).
+        tokenizer); ``valid`` marks real tokens (mean pooling uses only those). ``return_hidden`` appends the tuple
+        of every encoder block's output (B, 1+n, dim), before the final norm (skips for a UNETR-style decoder).
         """
         m = self._check_inputs(kspace, mask)
         y, _ = self.normalise(kspace, m)
-        enc, valid, _ = self._encode(y, m)
+        enc, valid, _, *hidden = self._encode(y, m, return_hidden)
         pooled = self.pool_tokens(enc, self.pool, valid)
-        return (enc, pooled, valid) if return_valid else (enc, pooled)
+        out = (enc, pooled, valid) if return_valid else (enc, pooled)
+        return (*out, hidden[0]) if return_hidden else out
 
 
 # ------------------------------------------------------------------------------------------------------ builders

@@ -80,6 +80,8 @@ class TransformerEncoder(nn.Module):
 
     ``forward(x (B, N, dim), valid (B, N) bool | None) -> (B, N[+1], dim)``: ``valid`` False marks padding
     tokens, which no token attends to (they still get outputs, computed from the valid tokens).
+    With ``return_hidden=True`` it returns ``(out, hidden)``, ``hidden`` a tuple of ``depth`` tensors (B, N[+1], dim):
+    the output of every block before the final LayerNorm (the skips of a UNETR-style decoder).
     """
 
     def __init__(
@@ -103,7 +105,7 @@ class TransformerEncoder(nn.Module):
         self.apply(init_vit_weights)
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02) if cls_token else None
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None, return_hidden: bool = False):
         if x.ndim != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"tokens: expected (B, N, {self.dim}), got {tuple(x.shape)}")
         if self.cls_token is not None:
@@ -111,9 +113,11 @@ class TransformerEncoder(nn.Module):
             if valid is not None:
                 valid = F.pad(valid, (1, 0), value=True)
         attn_mask = None if valid is None or bool(valid.all()) else valid[:, None, None, :]
+        hidden = []
         for blk in self.blocks:
             if self.grad_checkpoint and torch.is_grad_enabled():
                 x = checkpoint(blk, x, attn_mask, use_reentrant=False)
             else:
                 x = blk(x, attn_mask)
-        return self.norm(x)
+            hidden.append(x)
+        return (self.norm(x), tuple(hidden)) if return_hidden else self.norm(x)

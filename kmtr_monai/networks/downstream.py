@@ -1,0 +1,90 @@
+"""Stage III task models: the k-space encoder (a ``KspaceMAE`` without decoder) + one task head (issue 13).
+
+Only ``encoder.encode(kspace, mask)`` touches the input, so the no-leakage property of the encoder carries over
+to every task, and there is no inverse FFT anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from ..engines.checkpoint import load_encoder_weights
+from .mae import KspaceMAE
+
+__all__ = ["INITS", "KspaceTaskModel", "build_kspace_encoder"]
+
+INITS = ("aligned", "stage1", "scratch")
+
+
+def build_kspace_encoder(mae: KspaceMAE, init: str = "aligned", align_ckpt: str | os.PathLike | None = None,
+                         stage1_ckpt: str | os.PathLike | None = None) -> KspaceMAE:  # fmt: skip
+    """The Stage III starting point, one switch (DESIGN §8): returns ``mae`` with its decoder dropped.
+
+    ``init``:
+        ``"aligned"``: the ``kspace_encoder`` entry of an ``align`` checkpoint (the DualEncoder's k-space encoder);
+        ``"stage1"``: the ``model`` entry of a ``kspace-mae`` checkpoint (full MAE, decoder dropped after loading);
+        ``"scratch"``: no weights loaded.
+    Loading is strict (:func:`load_encoder_weights`, ``weights_only=True``): a checkpoint of another bundle or size
+    raises ValueError naming the file and the missing, unexpected or mis-shaped keys.
+    """
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    if not isinstance(mae, KspaceMAE):
+        raise TypeError(f"mae: expected a KspaceMAE, got {type(mae).__name__}")
+    if init == "aligned":
+        if align_ckpt is None:
+            raise ValueError("init 'aligned' needs align_ckpt (the align bundle's models/model.pt)")
+        return load_encoder_weights(mae.drop_decoder(), align_ckpt, key="kspace_encoder")
+    if init == "stage1":
+        if stage1_ckpt is None:
+            raise ValueError("init 'stage1' needs stage1_ckpt (the kspace-mae bundle's models/model.pt)")
+        if getattr(mae, "decoder_dropped", False):
+            raise ValueError("init 'stage1' loads a full KspaceMAE (with decoder); got one whose decoder was dropped")
+        return load_encoder_weights(mae, stage1_ckpt, key="model").drop_decoder()
+    return mae.drop_decoder()
+
+
+class KspaceTaskModel(nn.Module):
+    """k-space encoder + task head, tensor in, tensor out.
+
+    Args:
+        encoder: module with ``encode(kspace, mask, return_valid=True[, return_hidden=True])``, e.g. from
+            :func:`build_kspace_encoder`.
+        head: ``head(tokens (B, 1+N, C), valid (B, N))`` → tensor; if it has a non-empty ``hidden_layers``
+            attribute (:class:`~kmtr_monai.networks.dense_decoders.TokenGridUNETRDecoder`), it is called as
+            ``head(tokens, valid, hidden)`` with every encoder block's output.
+        freeze_encoder: encoder weights fixed (requires_grad False), kept in eval mode and run under no_grad;
+            the head still trains.
+
+    ``forward(kspace (B, 2, S, T, H, W), mask (B, S, T, H)) -> head output`` (phenotypes (B, K), logits (B, 3) or
+    dense maps (B, C, S, T, H, W)). No Python branch depends on tensor values here, so it can be traced.
+    """
+
+    def __init__(self, encoder: nn.Module, head: nn.Module, freeze_encoder: bool = False) -> None:
+        super().__init__()
+        if not callable(getattr(encoder, "encode", None)):
+            raise TypeError(f"encoder ({type(encoder).__name__}) has no encode(kspace, mask) method")
+        self.encoder, self.head = encoder, head
+        self.freeze_encoder = bool(freeze_encoder)
+        self.use_hidden = bool(getattr(head, "hidden_layers", None))
+        if self.freeze_encoder:
+            self.encoder.requires_grad_(False)
+            self.encoder.eval()
+
+    def train(self, mode: bool = True) -> KspaceTaskModel:
+        """Switch mode but keep a frozen encoder in eval."""
+        super().train(mode)
+        if self.freeze_encoder:
+            self.encoder.eval()
+        return self
+
+    def forward(self, kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
+            out = self.encoder.encode(kspace, mask, return_valid=True, return_hidden=self.use_hidden)
+        tokens, valid = out[0], out[2]
+        if self.use_hidden:
+            return self.head(tokens, valid, out[3])
+        return self.head(tokens, valid)

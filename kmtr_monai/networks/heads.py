@@ -1,0 +1,152 @@
+"""Vector heads of the Stage III tasks on k-space encoder tokens: phenotype regression and disease classification.
+
+Heads read the encoder's tokens (B, 1+N, C), class token first, with N = S·T'·H'·W' patch tokens in (view, time,
+h, w) order (DESIGN §4). ``forward(tokens, valid=None)``, ``valid`` (B, N) bool marking real tokens (as returned
+by ``KspaceMAE.encode(..., return_valid=True)``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .mae import pool_tokens
+from .transformer import Block, init_vit_weights
+
+__all__ = ["TemporalMLPHead", "PhenotypeRegressor", "DiseaseClassifier"]
+
+
+def check_tokens(tokens: torch.Tensor, dim: int, n_tokens: int | None = None) -> None:
+    """ValueError unless tokens is (B, 1+N, dim) (and N == n_tokens when given)."""
+    if tokens.ndim != 3 or tokens.shape[-1] != dim or (n_tokens is not None and tokens.shape[1] != 1 + n_tokens):
+        n = "N" if n_tokens is None else str(n_tokens)
+        raise ValueError(f"tokens: expected (B, 1+{n}, {dim}) (class token first), got {tuple(tokens.shape)}")
+
+
+class TemporalMLPHead(nn.Module):
+    """Per-(view, time) cell means + a small transformer mixer over the cells + a 256-wide MLP → (B, out_dim).
+
+    Why not an MLP on the class or mean token: an ejection fraction is a ratio of the ED to the ES volume, and one
+    mean over all frames keeps only their sum (DESIGN §12: a mean-pooled ViT learned EDV but not EF). Here:
+
+    1. the valid tokens of each (view, time step) cell are averaged (:func:`pool_tokens` ``"view_time"``), giving
+       S·T' cell tokens; the class token is kept as one more cell;
+    2. each cell is projected to ``mix_dim``, gets a learned (view, time) embedding, and ``mix_layers`` pre-norm
+       transformer blocks (:class:`Block`) let every cell attend to every other frame and view;
+    3. the cell outputs are concatenated in (view, time) order (the readout keeps which frame is which, so the MLP
+       can form ED/ES comparisons directly) and an MLP ``Linear → GELU → Dropout → Linear`` of width ``hidden``
+       gives the output.
+
+    Args:
+        dim: encoder token width C. n_views, n_time: S and T' of the token grid (``encoder.view_time_cells``).
+        out_dim: outputs (12 phenotypes, 3 disease logits, or any subset). hidden: MLP width (256 in the paper).
+        mix_dim, mix_layers, heads: mixer width, depth (>= 1) and attention heads. dropout: in the MLP.
+
+    ``forward(tokens (B, 1+N, C), valid (B, N) bool | None) -> (B, out_dim)``.
+    """
+
+    def __init__(self, dim: int, n_views: int, n_time: int, out_dim: int, hidden: int = 256, mix_dim: int = 64,
+                 mix_layers: int = 1, heads: int = 4, dropout: float = 0.0) -> None:  # fmt: skip
+        super().__init__()
+        for name, v in (("dim", dim), ("n_views", n_views), ("n_time", n_time), ("out_dim", out_dim),
+                        ("hidden", hidden), ("mix_dim", mix_dim), ("mix_layers", mix_layers)):  # fmt: skip
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"TemporalMLPHead {name} must be a positive int, got {v!r}")
+        self.dim, self.cells, self.out_dim = dim, (n_views, n_time), out_dim
+        n_cells = 1 + n_views * n_time
+        self.in_proj = nn.Linear(dim, mix_dim)
+        self.cell_embed = nn.Parameter(torch.randn(1, n_cells, mix_dim) * 0.02)
+        self.mixer = nn.ModuleList(Block(mix_dim, heads) for _ in range(mix_layers))
+        self.norm = nn.LayerNorm(mix_dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(n_cells * mix_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim)
+        )
+        self.apply(init_vit_weights)
+
+    def forward(self, tokens: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        check_tokens(tokens, self.dim)
+        b = tokens.shape[0]
+        cells = pool_tokens(tokens, "view_time", valid, self.cells).view(b, -1, self.dim)  # (B, S·T', C)
+        x = self.in_proj(torch.cat([tokens[:, :1], cells], dim=1)) + self.cell_embed
+        for blk in self.mixer:
+            x = blk(x)
+        return self.mlp(self.norm(x).flatten(1))
+
+
+def _head_out_dim(head: nn.Module, expected: int, what: str) -> None:
+    out = getattr(head, "out_dim", None)
+    if out is not None and out != expected:
+        raise ValueError(f"{what}: head.out_dim={out} but {expected} targets were given")
+
+
+class PhenotypeRegressor(nn.Module):
+    """Wraps a head (raw standardised output) → phenotypes in NATIVE units, ``target_mean + target_std · raw``.
+
+    Args:
+        head: module ``(tokens, valid) -> (B, K)``, e.g. :class:`TemporalMLPHead` with ``out_dim=K``.
+        target_mean, target_std: (K,) training-split statistics (buffers saved with the model).
+
+    Buffers: ``target_mean``, ``target_std`` (K,) and ``interval_halfwidth`` (K,), the split-conformal half-widths
+    of the prediction intervals ``pred ± halfwidth`` in native units: NaN until calibrated on validation (set by
+    :meth:`set_interval_halfwidth`), then saved and loaded with the weights.
+
+    ``forward(tokens (B, 1+N, C), valid (B, N) | None) -> (B, K)`` native units.
+    """
+
+    def __init__(self, head: nn.Module, target_mean: Sequence[float] | torch.Tensor,
+                 target_std: Sequence[float] | torch.Tensor) -> None:  # fmt: skip
+        super().__init__()
+        mean = torch.as_tensor(target_mean, dtype=torch.float32).flatten()
+        std = torch.as_tensor(target_std, dtype=torch.float32).flatten()
+        if mean.shape != std.shape or mean.numel() == 0:
+            raise ValueError(f"target_mean {tuple(mean.shape)} and target_std {tuple(std.shape)}: need the same K > 0")
+        if not bool(torch.isfinite(mean).all() & torch.isfinite(std).all() & (std > 0).all()):
+            raise ValueError(f"target_mean must be finite and target_std finite and > 0, got {mean.tolist()}, "
+                             f"{std.tolist()}")  # fmt: skip
+        _head_out_dim(head, mean.numel(), "PhenotypeRegressor")
+        self.head = head
+        self.register_buffer("target_mean", mean)
+        self.register_buffer("target_std", std)
+        self.register_buffer("interval_halfwidth", torch.full_like(mean, float("nan")))
+
+    def set_interval_halfwidth(self, halfwidth: Sequence[float] | torch.Tensor) -> None:
+        """Store calibrated (K,) half-widths (native units, >= 0)."""
+        hw = torch.as_tensor(halfwidth, dtype=torch.float32).flatten()
+        if hw.shape != self.interval_halfwidth.shape or not bool((hw >= 0).all()):
+            raise ValueError(f"halfwidth: expected (K={self.interval_halfwidth.numel()},) values >= 0, got {hw.tolist()}")
+        self.interval_halfwidth.copy_(hw)
+
+    def forward(self, tokens: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        return self.target_mean + self.target_std * self.head(tokens, valid)
+
+
+class DiseaseClassifier(nn.Module):
+    """Wraps a head → disease logits (B, K) (K = 3: CAD, high blood pressure, hypertension).
+
+    Buffer ``threshold`` (K,): the probability threshold for a positive label, 0.5 until set to the best-F1 point on
+    validation (:meth:`set_threshold`); saved with the weights and applied at test and inference time
+    (:meth:`predict_labels`). Train with ``nn.BCEWithLogitsLoss(pos_weight=pos_weight_from_prevalence(...))``.
+
+    ``forward(tokens (B, 1+N, C), valid (B, N) | None) -> (B, K)`` logits.
+    """
+
+    def __init__(self, head: nn.Module, n_classes: int = 3) -> None:
+        super().__init__()
+        _head_out_dim(head, n_classes, "DiseaseClassifier")
+        self.head = head
+        self.register_buffer("threshold", torch.full((n_classes,), 0.5))
+
+    def set_threshold(self, threshold: Sequence[float] | torch.Tensor) -> None:
+        th = torch.as_tensor(threshold, dtype=torch.float32).flatten()
+        if th.shape != self.threshold.shape or not bool(((th >= 0) & (th <= 1)).all()):
+            raise ValueError(f"threshold: expected (K={self.threshold.numel()},) values in [0, 1], got {th.tolist()}")
+        self.threshold.copy_(th)
+
+    def predict_labels(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits (B, K) → (B, K) 0/1 labels at the stored thresholds."""
+        return (torch.sigmoid(logits) >= self.threshold).to(torch.int64)
+
+    def forward(self, tokens: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(tokens, valid)
