@@ -18,6 +18,7 @@ Both pad every rank's tensor to the largest first dimension, gather, and drop th
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -28,11 +29,21 @@ __all__ = [
     "get_world_size",
     "get_local_rank",
     "is_main_process",
+    "DistInfo",
     "init_distributed",
     "finalize_distributed",
     "all_gather_with_grad",
     "all_gather_uneven",
 ]
+
+
+class DistInfo(NamedTuple):
+    """What :func:`init_distributed` returns; configs read fields by name (``@dist.device``), not by position."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
 
 
 def _env_int(name: str, default: int) -> int:
@@ -74,7 +85,7 @@ def is_main_process() -> bool:
     return get_rank() == 0
 
 
-def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> tuple[int, int, int, torch.device]:
+def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> DistInfo:
     """Initialise the default process group from the torchrun environment, idempotently.
 
     Args:
@@ -82,7 +93,7 @@ def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> t
         timeout_s: collective timeout in seconds.
 
     Returns:
-        ``(rank, world_size, local_rank, device)``; device is ``cuda:<local_rank>`` (made current) when CUDA is
+        ``DistInfo(rank, world_size, local_rank, device)``; device is ``cuda:<local_rank>`` (made current) when CUDA is
         available, else ``cpu``. With ``WORLD_SIZE`` unset or 1 no process group is created (single process).
         A second call returns the same values without re-initialising.
     """
@@ -96,10 +107,10 @@ def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> t
             )
         torch.cuda.set_device(device)
     if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), local_rank, device
+        return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device)
     world = _env_int("WORLD_SIZE", 1)
     if world <= 1:
-        return 0, 1, local_rank, device
+        return DistInfo(0, 1, local_rank, device)
     if not dist.is_available():
         raise RuntimeError("WORLD_SIZE > 1 but this PyTorch build has no torch.distributed support")
     missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(k)]
@@ -119,7 +130,7 @@ def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> t
         world_size=world,
         timeout=timedelta(seconds=timeout_s),
     )
-    return dist.get_rank(), dist.get_world_size(), local_rank, device
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device)
 
 
 def finalize_distributed() -> None:

@@ -37,58 +37,34 @@ class ClipLoss(nn.Module):
     embeddings receive dL/dz_r (full-batch gradient for its samples). DDP then *averages* parameter gradients
     over W ranks, so the tensor used for backward is ``W * l_r``, giving
     (1/W) sum_r W * (dL/dz_r)(dz_r/dtheta) = dL/dtheta, the single-process gradient on the whole global batch
-    (the learnable temperature, replicated on every rank, gets (1/W) sum_r W * dl_r/dtau = dL/dtau likewise).
-    The returned *value* is L itself on every rank (one scalar all-reduce of the detached l_r); only the
-    gradient path carries the W * l_r scaling. Without DDP (manual gradient all-reduce with SUM), divide the
-    gradients by W. Per-rank batch sizes may differ.
+    (a learnable 1/tau passed in from the DDP-wrapped network, replicated on every rank, gets
+    (1/W) sum_r W * dl_r/dtau = dL/dtau likewise). The returned *value* is L itself on every rank (one scalar
+    all-reduce of the detached l_r); only the gradient path carries the W * l_r scaling. Without DDP (manual
+    gradient all-reduce with SUM), divide the gradients by W. Per-rank batch sizes may differ.
 
     Args:
-        temperature: tau; the initial value when learnable.
-        learnable_temperature: learn ``log(1/tau)`` (a log-scale parameter, as CLIP), clamped to
-            ``[log(1/max_temperature), log(1/min_temperature)]``.
+        temperature: the fixed tau used when ``forward`` gets no ``logit_scale``.
         lambda_: weight of the k->i direction, in [0, 1]; 0.5 gives the symmetric loss.
         gather: gather negatives across ranks when distributed; False uses only the local batch.
-        min_temperature, max_temperature: clamp range of the learnable temperature (CLIP's 1/100 bound).
+
+    The loss has no trainable parameters: a learnable temperature is a
+    :class:`kmtr_monai.networks.dual.LogitScale` owned by the network, passed in as ``logit_scale``.
     """
 
-    def __init__(
-        self,
-        temperature: float = 0.07,
-        learnable_temperature: bool = False,
-        lambda_: float = 0.5,
-        gather: bool = True,
-        min_temperature: float = 0.01,
-        max_temperature: float = 1.0,
-    ) -> None:
+    def __init__(self, temperature: float = 0.07, lambda_: float = 0.5, gather: bool = True) -> None:
         super().__init__()
         if not 0.0 <= lambda_ <= 1.0:
             raise ValueError(f"lambda_ must be in [0, 1], got {lambda_}")
-        if not 0.0 < min_temperature <= max_temperature:
-            raise ValueError(f"need 0 < min_temperature <= max_temperature, got {min_temperature}, {max_temperature}")
-        if not min_temperature <= temperature <= max_temperature:
-            raise ValueError(f"temperature {temperature} outside [{min_temperature}, {max_temperature}]")
         self.lambda_ = float(lambda_)
         self.gather = bool(gather)
-        self.learnable_temperature = bool(learnable_temperature)
-        self._log_scale_min = math.log(1.0 / max_temperature)
-        self._log_scale_max = math.log(1.0 / min_temperature)
-        init = torch.tensor(math.log(1.0 / temperature), dtype=torch.float32)
-        if learnable_temperature:
-            self.log_logit_scale = nn.Parameter(init)
-        else:
-            self.register_buffer("log_logit_scale", init)
+        if not 0.0 < temperature <= 1.0:
+            raise ValueError(f"temperature must be in (0, 1], got {temperature}")
+        self.temperature = float(temperature)
 
-    @property
-    def temperature(self) -> torch.Tensor:
-        """Current tau (scalar tensor, detached)."""
-        return 1.0 / self.logit_scale().detach()
-
-    def logit_scale(self) -> torch.Tensor:
-        """1 / tau as a scalar tensor (differentiable when learnable; zero gradient at the clamp bounds)."""
-        return self.log_logit_scale.clamp(self._log_scale_min, self._log_scale_max).exp()
-
-    def forward(self, z_kspace: torch.Tensor, z_image: torch.Tensor) -> torch.Tensor:
-        """Args: z_kspace, z_image: (B, D) local embeddings, row b of both from the same subject.
+    def forward(self, z_kspace: torch.Tensor, z_image: torch.Tensor, logit_scale: torch.Tensor | None = None
+                ) -> torch.Tensor:  # fmt: skip
+        """Args: z_kspace, z_image: (B, D) local embeddings, row b of both from the same subject; logit_scale:
+        0-dim 1/tau (e.g. the network's learnable ``LogitScale``), default the fixed ``1/temperature``.
 
         Returns: scalar loss L on the global batch (see class docstring for the gradient convention).
         """
@@ -101,11 +77,15 @@ class ClipLoss(nn.Module):
             )
         if z_kspace.shape[0] == 0:
             raise ValueError("ClipLoss got an empty batch (B=0)")
+        if logit_scale is None:
+            logit_scale = torch.tensor(1.0 / self.temperature, device=z_kspace.device)
+        elif not isinstance(logit_scale, torch.Tensor) or logit_scale.numel() != 1:
+            raise ValueError(f"logit_scale must be a one-element tensor (1/tau), got {logit_scale!r}")
         # float32 with autocast off: the fp16 logits/CE of an autocast region lose precision at 1/tau up to 100
         with torch.autocast(device_type=z_kspace.device.type, enabled=False):
-            return self._loss(z_kspace.float(), z_image.float())
+            return self._loss(z_kspace.float(), z_image.float(), logit_scale.float().reshape(()))
 
-    def _loss(self, z_kspace: torch.Tensor, z_image: torch.Tensor) -> torch.Tensor:
+    def _loss(self, z_kspace: torch.Tensor, z_image: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         zk = F.normalize(z_kspace, dim=1)
         zi = F.normalize(z_image, dim=1)
         distributed = self.gather and is_dist_active()
@@ -115,7 +95,6 @@ class ClipLoss(nn.Module):
         else:
             zk_all, zi_all, offset = zk, zi, 0
         n_global = zk_all.shape[0]
-        scale = self.logit_scale()
         target = torch.arange(offset, offset + zk.shape[0], device=zk.device)
         logits_k2i = scale * zk @ zi_all.T  # (B_r, N): this rank's rows of logits
         logits_i2k = scale * zi @ zk_all.T  # (B_r, N): this rank's rows of logits.T

@@ -6,31 +6,13 @@ outputs redirected under ``out/<stage>/`` and Stage I checkpoints chained into S
 
 import csv
 import subprocess
-import sys
 import time
 from pathlib import Path
 
+from kmtr_monai.bundle import bundle_command, default_bundles_dir
+from kmtr_monai.presets import DEFAULT_SUBJECTS
+
 STAGES = ("image-mae", "kspace-mae", "align")
-DEFAULT_SUBJECTS = {"tiny": 48, "small": 2000, "paper": 2000}
-
-
-def default_bundles_dir() -> Path:
-    """The repository's ``bundles/`` folder (the package is installed editable from a checkout)."""
-    return Path(__file__).resolve().parent.parent / "bundles"
-
-
-def bundle_command(bundle: Path, preset: str, overrides: dict[str, str], multi_gpu: bool = False) -> list[str]:
-    """The ``python -m monai.bundle run`` command line for one bundle at one preset."""
-    configs = [str(bundle / "configs" / "train.json")]
-    if multi_gpu:
-        configs.append(str(bundle / "configs" / "multi_gpu_train.json"))
-    configs.append(str(bundle.parent / "presets" / f"{preset}.json"))
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", repr(configs),
-           "--meta_file", str(bundle / "configs" / "metadata.json"),
-           "--logging_file", str(bundle / "configs" / "logging.conf"), "--bundle_root", str(bundle)]  # fmt: skip
-    for key, value in overrides.items():
-        cmd += [f"--{key}", str(value)]
-    return cmd
 
 
 def read_metrics(output_dir: Path) -> dict[str, float]:

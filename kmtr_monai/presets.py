@@ -1,27 +1,41 @@
-"""Named sizes shared by the cohort generator, the loader, the networks and the bundles.
+"""Named sizes shared by the cohort generator, the loader, the networks, the bundles and the pipeline.
 
-``COHORT_PRESETS``: what ``kmtr simulate`` renders on disk (UK Biobank layout).
+The one source is ``bundles/presets/<name>.json``: the bundles merge that file into their configs, and this module
+reads the same file, so every number is written once. Views of it:
+
+``COHORT_PRESETS``: what ``kmtr simulate`` renders on disk (UK Biobank layout) and the pipeline's default subject count.
 ``DATA_PRESETS``: what the loader cuts from it for a network (views, frames, crop).
 ``MODEL_PRESETS``: network sizes (n_views = 3 LAX + n_sax).
-The bundle presets ``bundles/presets/<name>.json`` carry the same numbers for the configs; a test checks they agree.
+``PRESETS``: the whole file per name (training settings included: batch sizes, epochs, learning rate, head widths).
 """
 
-COHORT_PRESETS = {
-    # in-plane matrix (X, Y), in-plane pixel mm, frames, SAX slices, SAX slice spacing mm, slice thickness mm
-    "tiny": dict(matrix=48, pixel_mm=4.0, frames=8, sax_slices=12, slice_spacing_mm=10.0, slice_thickness_mm=8.0),
-    "small": dict(matrix=64, pixel_mm=3.0, frames=16, sax_slices=12, slice_spacing_mm=10.0, slice_thickness_mm=8.0),
-    "paper": dict(matrix=160, pixel_mm=1.8, frames=50, sax_slices=14, slice_spacing_mm=10.0, slice_thickness_mm=8.0),
-}
+from __future__ import annotations
 
-DATA_PRESETS = {
-    # n_sax SAX views after the 3 LAX views; frames subsampled to n_frames; in-plane crop (H = W = crop)
-    "tiny": dict(n_sax=2, n_frames=4, crop=32),
-    "small": dict(n_sax=2, n_frames=8, crop=48),
-    "paper": dict(n_sax=6, n_frames=50, crop=128),
-}
+import json
+from pathlib import Path
 
-MODEL_PRESETS = {
-    "tiny": dict(dim=64, depth=2, heads=4, dec_dim=64, dec_depth=1, dec_heads=4, patch=(2, 8, 8)),
-    "small": dict(dim=192, depth=4, heads=6, dec_dim=128, dec_depth=2, dec_heads=4, patch=(2, 8, 8)),
-    "paper": dict(dim=1024, depth=6, heads=16, dec_dim=512, dec_depth=2, dec_heads=16, patch=(5, 8, 8)),
-}
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "bundles" / "presets"
+PRESET_NAMES = ("tiny", "small", "paper")
+_DATA_KEYS = ("n_sax", "n_frames", "crop")
+_MODEL_KEYS = ("dim", "depth", "heads", "dec_dim", "dec_depth", "dec_heads", "patch")
+
+
+def load_preset(name: str) -> dict:
+    """The parsed ``bundles/presets/<name>.json`` (``patch`` as a tuple)."""
+    path = PRESETS_DIR / f"{name}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"preset file {path} not found; kmtr-monai reads its presets from the bundles/ folder "
+                                "of a source checkout (install with `pip install -e .`)")  # fmt: skip
+    preset = json.loads(path.read_text())
+    missing = [k for k in ("cohort", *_DATA_KEYS, *_MODEL_KEYS) if k not in preset]
+    if missing:
+        raise ValueError(f"preset file {path} lacks keys {missing}")
+    preset["patch"] = tuple(preset["patch"])
+    return preset
+
+
+PRESETS = {name: load_preset(name) for name in PRESET_NAMES}
+COHORT_PRESETS = {name: {k: v for k, v in p["cohort"].items() if k != "subjects"} for name, p in PRESETS.items()}
+DATA_PRESETS = {name: {k: p[k] for k in _DATA_KEYS} for name, p in PRESETS.items()}
+MODEL_PRESETS = {name: {k: p[k] for k in _MODEL_KEYS} for name, p in PRESETS.items()}
+DEFAULT_SUBJECTS = {name: p["cohort"]["subjects"] for name, p in PRESETS.items()}

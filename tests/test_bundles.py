@@ -1,29 +1,28 @@
 """Every bundle trains one short epoch at the tiny preset through monai.bundle, and its metadata verifies offline."""
 
+import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from monai.bundle import ConfigWorkflow, verify_metadata
 
-from kmtr_monai.pipeline import bundle_command
+from kmtr_monai.bundle import bundle_command, config_files
 
 BUNDLES = Path(__file__).resolve().parent.parent / "bundles"
 SCHEMA = Path(__file__).resolve().parent.parent / "kmtr_monai" / "resources" / "meta_schema.json"
 STAGE_ORDER = ("image-mae", "kspace-mae", "align")
 
 
-def run_bundle(name: str, cohort: Path, out: Path, config: str = "train.json", **overrides):
+def run_bundle(name: str, cohort: Path, out: Path, workflow: str = "train", **overrides):
     bundle = BUNDLES / name
-    files = [str(bundle / "configs" / config), str(BUNDLES / "presets" / "tiny.json")]
-    if config != "train.json":
-        files.insert(0, str(bundle / "configs" / "train.json"))
     workflow = ConfigWorkflow(
-        config_file=files,
+        config_file=config_files(name, workflow, "tiny"),
         meta_file=str(bundle / "configs" / "metadata.json"),
-        logging_file=str(bundle / "configs" / "logging.conf"),
+        logging_file=str(BUNDLES / "common" / "logging.conf"),
         workflow_type="train",
         bundle_root=str(bundle),
         dataset_dir=str(cohort),
@@ -45,8 +44,7 @@ def test_metadata_verifies_offline(name):
 
 def test_bundle_files_present():
     for name in STAGE_ORDER:
-        for f in ("configs/train.json", "configs/evaluate.json", "configs/multi_gpu_train.json",
-                  "configs/logging.conf", "configs/metadata.json", "docs/README.md", "LICENSE"):
+        for f in ("configs/train.json", "configs/metadata.json", "docs/README.md"):
             assert (BUNDLES / name / f).is_file(), f"{name}/{f} missing"
 
 
@@ -79,26 +77,35 @@ def test_bundle_trains_and_checkpoints(stage_outputs, name):
 def test_evaluate_config_reloads_checkpoint(stage_outputs, tiny_cohort, name, metric):
     out, _ = stage_outputs
     (out / name / "eval" / "metrics.csv").unlink()
-    run_bundle(name, tiny_cohort, out, config="evaluate.json")
+    run_bundle(name, tiny_cohort, out, workflow="evaluate")
     evaluated = float(dict(r.split(",") for r in (out / name / "eval" / "metrics.csv").read_text().split())[metric])
     best = torch.load(out / name / "models" / "model.pt", map_location="cpu", weights_only=True)["metrics"][metric]
     assert evaluated == pytest.approx(best, rel=1e-5)  # the reloaded best checkpoint reproduces its metric
 
 
-def test_align_two_process_gloo(stage_outputs, tiny_cohort):
-    """The multi-GPU path (torchrun + DDP + DistributedSampler + gathered CLIP loss) runs on CPU with 2 gloo ranks."""
+def test_align_two_process_gloo_keeps_ranks_identical(stage_outputs, tiny_cohort):
+    """align through its own configs (train + multi_gpu_train) on 2 gloo ranks: one step equals the single-process
+    step on the global batch (loss and every gradient, the learnable temperature's included), and after 3 epochs
+    every parameter is identical on both ranks. A trainable parameter outside the DDP module (the temperature once
+    lived in the loss) is stepped with each rank's own gradient and fails both checks."""
     out, _ = stage_outputs
-    overrides = {"dataset_dir": tiny_cohort, "ckpt_dir": out / "align-ddp" / "models",
-                 "output_dir": out / "align-ddp" / "eval", "max_epochs": 1,
-                 "image_mae_ckpt": out / "image-mae" / "models" / "model.pt",
-                 "kspace_mae_ckpt": out / "kspace-mae" / "models" / "model.pt"}  # fmt: skip
-    cmd = bundle_command(BUNDLES / "align", "tiny", overrides, multi_gpu=True)
-    cmd = [cmd[0], "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"] + cmd[1:]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    run = out / "align-ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(Path(__file__).parent / "ddp_align_worker.py"), str(run), str(tiny_cohort),
+           str(out / "image-mae" / "models" / "model.pt"), str(out / "kspace-mae" / "models" / "model.pt")]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    assert (out / "align-ddp" / "models" / "model.pt").is_file()
-    assert "val_top1" in (out / "align-ddp" / "eval" / "metrics.csv").read_text()
+    reports = [json.loads((run / f"rank{r}.json").read_text()) for r in range(2)]
+    for report in reports:
+        assert report["loss"] == pytest.approx(report["ref_loss"], abs=1e-5)
+        assert report["n_grads"] == report["n_ref_grads"] > 0 and report["max_grad_diff"] < 1e-5
+        assert abs(report["temperature_grad"]) > 1e-6 and report["temperature_moved"] > 1e-6  # it is trained
+    states = [torch.load(run / f"rank{r}.pt", map_location="cpu", weights_only=True) for r in range(2)]
+    assert states[0].keys() == states[1].keys() and "logit_scale.log_logit_scale" in states[0]
+    for key in states[0]:
+        assert torch.equal(states[0][key], states[1][key]), f"{key} differs between ranks"
+    assert (run / "models" / "model.pt").is_file()
+    assert "val_top1" in (run / "eval" / "metrics.csv").read_text()
 
 
 def test_align_inputs_get_independent_poses(tiny_cohort):
@@ -109,7 +116,7 @@ def test_align_inputs_get_independent_poses(tiny_cohort):
     from kmtr_monai.transforms import RandViewRotated
 
     parser = ConfigParser()
-    parser.read_config([str(BUNDLES / "align" / "configs" / "train.json"), str(BUNDLES / "presets" / "tiny.json")])
+    parser.read_config(config_files("align", "train", "tiny"))
     parser["dataset_dir"] = str(tiny_cohort)
     chain = parser.get_parsed_content("train#preprocessing")
     chain.set_random_state(0)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from kmtr_monai.losses import ClipLoss
+from kmtr_monai.networks.dual import LogitScale
 
 
 def _numpy_clip(zk: np.ndarray, zi: np.ndarray, tau: float, lam: float) -> float:
@@ -74,22 +75,24 @@ def test_perfect_alignment_small_tau_is_near_zero():
 
 
 def test_learnable_temperature_gets_gradient_and_clamps():
-    loss_fn = ClipLoss(temperature=0.5, learnable_temperature=True)
-    assert isinstance(loss_fn.log_logit_scale, torch.nn.Parameter)
-    assert loss_fn.temperature.item() == pytest.approx(0.5)
+    scale = LogitScale(temperature=0.5, learnable=True)
+    assert isinstance(scale.log_logit_scale, torch.nn.Parameter)
+    assert scale.temperature.item() == pytest.approx(0.5)
     g = torch.Generator().manual_seed(4)
     zk = torch.randn(8, 4, generator=g)
     zi = zk + 0.1 * torch.randn(8, 4, generator=g)
-    loss_fn(zk, zi).backward()
-    grad = loss_fn.log_logit_scale.grad
+    ClipLoss()(zk, zi, scale()).backward()
+    grad = scale.log_logit_scale.grad
     assert grad is not None and grad.abs().item() > 0
     # well-aligned pairs: sharpening (larger 1/tau) lowers the loss, so the gradient on log(1/tau) is negative
     assert grad.item() < 0
     with torch.no_grad():
-        loss_fn.log_logit_scale.fill_(50.0)
-    assert loss_fn.temperature.item() == pytest.approx(0.01, rel=1e-5)
-    fixed = ClipLoss(temperature=0.5)
-    assert not any(p.requires_grad for p in fixed.parameters())
+        scale.log_logit_scale.fill_(50.0)
+    assert scale.temperature.item() == pytest.approx(0.01, rel=1e-5)
+    assert not list(LogitScale(temperature=0.5).parameters())
+    assert not list(ClipLoss(temperature=0.5).parameters())  # the loss itself has nothing to train
+    # a passed scale equals the fixed temperature it encodes
+    assert ClipLoss()(zk, zi, LogitScale(0.5)()).item() == pytest.approx(ClipLoss(temperature=0.5)(zk, zi).item())
 
 
 def test_input_gradients_match_finite_differences():
@@ -123,11 +126,17 @@ def test_float32_under_autocast():
 
 
 @pytest.mark.parametrize(
-    "kwargs", [dict(lambda_=1.5), dict(temperature=0.0), dict(temperature=2.0), dict(min_temperature=-1.0)]
+    "kwargs", [dict(lambda_=1.5), dict(temperature=0.0), dict(temperature=2.0)]
 )
 def test_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         ClipLoss(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [dict(temperature=2.0), dict(min_temperature=-1.0), dict(temperature=0.001)])
+def test_bad_logit_scale_arguments(kwargs):
+    with pytest.raises(ValueError):
+        LogitScale(**kwargs)
 
 
 def test_bad_inputs():

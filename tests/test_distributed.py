@@ -12,22 +12,22 @@ import torch.nn as nn
 from kmtr_monai import distributed as kd
 from kmtr_monai.losses import ClipLoss
 from kmtr_monai.metrics import LinearProbeR2, RetrievalTopK, linear_probe_r2_cv, retrieval_topk
-from kmtr_monai.networks.dual import Projector
+from kmtr_monai.networks.dual import LogitScale, Projector
 
 WORLD = 2
 
 
 class _Pair(nn.Module):
-    """Two tiny projectors + the loss (with its learnable temperature), wrapped by DDP as one module."""
+    """Two tiny projectors + a learnable temperature, wrapped by DDP as one module (the loss outside, as in align)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.pk = Projector(6, 8, 4)
         self.pi = Projector(5, 8, 4)
-        self.loss = ClipLoss(temperature=0.2, learnable_temperature=True, lambda_=0.3)
+        self.scale = LogitScale(temperature=0.2, learnable=True)
 
     def forward(self, xk, xi):
-        return self.loss(self.pk(xk), self.pi(xi))
+        return self.pk(xk), self.pi(xi), self.scale()
 
 
 def _global_batch(n: int, seed: int):
@@ -52,23 +52,21 @@ def _worker(rank: int, port: int) -> None:
         torch.manual_seed(123)
         model = _Pair()
         ref = copy.deepcopy(model)
-        ref.loss.gather = False  # plain single-process loss on the whole global batch
-        ref_loss = ref(xk, xi)
+        ref_loss = ClipLoss(lambda_=0.3, gather=False)(*ref(xk, xi))  # plain single-process loss, global batch
         ref_loss.backward()
 
         start = sum(sizes[:rank])
         sl = slice(start, start + sizes[rank])
         ddp = DDP(model)
-        loss = ddp(xk[sl], xi[sl])
+        loss = ClipLoss(lambda_=0.3)(*ddp(xk[sl], xi[sl]))
         loss.backward()  # DDP averages gradients over ranks
         assert abs(loss.item() - ref_loss.item()) < 1e-5, (sizes, rank, loss.item(), ref_loss.item())
         for (name, p), p_ref in zip(model.named_parameters(), ref.parameters()):
             torch.testing.assert_close(p.grad, p_ref.grad, atol=1e-5, rtol=0, msg=f"{sizes} rank {rank} {name}")
 
         # without gathering, each rank only sees its local negatives: a different (wrong) loss
-        local_only = copy.deepcopy(ref)
-        local_only.loss.gather = False
-        assert abs(local_only(xk[sl], xi[sl]).item() - ref_loss.item()) > 1e-3
+        local_only = ClipLoss(lambda_=0.3, gather=False)(*ref(xk[sl], xi[sl]))
+        assert abs(local_only.item() - ref_loss.item()) > 1e-3
 
     # metric accumulation with uneven per-rank counts (5 on rank 0, 3 on rank 1, fed in two updates)
     g = torch.Generator().manual_seed(7)

@@ -5,4 +5,14 @@ from kmtr_monai.engines.batch import PrepareKeys
 from kmtr_monai.engines.checkpoint import BestCheckpoint
 from kmtr_monai.engines.mae import MaskedReconstructionError, OutputLoss
 
-__all__ = ["PrepareKeys", "BestCheckpoint", "MaskedReconstructionError", "OutputLoss"]
+
+def metric_improved(mode: str):
+    """``metric_cmp_fn`` for MONAI evaluators from a bundle's ``key_metric_mode``: ``"min"`` (errors) or ``"max"``."""
+    if mode == "min":
+        return lambda current, best: current < best
+    if mode == "max":
+        return lambda current, best: current > best
+    raise ValueError(f"key_metric_mode must be 'min' or 'max', got {mode!r}")
+
+
+__all__ = ["PrepareKeys", "BestCheckpoint", "MaskedReconstructionError", "OutputLoss", "metric_improved"]

@@ -21,9 +21,48 @@ import torch.nn as nn
 
 from kmtr_monai.networks.mae import pool_tokens
 
-__all__ = ["Projector", "DualEncoder"]
+__all__ = ["LogitScale", "Projector", "DualEncoder"]
 
 POOLINGS = ("cls", "mean", "view_time")
+
+
+class LogitScale(nn.Module):
+    """CLIP's inverse temperature 1/tau, stored as ``log(1/tau)`` and clamped to ``[1/max_temperature, 1/min_temperature]``.
+
+    A learnable temperature is a trainable parameter, so it belongs to the network that DDP wraps (as in CLIP, where
+    ``logit_scale`` is a model parameter): a parameter held by the loss outside the DDP module is stepped with each
+    rank's local gradient and the ranks drift apart. :class:`DualEncoder` owns one and
+    returns it in its output; :class:`kmtr_monai.losses.ClipLoss` takes it as an input.
+
+    Args:
+        temperature: tau; the initial value when learnable.
+        learnable: learn ``log(1/tau)`` (a parameter; zero gradient at the clamp bounds), else a fixed buffer.
+        min_temperature, max_temperature: clamp range (CLIP's 1/100 bound).
+
+    ``forward()`` returns 1/tau as a 0-dim float32 tensor.
+    """
+
+    def __init__(self, temperature: float = 0.07, learnable: bool = False, min_temperature: float = 0.01,
+                 max_temperature: float = 1.0) -> None:  # fmt: skip
+        super().__init__()
+        if not 0.0 < min_temperature <= max_temperature:
+            raise ValueError(f"need 0 < min_temperature <= max_temperature, got {min_temperature}, {max_temperature}")
+        if not min_temperature <= temperature <= max_temperature:
+            raise ValueError(f"temperature {temperature} outside [{min_temperature}, {max_temperature}]")
+        self._bounds = (math.log(1.0 / max_temperature), math.log(1.0 / min_temperature))
+        init = torch.tensor(math.log(1.0 / temperature), dtype=torch.float32)
+        if learnable:
+            self.log_logit_scale = nn.Parameter(init)
+        else:
+            self.register_buffer("log_logit_scale", init)
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        """Current tau (0-dim tensor, detached)."""
+        return 1.0 / self().detach()
+
+    def forward(self) -> torch.Tensor:
+        return self.log_logit_scale.clamp(*self._bounds).exp()
 
 
 class Projector(nn.Module):
@@ -90,9 +129,12 @@ class DualEncoder(nn.Module):
             attribute of the encoder or of its ``.encoder`` if None.
         proj_hidden_dim: projector hidden width (default: the encoder's token width).
         proj_batch_norm: batch norm in the projectors' hidden layer (see :class:`Projector`).
+        temperature, learnable_temperature: CLIP's temperature, owned here as a :class:`LogitScale`
+            (a parameter when learnable) so that DDP, which wraps this module, keeps it identical on every rank.
 
-    ``forward(image, kspace, mask)`` returns ``{"z_image": (B, embed_dim), "z_kspace": (B, embed_dim)}``
-    (not normalised; :class:`kmtr_monai.losses.ClipLoss` normalises).
+    ``forward(image, kspace, mask)`` returns ``{"z_image": (B, embed_dim), "z_kspace": (B, embed_dim),
+    "h_kspace": (B, C), "logit_scale": 0-dim 1/tau}`` (embeddings not normalised; :class:`kmtr_monai.losses.ClipLoss`
+    normalises).
     """
 
     def __init__(
@@ -107,6 +149,8 @@ class DualEncoder(nn.Module):
         kspace_dim: int | None = None,
         proj_hidden_dim: int | None = None,
         proj_batch_norm: bool = True,
+        temperature: float = 0.07,
+        learnable_temperature: bool = True,
     ) -> None:
         super().__init__()
         if pooling not in POOLINGS:
@@ -127,6 +171,7 @@ class DualEncoder(nn.Module):
                                     embed_dim, batch_norm=proj_batch_norm)  # fmt: skip
         self.kspace_proj = Projector(kspace_dim * math.prod(self._kspace_cells or ()), proj_hidden_dim or kspace_dim,
                                      embed_dim, batch_norm=proj_batch_norm)  # fmt: skip
+        self.logit_scale = LogitScale(temperature, learnable=learnable_temperature)
         self._image_valid = _accepts_return_valid(image_encoder)
         self._kspace_valid = _accepts_return_valid(kspace_encoder)
         for frozen, enc in ((self.freeze_image, image_encoder), (self.freeze_kspace, kspace_encoder)):
@@ -188,6 +233,8 @@ class DualEncoder(nn.Module):
         return self.kspace_proj(self.kspace_features(kspace, mask))
 
     def forward(self, image: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        """-> {"z_image", "z_kspace"}: (B, embed_dim) projections; "h_kspace": (B, C) pooled k-space features."""
+        """-> {"z_image", "z_kspace"}: (B, embed_dim) projections; "h_kspace": (B, C) pooled k-space features;
+        "logit_scale": 0-dim 1/tau for the CLIP loss."""
         h_kspace = self.kspace_features(kspace, mask)
-        return {"z_image": self.embed_image(image), "z_kspace": self.kspace_proj(h_kspace), "h_kspace": h_kspace}
+        return {"z_image": self.embed_image(image), "z_kspace": self.kspace_proj(h_kspace), "h_kspace": h_kspace,
+                "logit_scale": self.logit_scale()}  # fmt: skip
