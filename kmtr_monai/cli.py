@@ -1,7 +1,21 @@
 """Command-line interface: ``kmtr <command>`` or ``python -m kmtr_monai <command>`` (python-fire).
 
 Each command is a thin wrapper around a public Python function; imports are lazy so ``kmtr --help`` is instant.
+
+Errors: a failing command prints its root cause in one line (``kmtr <command>: error: <reason>``, naming the file
+or argument) on stderr and exits with status 1; wrappers such as MONAI's ``applying transform <...>`` are unwrapped.
+The full traceback is printed only with ``--debug`` (anywhere on the command line) or ``KMTR_DEBUG=1``.
+
+Bad subjects (``phenotypes``, ``datalist``, ``kspace``): ``--on-bad-subject fail`` (default) stops at a bad
+subject, ``skip`` leaves it out; both list it in ``bad_subjects.csv`` next to the output (phenotypes, datalist).
+Missing view files (``datalist``, ``kspace``): ``--missing-views fail`` (default), ``invalid`` (kept, flagged
+invalid by the loader) or ``skip``.
 """
+
+import logging
+import os
+import sys
+import traceback
 
 import fire
 
@@ -13,25 +27,39 @@ def simulate(out: str, subjects: int = 16, preset: str = "tiny", seed: int = 0, 
     return simulate_cohort(out, subjects=subjects, preset=preset, seed=seed, workers=workers, preview=preview)
 
 
-def phenotypes(root: str, out: str | None = None):
-    """Compute the ukbb_cardiac phenotype set from the segmentations under ROOT and write a CSV."""
+def phenotypes(root: str, out: str | None = None, on_bad_subject: str = "fail"):
+    """Compute the ukbb_cardiac phenotype set from the segmentations under ROOT and write a CSV.
+
+    Phenotypes whose segmentation files are missing are empty cells (a SAX-only cohort gets the ventricular ones).
+    --on-bad-subject {fail,skip}: stop at, or leave out, a subject with an unusable file (bad_subjects.csv).
+    """
     from kmtr_monai.data.phenotypes import write_cohort_phenotypes
 
-    return write_cohort_phenotypes(root, out)
+    return write_cohort_phenotypes(root, out, on_bad_subject=on_bad_subject)
 
 
-def datalist(root: str, out: str | None = None, val: float = 0.15, test: float = 0.15, seed: int = 0):
-    """Write a stratified subject-level train/validation/test datalist JSON for the cohort under ROOT."""
+def datalist(root: str, out: str | None = None, val: float = 0.15, test: float = 0.15, seed: int = 0,
+             on_bad_subject: str = "fail", missing_views: str = "fail", check_files: bool = True,
+             preset: str | None = None):  # fmt: skip
+    """Write a stratified subject-level train/validation/test datalist JSON for the cohort under ROOT.
+
+    Every subject's files are checked (--check-files false: CSV rows only; --preset: also its frames and SAX
+    slices). --on-bad-subject {fail,skip}; --missing-views {fail,invalid,skip}; bad subjects go to bad_subjects.csv.
+    """
     from kmtr_monai.data.datalist import write_datalist
 
-    return write_datalist(root, out=out, val_fraction=val, test_fraction=test, seed=seed)
+    return write_datalist(root, out=out, val_fraction=val, test_fraction=test, seed=seed,
+                          on_bad_subject=on_bad_subject, missing_views=missing_views, check_files=check_files,
+                          preset=preset)  # fmt: skip
 
 
-def kspace(root: str, preset: str = "tiny", acceleration: int = 4, pattern: str = "vista", seed: int = 0):
+def kspace(root: str, preset: str = "tiny", acceleration: int = 4, pattern: str = "vista", seed: int = 0,
+           on_bad_subject: str = "fail", missing_views: str = "fail"):  # fmt: skip
     """Simulate undersampled k-space for every subject of the cohort under ROOT and print a summary."""
     from kmtr_monai.data.summary import kspace_summary
 
-    return kspace_summary(root, preset=preset, acceleration=acceleration, pattern=pattern, seed=seed)
+    return kspace_summary(root, preset=preset, acceleration=acceleration, pattern=pattern, seed=seed,
+                          on_bad_subject=on_bad_subject, missing_views=missing_views)  # fmt: skip
 
 
 def pipeline(out: str = "runs/tiny", preset: str = "tiny", subjects: int | None = None, seed: int = 0, workers: int = 1,
@@ -42,9 +70,62 @@ def pipeline(out: str = "runs/tiny", preset: str = "tiny", subjects: int | None 
     run_pipeline(out=out, preset=preset, subjects=subjects, seed=seed, workers=workers, max_epochs=epochs)
 
 
-def main():
-    fire.Fire({"simulate": simulate, "phenotypes": phenotypes, "datalist": datalist, "kspace": kspace,
-               "pipeline": pipeline})  # fmt: skip
+COMMANDS = {"simulate": simulate, "phenotypes": phenotypes, "datalist": datalist, "kspace": kspace,
+            "pipeline": pipeline}  # fmt: skip
+_WRAPPER_PREFIXES = ("applying transform",)
+
+
+def root_cause(err: BaseException) -> BaseException:
+    """The exception that says what is wrong: ``err`` unwrapped through wrappers that only add context.
+
+    A wrapper is an exception raised ``from`` another one that is a plain ``RuntimeError`` (MONAI's
+    ``applying transform <...>``, config instantiation) or whose message starts with ``applying transform``.
+    Specific errors raised ``from`` a low-level one (a ``SubjectFileError`` from a zlib error) are kept: they
+    name the subject and file.
+    """
+    seen = set()
+    while err.__cause__ is not None and id(err) not in seen:
+        seen.add(id(err))
+        if type(err) is RuntimeError or str(err).startswith(_WRAPPER_PREFIXES):
+            err = err.__cause__
+        else:
+            break
+    return err
+
+
+def one_line(err: BaseException) -> str:
+    """``Type: message`` of ``err`` on one line (a DataLoader worker's embedded traceback reduced to its last line)."""
+    text = str(err).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1]
+    if isinstance(err, KeyError) and len(err.args) == 1:
+        text = str(err.args[0])
+    name = type(err).__name__
+    text = " ".join(text.split())
+    return f"{name}: {text}" if text else name
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run a ``kmtr`` command; exits 1 with a one-line root cause on error (traceback with --debug/KMTR_DEBUG=1)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("KMTR_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    command = argv[0] if argv and not argv[0].startswith("-") else ""
+    try:
+        fire.Fire(COMMANDS, command=argv, name="kmtr")
+    except fire.core.FireExit:
+        raise
+    except KeyboardInterrupt:
+        print("kmtr: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as err:  # noqa: BLE001 - the CLI boundary: every error becomes one line unless --debug
+        if debug:
+            traceback.print_exc()
+        cause = root_cause(err)
+        hint = "" if debug else " (run with --debug or KMTR_DEBUG=1 for the traceback)"
+        print(f"kmtr {command}: error: {one_line(cause)}{hint}".replace("kmtr : ", "kmtr: "), file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

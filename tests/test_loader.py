@@ -124,18 +124,48 @@ def test_loader_matches_reference(cohort):
     assert out["diseases"].tolist() == [0.0, 1.0, 0.0] and out["eid"] == "1"
 
 
-def test_loader_edge_crop_and_sax_clamp(cohort):
+def test_loader_crop_ignores_labels_and_sax_clamp(cohort):
+    """The in-plane crop is image-centred whatever the labels (a heart near the corner is cut off, as it would be
+    at inference); the SAX range still starts from the labels (clamped)."""
     out = LoadCohortSubjectd(cohort, n_sax=2, n_frames=2, crop=16)({"eid": "2"})
     # LV first at z=6 -> start 8 clamped to NZ - 2 = 5
     order = [("la_2ch", 0), ("la_3ch", 0), ("la_4ch", 0), ("sa", 5), ("sa", 6)]
-    centres = {"la_2ch": (3, 33), "la_3ch": (NX // 2, NY // 2), "la_4ch": (3, 33)}
-    # SAX centre: labels at frame 0 only in slice 6 of the chosen pair -> still the block centre
-    centres["sa"] = (3, 33)
+    centres = dict.fromkeys(("la_2ch", "la_3ch", "la_4ch", "sa"), (NX // 2, NY // 2))
     expected = reference_image(order, centres, [0, 9], 16)
     np.testing.assert_allclose(out["image"].numpy(), expected, atol=1e-6)
-    assert (out["image"][0, :, :5] == 0).all()  # x < 0 padded
-    seg = out["seg"].numpy()
+    assert not out["seg"].any()  # the heart block at (3, 33) lies outside the central 16 x 16 window
+    big = LoadCohortSubjectd(cohort, n_sax=2, n_frames=2, crop=44)({"eid": "2"})
+    assert (big["image"][:, :, :2] == 0).all() and (big["image"][:, :, 42:] == 0).all()  # x < 0 and x >= 40 padded
+    seg = big["seg"].numpy()
     assert not seg[3].any() and np.count_nonzero(seg[4]) == 2 * 25  # z5 has no labels, z6 does
+
+
+def test_rand_crop_jitter(cohort):
+    """Shifts within [-j, j] per file, reproducible with a seed, varying; zero jitter = the deterministic loader."""
+    from kmtr_monai.data.cohort import RandLoadCohortSubjectd
+
+    ref = LoadCohortSubjectd(cohort, n_sax=2, n_frames=2, crop=12)({"eid": "1"})
+    same = RandLoadCohortSubjectd(cohort, n_sax=2, n_frames=2, crop=12, crop_jitter=0)({"eid": "1"})
+    torch.testing.assert_close(same["image"], ref["image"])
+    wide = LoadCohortSubjectd(cohort, n_sax=2, n_frames=2, crop=18)({"eid": "1"})["seg"]  # the 12 x 12 crop ± 3
+    seen = set()
+    for seed in range(10):
+        load = RandLoadCohortSubjectd(cohort, n_sax=2, n_frames=2, crop=12, crop_jitter=3).set_random_state(seed)
+        out = load({"eid": "1"})
+        again = RandLoadCohortSubjectd(cohort, n_sax=2, n_frames=2, crop=12, crop_jitter=3).set_random_state(seed)
+        torch.testing.assert_close(again({"eid": "1"})["image"], out["image"])
+        for s in (0, 2, 3):  # la_2ch, la_4ch, sax_0: the 5 x 5 heart block sits at 4..8 without a shift
+            xs, ys = np.nonzero(out["seg"][s, 0].numpy())
+            dx, dy = 4 - xs.min(), 4 - ys.min()
+            assert max(abs(dx), abs(dy)) <= 3
+            seen.add((s, dx, dy))
+            torch.testing.assert_close(out["seg"][s], wide[s, :, 3 + dx : 15 + dx, 3 + dy : 15 + dy])
+        xs4, _ = np.nonzero(out["seg"][4, 0].numpy() == LABELS["LV"])
+        xs3, _ = np.nonzero(out["seg"][3, 0].numpy() == LABELS["LV"])
+        assert xs3.size and xs4.size and xs4.min() == xs3.min()  # the SAX slices share one shift
+    assert len({k for k in seen if k[0] == 0}) > 3  # the shift really varies
+    with pytest.raises(ValueError, match="crop_jitter"):
+        RandLoadCohortSubjectd(cohort, n_sax=2, n_frames=2, crop=12, crop_jitter=-1)
 
 
 def test_loader_without_seg_and_view_subset(cohort):
@@ -143,7 +173,7 @@ def test_loader_without_seg_and_view_subset(cohort):
         {"eid": "2"}
     )
     assert "seg" not in out and "seg_valid" not in out
-    # no seg: image centre, SAX range centred: start (7 - 3) // 2 = 2 -> sax_2 = z4
+    # no seg: image centre (as with labels), SAX range centred: start (7 - 3) // 2 = 2 -> sax_2 = z4
     centres = {"la_4ch": (NX // 2, NY // 2), "sa": (NX // 2, NY // 2)}
     expected = reference_image([("la_4ch", 0), ("sa", 4)], centres, [0], 12)
     np.testing.assert_allclose(out["image"].numpy(), expected, atol=1e-6)

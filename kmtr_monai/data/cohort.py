@@ -12,7 +12,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 import numpy as np
 import torch
 from monai.data import CacheDataset, Dataset
-from monai.transforms import Compose, MapTransform
+from monai.transforms import Compose, MapTransform, Randomizable
 
 from kmtr_monai.constants import (
     DISEASES,
@@ -24,7 +24,8 @@ from kmtr_monai.constants import (
     is_lax,
     sax_views,
 )
-from kmtr_monai.data.layout import read_nifti
+from kmtr_monai.data.layout import MissingFileError, SubjectFileError, read_nifti
+from kmtr_monai.data.validate import check_finite, check_geometry, check_pair
 from kmtr_monai.presets import DATA_PRESETS
 
 def frame_indices(n_total: int, n_frames: int) -> np.ndarray:
@@ -73,7 +74,9 @@ def remap_labels(seg: np.ndarray, label_map: Mapping[int, int], subject: str, fi
     inside = (seg >= 0) & (seg < lut.size)
     out = np.where(inside, lut[np.where(inside, seg, 0)], -1)
     if (out < 0).any():
-        raise ValueError(
+        raise SubjectFileError(
+            subject,
+            file,
             f"subject {subject!r}: {file!r} contains labels {sorted(np.unique(seg[out < 0]).tolist())}; "
             f"expected UK Biobank labels {sorted([0, *label_map])}"
         )
@@ -91,15 +94,21 @@ class LoadCohortSubjectd(MapTransform):
         the subset ``views`` in that order); H = NIfTI X axis, W = NIfTI Y axis; frames subsampled with
         ``frame_indices``; min–max normalised to [0, 1] over the whole stack (zero padding stays 0).
         ``seg`` int64 (S, T, H, W) in unified labels and ``seg_valid`` float32 (S,) (0 for la_3ch) when ``load_seg``.
+        ``view_valid`` float32 (S,) when ``missing_views="invalid"`` (1 = the view's image file exists).
         ``phenotypes`` float32 (12,), ``diseases`` float32 (3,) when present in the item; ``eid`` (str).
 
     ``eid`` may also be the path of the subject folder (``monai.data.load_decathlon_datalist`` turns ids into paths
     when the folder exists next to the JSON); it is reduced to the folder name, so eid-seeded transforms agree.
 
-    SAX slices: ``sax_start`` (Z index 0 = base; 2 slices apex-wards of the first slice with LV at frame 0). Crop:
-    ``crop``×``crop`` around the centre of labelled heart voxels at frame 0 of the view (one centre for the whole SAX
-    stack, so slices stay aligned), or the image centre when ``load_seg`` is False or there are no labels; the SAX
-    range is centred in the stack when ``load_seg`` is False.
+    SAX slices: ``sax_start`` (Z index 0 = base; 2 slices apex-wards of the first slice with LV at frame 0); the
+    SAX range is centred in the stack when ``load_seg`` is False or there is no LV label. Crop: ``crop``×``crop``
+    around the image centre of each file, the same rule with or without labels, so training and inference see
+    the same field of view (``RandLoadCohortSubjectd`` adds a random shift for training).
+
+    Missing view files (``missing_views``): ``"fail"`` raises FileNotFoundError naming the file; ``"invalid"``
+    gives the view zeros, ``view_valid`` 0 and ``seg_valid`` 0 (a missing segmentation alone: ``seg_valid`` 0). A
+    subject with no image file at all always raises. Every other bad file (see ``validate``) raises a ValueError
+    naming the subject, the file and the reason; leave such subjects out with ``kmtr datalist --on-bad-subject skip``.
     """
 
     def __init__(
@@ -111,6 +120,7 @@ class LoadCohortSubjectd(MapTransform):
         load_seg: bool = True,
         views: Sequence[str] | None = None,
         eid_key: Hashable = "eid",
+        missing_views: str = "fail",
     ):
         super().__init__(keys=eid_key)
         self.root, self.load_seg = root, load_seg
@@ -125,36 +135,32 @@ class LoadCohortSubjectd(MapTransform):
             raise ValueError(f"views {views} must be unique and in contract order {order}")
         if self.crop < 1 or self.n_frames < 1 or self.n_sax < 0:
             raise ValueError(f"crop, n_frames must be >= 1 and n_sax >= 0, got {crop}, {n_frames}, {n_sax}")
-        self.views = views
+        if missing_views not in ("fail", "invalid"):
+            hint = " (`kmtr datalist --missing-views skip` leaves such subjects out)" if missing_views == "skip" else ""
+            raise ValueError(f"missing_views must be 'fail' or 'invalid' for the loader, got {missing_views!r}{hint}")
+        self.views, self.missing_views = views, missing_views
 
     # -- file access -------------------------------------------------------------------------------------------
-    def _read(self, subject: str, files: Mapping[str, str], key: str, lax: bool) -> np.ndarray:
+    def _read(self, subject: str, files: Mapping[str, str], key: str):
+        """(X, Y, Z, T) data and affine of one file, with header, geometry and value checks."""
         path = os.path.join(self.root, subject, files[key])
-        data, _ = read_nifti(path, subject)
-        if lax and data.shape[2] != 1:
-            raise ValueError(f"subject {subject!r}: {files[key]!r} has shape {data.shape}; expected one slice (Z=1)")
-        if data.shape[3] < self.n_frames:
-            raise ValueError(
-                f"subject {subject!r}: {files[key]!r} has {data.shape[3]} frames; "
-                f"need at least n_frames={self.n_frames}"
-            )
-        return data
+        data, _, affine = read_nifti(path, subject, return_affine=True)
+        check_geometry(data.shape, key, subject, files[key], self.n_frames, self.n_sax if key == "sa" else 0)
+        return data, affine
+
+    def _exists(self, subject: str, file: str) -> bool:
+        return os.path.isfile(os.path.join(self.root, subject, file))
 
     def _view_stack(self, subject: str, key: str) -> tuple[np.ndarray, np.ndarray | None]:
         """Image and unified seg (None when unavailable) of one file as (n, K, X, Y); n = 1 (LAX) or the SAX views."""
-        lax = key != "sa"
-        image = self._read(subject, IMAGE_FILES, key, lax)
-        if np.issubdtype(image.dtype, np.floating) and np.isnan(image).any():
-            raise ValueError(f"subject {subject!r}: {IMAGE_FILES[key]!r} contains NaN")
+        image, affine = self._read(subject, IMAGE_FILES, key)
+        check_finite(image, subject, IMAGE_FILES[key])
         seg = None
-        if self.load_seg and key in SEG_FILES:
-            seg = self._read(subject, SEG_FILES, key, lax)
-            if seg.shape != image.shape:
-                raise ValueError(
-                    f"subject {subject!r}: {SEG_FILES[key]!r} shape {seg.shape} != "
-                    f"{IMAGE_FILES[key]!r} shape {image.shape}"
-                )
-        slices = [0] if lax else self._sax_slices(subject, image, seg)
+        want_seg = self.load_seg and key in SEG_FILES
+        if want_seg and (self.missing_views == "fail" or self._exists(subject, SEG_FILES[key])):
+            seg, seg_affine = self._read(subject, SEG_FILES, key)
+            check_pair(image.shape, seg.shape, affine, seg_affine, key, subject)
+        slices = [0] if key != "sa" else self._sax_slices(image, seg)
         t = frame_indices(image.shape[3], self.n_frames)
         image = np.asarray(image[:, :, slices][..., t], dtype=np.float32).transpose(2, 3, 0, 1)  # (n, K, X, Y)
         if seg is not None:
@@ -162,14 +168,16 @@ class LoadCohortSubjectd(MapTransform):
             seg = seg.transpose(2, 3, 0, 1)
         return image, seg
 
-    def _sax_slices(self, subject: str, image: np.ndarray, seg: np.ndarray | None) -> list[int]:
+    def _sax_slices(self, image: np.ndarray, seg: np.ndarray | None) -> list[int]:
         """Z indices of the requested sax_i views (``sax_start`` + i); raw UK Biobank labels, LV = 1."""
         n_z = image.shape[2]
-        if n_z < self.n_sax:
-            raise ValueError(f"subject {subject!r}: {IMAGE_FILES['sa']!r} has {n_z} slices; need n_sax={self.n_sax}")
         lv = (seg[:, :, :, 0] == 1).any(axis=(0, 1)) if seg is not None else np.zeros(n_z, dtype=bool)
         start = sax_start(lv, self.n_sax)
         return [start + int(v[4:]) for v in self.views if not is_lax(v)]
+
+    def _centre(self, shape: Sequence[int]) -> tuple[int, int]:
+        """Crop centre (x, y) of an (X, Y) plane: the image centre, whatever the labels."""
+        return shape[0] // 2, shape[1] // 2
 
     # -- transform ---------------------------------------------------------------------------------------------
     def __call__(self, data: Mapping) -> dict:
@@ -182,21 +190,27 @@ class LoadCohortSubjectd(MapTransform):
             raise FileNotFoundError(f"subject {subject!r}: folder {os.path.join(self.root, subject)} does not exist")
 
         files = [v for v in self.views if is_lax(v)] + (["sa"] if any(not is_lax(v) for v in self.views) else [])
-        images, segs, valid = [], [], []
+        images, segs, valid, present = [], [], [], []
         for key in files:  # one file per iteration; all its slices and frames are cropped in one op
+            n_views = 1 if key != "sa" else sum(not is_lax(v) for v in self.views)
+            if self.missing_views == "invalid" and not self._exists(subject, IMAGE_FILES[key]):
+                shape = (n_views, self.n_frames, self.crop, self.crop)
+                images.append(np.full(shape, np.nan, dtype=np.float32))  # becomes 0 after normalisation
+                segs.append(np.zeros(shape, dtype=np.int64))
+                valid += [0.0] * n_views
+                present += [0.0] * n_views
+                continue
             image, seg = self._view_stack(subject, key)
-            heart = (seg[:, 0] > 0).any(axis=0) if seg is not None else None  # (X, Y) at frame 0
-            if heart is not None and heart.any():
-                xs, ys = np.nonzero(heart)
-                centre = (int(round(xs.mean())), int(round(ys.mean())))
-            else:
-                centre = (image.shape[-2] // 2, image.shape[-1] // 2)
+            centre = self._centre(image.shape[-2:])
             images.append(crop_centred(image, centre, self.crop, fill=np.nan))
-            if self.load_seg:
-                segs.append(
-                    crop_centred(seg, centre, self.crop) if seg is not None else np.zeros(images[-1].shape, np.int64)
-                )
-                valid += [float(seg is not None)] * image.shape[0]
+            no_seg = np.zeros(images[-1].shape, np.int64)
+            segs.append(crop_centred(seg, centre, self.crop) if seg is not None else no_seg)
+            valid += [float(seg is not None)] * n_views
+            present += [1.0] * n_views
+        if not any(present):
+            names = sorted({IMAGE_FILES[k] for k in files})
+            raise MissingFileError(subject, IMAGE_FILES[files[0]],
+                                   f"subject {subject!r}: none of the view files {names} exists")  # fmt: skip
         stack = np.concatenate(images, axis=0)  # (S, K, crop, crop), NaN outside the field of view
         lo, hi = np.nanmin(stack), np.nanmax(stack)
         stack = (stack - lo) / (hi - lo) if hi > lo else np.zeros_like(stack)
@@ -204,6 +218,8 @@ class LoadCohortSubjectd(MapTransform):
         if self.load_seg:
             d["seg"] = torch.from_numpy(np.concatenate(segs, axis=0))
             d["seg_valid"] = torch.tensor(valid, dtype=torch.float32)
+        if self.missing_views == "invalid":
+            d["view_valid"] = torch.tensor(present, dtype=torch.float32)
         for key, names in (("phenotypes", PHENOTYPES), ("diseases", DISEASES)):
             if key in d:
                 value = torch.as_tensor(np.asarray(d[key], dtype=np.float32))
@@ -215,6 +231,27 @@ class LoadCohortSubjectd(MapTransform):
         return d
 
 
+class RandLoadCohortSubjectd(Randomizable, LoadCohortSubjectd):
+    """``LoadCohortSubjectd`` whose crop centre is shifted by a random integer in [−crop_jitter, crop_jitter] along
+    each in-plane axis, drawn per file (the SAX stack shares one shift): training-time jitter around the same
+    label-free image-centred rule used at evaluation and inference. ``crop_jitter=0`` equals the parent exactly.
+    """
+
+    def __init__(self, root: str, n_sax: int, n_frames: int, crop: int, crop_jitter: int = 0, **kwargs):
+        super().__init__(root, n_sax, n_frames, crop, **kwargs)
+        if int(crop_jitter) < 0:
+            raise ValueError(f"crop_jitter must be >= 0, got {crop_jitter}")
+        self.crop_jitter = int(crop_jitter)
+
+    def randomize(self, data=None) -> None:
+        self._shift = self.R.randint(-self.crop_jitter, self.crop_jitter + 1, size=2)
+
+    def _centre(self, shape: Sequence[int]) -> tuple[int, int]:
+        self.randomize()
+        cx, cy = super()._centre(shape)
+        return cx + int(self._shift[0]), cy + int(self._shift[1])
+
+
 def make_dataset(
     datalist_items: Sequence[Mapping],
     root: str,
@@ -224,7 +261,8 @@ def make_dataset(
 ) -> Dataset:
     """A ``monai.data.Dataset`` (``CacheDataset`` when ``cache``) applying ``LoadCohortSubjectd`` then ``transforms``.
 
-    ``preset_or_kwargs``: a ``DATA_PRESETS`` name or a dict of ``LoadCohortSubjectd`` keyword arguments.
+    ``preset_or_kwargs``: a ``DATA_PRESETS`` name or a dict of ``LoadCohortSubjectd`` keyword arguments; a
+    non-zero ``crop_jitter`` selects ``RandLoadCohortSubjectd``.
     """
     if isinstance(preset_or_kwargs, str):
         if preset_or_kwargs not in DATA_PRESETS:
@@ -245,7 +283,12 @@ def make_dataset(
         extra = [transforms]
     else:
         extra = list(transforms)
-    pipeline = Compose([LoadCohortSubjectd(root, **kwargs), *extra])
+    if kwargs.get("crop_jitter"):
+        load = RandLoadCohortSubjectd(root, **kwargs)
+    else:
+        kwargs.pop("crop_jitter", None)
+        load = LoadCohortSubjectd(root, **kwargs)
+    pipeline = Compose([load, *extra])
     if cache:
         return CacheDataset(data=list(datalist_items), transform=pipeline, num_workers=0, progress=False)
     return Dataset(data=list(datalist_items), transform=pipeline)

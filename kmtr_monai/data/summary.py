@@ -16,14 +16,26 @@ from monai.metrics import PSNRMetric, SSIMMetric
 
 from kmtr_monai.data.cohort import make_dataset
 from kmtr_monai.data.layout import list_subjects
+from kmtr_monai.data.validate import MISSING_VIEWS, ON_BAD_SUBJECT, apply_policy, check_choice, check_subject
 from kmtr_monai.presets import DATA_PRESETS
+from kmtr_monai.sampling import PATTERNS
 from kmtr_monai.transforms import FFT2cd, RandKspaceMaskd, RandSmoothPhased, ZeroFilledd
 
 
 def kspace_summary(
-    root: str, preset: str = "tiny", acceleration: int = 4, pattern: str = "vista", seed: int = 0
+    root: str,
+    preset: str = "tiny",
+    acceleration: int = 4,
+    pattern: str = "vista",
+    seed: int = 0,
+    on_bad_subject: str = "fail",
+    missing_views: str = "fail",
 ) -> dict:
     """Simulate k-space for all subjects under ``root``, print a table and return its figures.
+
+    Every subject is first checked (``validate.check_subject`` against the preset's frames and SAX slices); bad
+    subjects stop the run (``on_bad_subject="fail"``) or are left out and logged (``"skip"``). Missing view files
+    follow ``missing_views`` (``"invalid"``: zero views, as the loader gives them).
 
     Returns ``{"subjects", "shape" [S, T, H, W], "pattern", "acceleration", "lines_per_frame",
     "effective_acceleration", "psnr_mean", "psnr_std", "ssim_mean", "ssim_std", "subjects_per_s", "psnr" (per subject),
@@ -32,9 +44,19 @@ def kspace_summary(
     """
     if preset not in DATA_PRESETS:
         raise ValueError(f"unknown data preset {preset!r}; expected one of {sorted(DATA_PRESETS)}")
-    if int(acceleration) < 1:
-        raise ValueError(f"acceleration must be an int >= 1, got {acceleration}")
-    items = [{"eid": e} for e in list_subjects(root)]
+    if isinstance(acceleration, bool) or not isinstance(acceleration, (int, np.integer)) or acceleration < 1:
+        raise ValueError(f"acceleration must be an int >= 1, got {acceleration!r}")
+    if pattern not in PATTERNS:
+        raise ValueError(f"pattern must be one of {list(PATTERNS)}, got {pattern!r}")
+    check_choice("on_bad_subject", on_bad_subject, ON_BAD_SUBJECT)
+    check_choice("missing_views", missing_views, MISSING_VIEWS)
+    cfg = DATA_PRESETS[preset]
+    eids = list_subjects(root)
+    problems = [p for e in eids for p in check_subject(root, e, n_frames=cfg["n_frames"], n_sax=cfg["n_sax"])]
+    left_out = apply_policy(problems, on_bad_subject, missing_views)
+    items = [{"eid": e} for e in eids if e not in left_out]
+    if not items:
+        raise ValueError(f"no usable subject left under {root} ({len(left_out)} bad subjects)")
     chain = [
         RandSmoothPhased("image", output_key="x_full", seed_key="eid", global_seed=seed),
         FFT2cd("x_full", output_key="kspace_full"),
@@ -42,7 +64,8 @@ def kspace_summary(
                         accelerations=(int(acceleration),), seed_key="eid", global_seed=seed),  # fmt: skip
         ZeroFilledd("kspace", output_key="zero_filled"),
     ]
-    dataset = make_dataset(items, root, preset, transforms=chain)
+    loader_missing = "invalid" if missing_views == "invalid" else "fail"
+    dataset = make_dataset(items, root, {**cfg, "missing_views": loader_missing}, transforms=chain)
     psnr, ssim, lines, sim_time, shape = [], [], [], 0.0, None
     for i in range(len(dataset)):  # one subject at a time: each is fully vectorised over views and frames
         start = time.perf_counter()
