@@ -1,0 +1,20 @@
+"""Inference input/output: HDF5 k-space files on the model's grid (:mod:`kspace_h5`) and the clinical output
+files, CSV and NIfTI (:mod:`outputs`)."""
+
+from kmtr_monai.io.kspace_h5 import (
+    FORMAT,
+    FORMAT_VERSION,
+    KspaceFileError,
+    LoadKspaceH5d,
+    check_views,
+    combine_coils,
+    read_kspace_h5,
+    write_kspace_h5,
+)
+from kmtr_monai.io.outputs import (
+    uncrop_affine,
+    view_nifti_name,
+    write_diseases_csv,
+    write_phenotypes_csv,
+    write_view_niftis,
+)
