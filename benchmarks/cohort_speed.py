@@ -1,9 +1,13 @@
-"""Generation speed of the synthetic cohort (cohort issue, item 5): subjects/s at a preset, end to end (render, NIfTI
-write, phenotypes from the written segmentations), plus the split between rendering and writing.
+"""Generation speed of the synthetic cohort: subjects/s at a preset, end to end (render, NIfTI write, phenotypes from
+the written segmentations), the split between rendering and writing, and optionally the same measurement of another
+generator checkout (``--baseline``, e.g. the previous cohort version) run back to back, alternating, in fresh
+processes, so the ratio is meaningful on a shared, loaded machine.
 
 Usage::
 
     python benchmarks/cohort_speed.py --preset paper --subjects 8 --workers 2
+    git worktree add /tmp/old_gen <old commit>
+    python benchmarks/cohort_speed.py --preset paper --subjects 8 --workers 2 --baseline /tmp/old_gen --repeats 2
 
 Target: 2,000 paper-size subjects in 30 minutes on 2 CPU cores, i.e. >= 1.1 subjects/s with 2 workers.
 """
@@ -11,10 +15,46 @@ Target: 2,000 paper-size subjects in 30 minutes on 2 CPU cores, i.e. >= 1.1 subj
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import shutil
-import tempfile
-import time
+import subprocess
+import sys
+
+_CHILD = r"""
+import json, os, shutil, sys, tempfile, time
+from kmtr_monai.presets import COHORT_PRESETS
+from kmtr_monai.simulate import GENERATOR_VERSION, render_subject, sample_subject, simulate_cohort, write_subject
+import kmtr_monai
+preset_name, subjects, workers, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+preset = COHORT_PRESETS[preset_name]
+p = sample_subject(seed, 0)
+render_subject(p, preset)
+t0 = time.perf_counter(); render_subject(p, preset); t_render = time.perf_counter() - t0
+tmp = tempfile.mkdtemp(prefix="kmtr-speed-")
+t0 = time.perf_counter(); write_subject(tmp, p, preset); t_write = time.perf_counter() - t0 - t_render
+size_mb = sum(os.path.getsize(os.path.join(tmp, f)) for f in os.listdir(tmp)) / 1e6
+shutil.rmtree(tmp)
+out = tempfile.mkdtemp(prefix="kmtr-speed-cohort-")
+t0 = time.perf_counter()
+simulate_cohort(out, subjects=subjects, preset=preset_name, seed=seed, workers=workers)
+dt = time.perf_counter() - t0
+shutil.rmtree(out)
+print(json.dumps(dict(version=GENERATOR_VERSION, package=os.path.dirname(kmtr_monai.__file__), render_s=t_render,
+                      write_s=t_write, size_mb=size_mb, cohort_s=dt, rate=subjects / dt)))
+"""
+
+
+def measure(src_root: str, preset: str, subjects: int, workers: int, seed: int) -> dict:
+    """Run one timed generation with the ``kmtr_monai`` package found in ``src_root`` (a fresh process)."""
+    env = dict(os.environ, PYTHONPATH=os.path.abspath(src_root))
+    res = subprocess.run([sys.executable, "-c", _CHILD, preset, str(subjects), str(workers), str(seed)], env=env,
+                         capture_output=True, text=True, cwd=os.path.abspath(src_root))  # fmt: skip
+    if res.returncode != 0:
+        raise RuntimeError(f"generator in {src_root!r} failed:\n{res.stderr[-2000:]}")
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    if os.path.realpath(out["package"]) != os.path.realpath(os.path.join(src_root, "kmtr_monai")):
+        raise RuntimeError(f"measured {out['package']!r}, not the package in {src_root!r}")
+    return out
 
 
 def main(argv=None):
@@ -23,39 +63,26 @@ def main(argv=None):
     ap.add_argument("--subjects", type=int, default=8)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--baseline", default=None, help="checkout of another generator version to time alternately")
+    ap.add_argument("--repeats", type=int, default=1)
     args = ap.parse_args(argv)
-    from kmtr_monai.presets import COHORT_PRESETS
-    from kmtr_monai.simulate import render_subject, sample_subject, simulate_cohort, write_subject
-
-    preset = COHORT_PRESETS[args.preset]
-    # single-process split of one subject's time (after a warm-up)
-    p = sample_subject(args.seed, 0)
-    render_subject(p, preset)
-    t0 = time.perf_counter()
-    render_subject(p, preset)
-    t_render = time.perf_counter() - t0
-    tmp = tempfile.mkdtemp(prefix="kmtr-speed-")
-    try:
-        t0 = time.perf_counter()
-        write_subject(tmp, p, preset)
-        t_write = time.perf_counter() - t0 - t_render
-        size_mb = sum(os.path.getsize(os.path.join(tmp, f)) for f in os.listdir(tmp)) / 1e6
-    finally:
-        shutil.rmtree(tmp)
-    print(f"preset {args.preset}: one subject renders in {t_render:.2f} s, NIfTI writing adds ~{t_write:.2f} s, "
-          f"{size_mb:.1f} MB on disk")  # fmt: skip
-
-    out = tempfile.mkdtemp(prefix="kmtr-speed-cohort-")
-    try:
-        t0 = time.perf_counter()
-        simulate_cohort(out, subjects=args.subjects, preset=args.preset, seed=args.seed, workers=args.workers)
-        dt = time.perf_counter() - t0
-    finally:
-        shutil.rmtree(out)
-    rate = args.subjects / dt
-    print(f"{args.subjects} subjects with {args.workers} workers in {dt:.1f} s: {rate:.2f} subjects/s "
-          f"({dt / args.subjects * args.workers:.2f} s per subject per worker); 2,000 subjects ≈ {2000 / rate / 60:.0f} min")  # fmt: skip
-    return rate
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    runs = {"current": []} | ({"baseline": []} if args.baseline else {})
+    for _ in range(args.repeats):
+        for name in runs:
+            root = here if name == "current" else args.baseline
+            r = measure(root, args.preset, args.subjects, args.workers, args.seed)
+            runs[name].append(r)
+            print(f"{name} (v{r['version']}): one subject renders in {r['render_s']:.2f} s, NIfTI writing adds "
+                  f"~{r['write_s']:.2f} s, {r['size_mb']:.1f} MB; {args.subjects} subjects with {args.workers} "
+                  f"workers in {r['cohort_s']:.1f} s: {r['rate']:.2f} subjects/s", flush=True)  # fmt: skip
+    best = {name: max(r["rate"] for r in rs) for name, rs in runs.items()}
+    rate = best["current"]
+    print(f"\npreset {args.preset}: current {rate:.2f} subjects/s (best of {args.repeats}); 2,000 subjects ≈ "
+          f"{2000 / rate / 60:.0f} min; target >= 1.1 subjects/s: {rate >= 1.1}")  # fmt: skip
+    if args.baseline:
+        print(f"baseline {best['baseline']:.2f} subjects/s; current / baseline = {rate / best['baseline']:.2f}")
+    return best
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ from kmtr_monai.constants import ALL_PHENOTYPES, DISEASE_PREVALENCE, DISEASES, I
 from kmtr_monai.presets import COHORT_PRESETS
 from kmtr_monai.simulate import sample_subject, simulate_cohort
 from kmtr_monai.simulate import writer as writer_mod
-from kmtr_monai.simulate.geometry import _wall_thickness, cardiac_shapes, cycle_curves, ellipsoid_sd, heart_frame
+from kmtr_monai.simulate.geometry import (APEX_WALL, _wall_thickness, cardiac_shapes, cycle_curves, ellipsoid_sd,
+                                          heart_frame, lv_shapes, truncated_sd, truncated_volume)
 from kmtr_monai.simulate.render import render_subject
 
 N_SUBJECTS = 3
@@ -47,6 +48,7 @@ def test_layout_files_shapes_and_headers(cohort):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     meta = json.load(open(os.path.join(cohort, "cohort.json")))
     assert meta["seed"] == 0 and meta["preset"] == "tiny" and len(meta["subjects"]) == N_SUBJECTS
+    assert meta["version"] == "2.0.0"
     for eid, latent in zip(eids, meta["subjects"]):
         files = set(os.listdir(os.path.join(cohort, eid)))
         assert files == set(IMAGE_FILES.values()) | set(SEG_FILES.values())
@@ -210,18 +212,61 @@ def test_prevalences_match_uk_biobank():
 
 
 def test_geometry_analytic():
-    r, length = np.array([25.0, 20.0]), np.array([80.0, 70.0])
-    w = _wall_thickness(r, length, 80e3)
-    myo = 2.0 / 3.0 * math.pi * ((r + w) ** 2 * (length + w) - r * r * length)
+    # truncated-ellipsoid volume against a direct numerical integral of the disc areas π r² (1 - u²/lz²)
+    r, lz, c = 25.0, 60.0, 18.0
+    u = np.linspace(-c, lz, 200001)
+    numeric = np.trapezoid(np.pi * r * r * (1 - u**2 / lz**2), u)
+    assert truncated_volume(r, lz, c) == pytest.approx(numeric, rel=1e-8)
+    assert truncated_volume(r, lz, 0.0) == pytest.approx(2 / 3 * math.pi * r * r * lz)
+    r, lz, c = np.array([25.0, 18.0]), np.array([62.0, 52.0]), np.array([18.6, 15.6])
+    w = _wall_thickness(r, lz, c, 80e3)
+    myo = truncated_volume(r + w, lz + APEX_WALL * w, c) - truncated_volume(r, lz, c)
     np.testing.assert_allclose(myo, 80e3, rtol=1e-9)
     assert w[1] > w[0]  # contraction thickens the wall
     # signed distance: 0 on the surface, exact along the axes near the surface, negative inside
     sd = ellipsoid_sd(np.array([30.0, 31.0, 0.0, 0.0]), np.array([0.0, 0.0, 0.0, 15.0]), 0.0, 30.0, 15.0, 50.0)
     np.testing.assert_allclose(sd[:3], [0.0, 1.0, -15.0], atol=0.05)
     assert abs(sd[3]) < 1e-9
+    # bullet: equator radius r at z = c, base cut at z = 0, apex at z = c + lz
+    tsd = truncated_sd(np.array([25.0**2, 0.0, 0.0, 0.0]), np.array([18.0, 78.0, 79.0, -1.0]), 25.0, 60.0, 18.0)
+    np.testing.assert_allclose(tsd, [0.0, 0.0, 1.0, 1.0], atol=0.05)
     g, h, dt = cycle_curves(50, 60.0)
     assert g[0] == 0 and h[0] == 0 and g.max() == pytest.approx(1.0, abs=0.01) and dt == pytest.approx(20.0)
-    assert abs(np.argmax(g) - np.argmax(h)) <= 3  # atria fill while the ventricles contract
+    assert abs(np.argmax(g) - np.argmax(h)) <= 1  # atria are maximal at end-systole (DESIGN §6)
+
+
+@pytest.mark.parametrize("index", range(6))
+def test_motion_and_wall_within_design_ranges(index):
+    """Base descent 10-15 mm with a fixed apex, ED mid wall 5-10 mm, systolic thickening 25-75 % (DESIGN §6)."""
+    p = sample_subject(11, index)
+    g = np.array([0.0, 1.0])  # ED, ES
+    lv = lv_shapes(p, g)
+    apex = lv["b"] + lv["L"]
+    assert apex[1] == pytest.approx(apex[0], abs=1e-9)
+    assert 10.0 <= lv["b"][1] - lv["b"][0] <= 15.0
+    assert 5.0 <= lv["w"][0] <= 10.0
+    assert 0.25 <= lv["w"][1] / lv["w"][0] - 1 <= 0.75
+    assert 3.0 <= p["rv_wall_mm"] <= 4.0
+
+
+def test_standard_view_orientation_from_segmentations():
+    """Every subject shows the heart in the standard orientation: RV left of the LV in SAX and RA left of the LA in
+    4ch (image -x), within ±25° (the planned in-plane variation is within ±15°, plus tilt and shape)."""
+    preset = COHORT_PRESETS["tiny"]
+    angles = {"sa": [], "4ch": []}
+    for index in range(8):
+        views, _ = render_subject(sample_subject(5, index), preset)
+        seg = views["sa"][1][..., 0]
+        k = int(np.median(np.flatnonzero((seg == 3).any(axis=(0, 1)) & (seg == 1).any(axis=(0, 1)))))
+        v = np.argwhere(seg[:, :, k] == 3).mean(0) - np.argwhere(seg[:, :, k] == 1).mean(0)
+        angles["sa"].append(math.degrees(math.atan2(v[1], v[0])) % 360)
+        seg4 = views["la_4ch"][1][:, :, 0, 0]
+        v = np.argwhere(seg4 == 2).mean(0) - np.argwhere(seg4 == 1).mean(0)
+        angles["4ch"].append(math.degrees(math.atan2(v[1], v[0])) % 360)
+    for view, a in angles.items():
+        assert np.all(np.abs(np.asarray(a) - 180.0) < 25.0), (view, a)
+    rot = np.array([sample_subject(5, i)["inplane_rot_deg"] for i in range(200)])
+    assert np.abs(rot).max() <= 15.0 and 3.0 < rot.std() < 10.0
 
 
 def test_rendered_volumes_match_analytic_shapes():
@@ -238,3 +283,20 @@ def test_rendered_volumes_match_analytic_shapes():
     assert lv["r"][1] < lv["r"][0]
     rv_ml = (seg[..., 0] == 3).sum() * voxel_ml
     assert rv_ml == pytest.approx(p["rv_edv_ml"], rel=0.1)
+    # mid-ventricular slice through the LV equator (z = c): the label annulus is as thick as the analytic wall
+    from scipy import ndimage
+
+    k = int(round((lv["c"][0] - p["sax_start_mm"]) / 2.0))
+    s = seg[:, :, k, 0]
+    a_lv, a_myo = (s == 1).sum() * 1.5**2, (s == 2).sum() * 1.5**2
+    w_label = math.sqrt((a_lv + a_myo) / math.pi) - math.sqrt(a_lv / math.pi)
+    assert w_label == pytest.approx(lv["w"][0], abs=0.75)
+    # papillary muscles / trabeculae: dark structures inside the cavity, labelled LV blood pool (no label holes)
+    k = int(round((0.6 * lv["L"][0] - p["sax_start_mm"]) / 2.0))
+    s, img = seg[:, :, k, 0], views["sa"][0][:, :, k, 0]
+    blood = s == 1
+    assert np.array_equal(ndimage.binary_fill_holes(blood), blood)
+    assert (img[blood] < 0.6 * np.median(img[blood])).sum() >= 4
+    # bSSFP contrast: blood / myocardium mean intensity 2-3 (DESIGN §6), eroded labels avoid partial volume
+    ratio = img[ndimage.binary_erosion(blood)].mean() / img[ndimage.binary_erosion(s == 2)].mean()
+    assert 2.0 <= ratio <= 3.0

@@ -5,12 +5,15 @@ World frame: NIfTI RAS+ millimetres (+x right, +y anterior, +z superior). The he
 points from the LV axis towards the RV (septum), ``e2 = e3 × e1``. Local coordinates ``x = E^T (p - origin)``.
 
 Chambers (all frames at once, parameters carry a leading frame axis ``(T, 1, 1)``):
-* LV cavity: half ellipsoid of revolution about ``e3``, base plane at ``x3 = b(t)`` (the base descends towards the
-  fixed apex), radius ``r(t)``, length ``L(t)``; volume ``(2/3)π r² L`` follows the LV volume curve.
-* LV myocardium: the shell up to the epicardial half ellipsoid ``(r + w, L + w)``; ``w(t)`` solves the conserved
-  myocardial volume, so the wall thickens in systole. A hypokinetic sector keeps ED radius and thickness.
-* RV: half ellipsoid offset along ``e1`` minus the LV epicardium (a crescent around the septum), per-frame size
-  solved so the crescent follows the RV volume curve.
+* LV cavity: truncated ellipsoid of revolution about ``e3`` (a bullet): semi-axes ``r(t)`` and ``Lz(t)``, centred
+  ``c(t) = κ·Lz`` below the base plane ``x3 = b(t)``, so the base is cut above the equator and the cavity is
+  ``L = (1 + κ)·Lz`` long. The base descends ``base_descent_mm`` towards the fixed apex; the volume
+  ``π r² Lz ((1 + κ) - (1 + κ³)/3)`` follows the LV volume curve.
+* LV myocardium: the shell up to the epicardial truncated ellipsoid ``(r + w, Lz + APEX_WALL·w)`` with the same
+  centre (the apex is thinner than the mid wall); ``w(t)`` solves the conserved myocardial volume, so the wall
+  thickens in systole. A hypokinetic sector keeps ED radius and thickness.
+* RV: flattened half ellipsoid offset along ``e1`` minus the LV epicardium (a crescent that wraps the septum),
+  per-frame size solved so the crescent follows the RV volume curve.
 * LA / RA: prolate ellipsoids above the base plane, following the atrial volume curves (filling in systole).
 
 Signed distances are first-order approximations ``f (f - 1) / |∇(f²)/2|`` of ellipsoid implicits (exact on the
@@ -70,22 +73,46 @@ def cycle_curves(n_frames: int, heart_rate_bpm: float) -> tuple[np.ndarray, np.n
     g = np.where(phase <= f_es, _smooth_step(phase / f_es), 1.0 - 0.72 * _smooth_step((phase - f_es) / (f_fill - f_es)))
     g = np.where(phase > f_fill, 0.28 - 0.08 * (phase - f_fill) / (f_kick - f_fill), g)
     g = np.where(phase > f_kick, 0.20 * (1.0 - _smooth_step((phase - f_kick) / (1.0 - f_kick))), g)
-    h = np.where(phase <= f_es + 0.03, _smooth_step(phase / (f_es + 0.03)), 1.0)
-    h = np.where(phase > f_es + 0.03, 1.0 - 0.45 * _smooth_step((phase - f_es - 0.03) / (f_fill - f_es - 0.03)), h)
+    h = np.where(phase <= f_es, _smooth_step(phase / f_es), 1.0)  # atrial maximum at end-systole (DESIGN §6)
+    h = np.where(phase > f_es, 1.0 - 0.45 * _smooth_step((phase - f_es) / (f_fill - f_es)), h)
     h = np.where(phase > f_fill, 0.55 - 0.05 * (phase - f_fill) / (f_kick - f_fill), h)
     h = np.where(phase > f_kick, 0.50 * (1.0 - _smooth_step((phase - f_kick) / (1.0 - f_kick))), h)
     return g, h, rr_ms / n_frames
 
 
-def _wall_thickness(r: np.ndarray, length: np.ndarray, myo_mm3: float) -> np.ndarray:
-    """Solve ``(r + w)² (L + w) = r² L + 3 V / (2π)`` for the wall thickness ``w`` (Newton, vectorised)."""
-    target = r * r * length + 1.5 * myo_mm3 / np.pi
-    w = np.full_like(r, 8.0)
+APEX_WALL = 0.6  # apical wall thickness / mid-ventricular wall thickness (ACDC: 6 mm apex vs 8-10 mm mid)
+
+
+def truncated_volume(r, lz, c):
+    """Volume (mm³) of the ellipsoid of revolution (semi-axes ``r``, ``lz``) beyond a plane ``c`` before its centre.
+
+    ``π r² ((lz + c) - (lz³ + c³) / (3 lz²))``; ``c = 0`` gives the half ellipsoid ``(2/3)π r² lz``. Broadcasts.
+    """
+    return np.pi * r * r * ((lz + c) - (lz**3 + c**3) / (3.0 * lz * lz))
+
+
+def _wall_thickness(r: np.ndarray, lz: np.ndarray, c: np.ndarray, myo_mm3: float) -> np.ndarray:
+    """Wall thickness ``w`` (T,) with ``V(r + w, lz + APEX_WALL·w, c) - V(r, lz, c) = myo_mm3`` (vectorised Newton)."""
+    target = truncated_volume(r, lz, c) + myo_mm3
+    w = np.full_like(np.asarray(r, dtype=np.float64), 7.0)
     for _ in range(30):
-        f = (r + w) ** 2 * (length + w) - target
-        df = 2 * (r + w) * (length + w) + (r + w) ** 2
+        f = truncated_volume(r + w, lz + APEX_WALL * w, c) - target
+        df = (truncated_volume(r + w + 1e-4, lz + APEX_WALL * (w + 1e-4), c) - target - f) / 1e-4
         w = w - f / df
     return w
+
+
+def truncated_sd(rho2, z, r, lz, c):
+    """Approximate signed distance (mm) to the LV bullet: ellipsoid ``rho²/r² + (z - c)²/lz² = 1`` cut at ``z = 0``.
+
+    ``rho2`` squared distance to the long axis, ``z`` height below the base plane (towards the apex); ``r``, ``lz``,
+    ``c`` broadcast against them (e.g. per-frame (T, 1, 1) with points (S, N)). Negative inside.
+    """
+    u = z - c
+    inv_r2, inv_l2 = 1.0 / (r * r), 1.0 / (lz * lz)
+    f2 = rho2 * inv_r2 + u * u * inv_l2
+    grad = np.sqrt(rho2 * (inv_r2 * inv_r2) + u * u * (inv_l2 * inv_l2)) + 1e-12
+    return np.maximum((f2 - np.sqrt(f2)) / grad, -z)
 
 
 def ellipsoid_sd(dx, dy, dz, a, b, c):
@@ -119,40 +146,53 @@ def _crescent_fraction(p_rv: dict, lv: dict, lam: np.ndarray, grid: tuple) -> np
     """Volume (mm³) of the RV crescent for per-frame RV size factors ``lam`` (T,) on a coarse 3-D grid."""
     x1, x2, x3, cell = grid
     lam = lam[:, None]
-    rv = ellipsoid_sd(x1 - p_rv["d"], x2, x3[None] - lv["b"][:, None], lam * p_rv["a1"], lam * p_rv["a2"],
-                      lam * p_rv["L"]) < 0  # fmt: skip
-    rv &= x3[None] >= lv["b"][:, None]
-    epi = ellipsoid_sd(np.hypot(x1, x2), 0.0, x3[None] - lv["b"][:, None], (lv["r"] + lv["w"])[:, None], 1.0,
-                       (lv["L"] + lv["w"])[:, None]) < 0  # fmt: skip
-    return (rv & ~epi).sum(axis=1) * cell
+    col = lambda v: np.asarray(v)[:, None]  # noqa: E731
+    z = x3[None] - col(lv["b"])
+    rv = ellipsoid_sd(x1 - p_rv["d"], x2, z, lam * p_rv["a1"], lam * p_rv["a2"], lam * p_rv["L"]) < 0
+    rv &= z >= 0
+    epi = truncated_sd(x1 * x1 + x2 * x2, z, col(lv["r"] + lv["w"]), col(lv["Lz"] + APEX_WALL * lv["w"]), col(lv["c"]))
+    return (rv & (epi >= 0)).sum(axis=1) * cell
+
+
+def lv_shapes(p: dict, g: np.ndarray) -> dict:
+    """LV bullet parameters (arrays shaped like the ejection fraction-of-stroke ``g``) in heart-local mm.
+
+    Keys: ``r``, ``Lz``, ``c`` (cavity ellipsoid), ``w`` (mid wall thickness), ``b`` (base-plane position: the base
+    descends ``base_descent_mm·g`` towards the fixed apex), ``L`` (cavity length base -> apex).
+    """
+    kappa = p["lv_truncation"]
+    shape_f = (1.0 + kappa) - (1.0 + kappa**3) / 3.0  # V = π r² Lz shape_f
+    edv = p["lv_edv_ml"] * 1e3
+    vol = edv * (1.0 - p["lv_ef"] / 100.0 * g)
+    r_ed = (edv * (1.0 + kappa) / (np.pi * p["lv_aspect"] * shape_f)) ** (1.0 / 3.0)
+    l_ed = p["lv_aspect"] * r_ed  # cavity length at ED
+    length = l_ed - p["base_descent_mm"] * g
+    lz = length / (1.0 + kappa)
+    r = np.sqrt(vol / (np.pi * lz * shape_f))
+    c = kappa * lz
+    w = _wall_thickness(r, lz, c, p["lv_mass_g"] / 1.05 * 1e3)
+    return {"r": r, "Lz": lz, "c": c, "w": w, "b": l_ed - length, "L": length}
 
 
 def cardiac_shapes(p: dict, n_frames: int) -> dict:
     """Per-frame chamber parameters (arrays of shape (T,)) in heart-local mm, plus the frame interval ``dt_ms``."""
     g, h, dt_ms = cycle_curves(n_frames, p["heart_rate_bpm"])
-    edv = p["lv_edv_ml"] * 1e3
-    vol = edv * (1.0 - p["lv_ef"] / 100.0 * g)
-    r_ed = (3.0 * edv / (2.0 * np.pi * p["lv_aspect"])) ** (1.0 / 3.0)
-    l_ed = p["lv_aspect"] * r_ed
-    length = l_ed * (1.0 - p["long_shortening"] * g)
-    r = np.sqrt(3.0 * vol / (2.0 * np.pi * length))
-    w = _wall_thickness(r, length, p["lv_mass_g"] / 1.05 * 1e3)
-    lv = {"r": r, "L": length, "w": w, "b": l_ed - length, "r_ed": r_ed, "w_ed": float(w[0]), "L_ed": l_ed}
+    lv = lv_shapes(p, g)
+    ed = lv_shapes(p, np.zeros(1))
+    lv |= {"r_ed": float(ed["r"][0]), "w_ed": float(ed["w"][0]), "L_ed": float(ed["L"][0])}
 
     # RV: crescent sized by bisection on a coarse half-grid (x2 >= 0, symmetric) so it follows the RV volume curve.
     # Every LV quantity is a function of g, so lam(g) is solved at a few g values and interpolated.
-    r_epi = r_ed + lv["w_ed"]
+    r_epi = lv["r_ed"] + lv["w_ed"]
     d_ratio, a2_ratio, l_ratio = p["rv_shape"]
     p_rv = {"d": d_ratio * r_epi, "a1": 1.0, "a2": a2_ratio, "L": l_ratio}  # shape ratios; size = lam
     g_knots = np.linspace(0.0, 1.0, 6)
-    len_k = l_ed * (1.0 - p["long_shortening"] * g_knots)
-    r_k = np.sqrt(3.0 * edv * (1.0 - p["lv_ef"] / 100.0 * g_knots) / (2.0 * np.pi * len_k))
-    lv_k = {"r": r_k, "L": len_k, "w": _wall_thickness(r_k, len_k, p["lv_mass_g"] / 1.05 * 1e3), "b": l_ed - len_k}
+    lv_k = lv_shapes(p, g_knots)
     target = p["rv_edv_ml"] * 1e3 * (1.0 - p["rv_ef"] / 100.0 * g_knots)
-    hi_lam = 2.2 * r_epi
+    hi_lam = 2.5 * r_epi
     lo, hi = np.full(g_knots.size, 0.3 * r_epi), np.full(g_knots.size, hi_lam)
-    bounds = ((-r_epi, p_rv["d"] + hi_lam * p_rv["a1"], 36), (0.0, hi_lam * p_rv["a2"], 18),
-              (0.0, hi_lam * p_rv["L"] + l_ed * p["long_shortening"], 30))  # fmt: skip
+    bounds = ((p_rv["d"] - hi_lam, p_rv["d"] + hi_lam, 40), (0.0, hi_lam * p_rv["a2"], 20),
+              (0.0, hi_lam * p_rv["L"] + p["base_descent_mm"], 30))  # fmt: skip
     centres = [lo_ + (np.arange(k) + 0.5) * (hi_ - lo_) / k for lo_, hi_, k in bounds]  # cell centres
     x1, x2, x3 = (c.ravel() for c in np.meshgrid(*centres, indexing="ij"))
     cell = 2.0 * np.prod([(hi_ - lo_) / k for lo_, hi_, k in bounds])  # x2 >= 0 half, mirrored
@@ -162,7 +202,8 @@ def cardiac_shapes(p: dict, n_frames: int) -> dict:
         big = _crescent_fraction(p_rv, lv_k, mid, pts) > target
         hi, lo = np.where(big, mid, hi), np.where(big, lo, mid)
     lam = np.interp(g, g_knots, 0.5 * (lo + hi))
-    rv = {"d": p_rv["d"], "a1": lam * p_rv["a1"], "a2": lam * p_rv["a2"], "L": lam * p_rv["L"], "wall": 3.0}
+    rv = {"d": p_rv["d"], "a1": lam * p_rv["a1"], "a2": lam * p_rv["a2"], "L": lam * p_rv["L"],
+          "wall": p["rv_wall_mm"]}  # fmt: skip
 
     def atrium(v_max, ef, elong=1.25):
         v = v_max * 1e3 * (1.0 - ef / 100.0 * (1.0 - h))
@@ -171,6 +212,7 @@ def cardiac_shapes(p: dict, n_frames: int) -> dict:
 
     la_a, la_c = atrium(p["la_max_ml"], p["la_ef"], p["atrial_elongation"][0])
     ra_a, ra_c = atrium(p["ra_max_ml"], p["ra_ef"], p["atrial_elongation"][1])
+    r_ed = lv["r_ed"]
     la = {"x1": -0.1 * r_ed, "x2": -0.1 * r_ed, "x3": lv["b"] - la_c - 1.0, "a": la_a, "c": la_c}
     ra = {"x1": rv["d"] + 0.75 * float(rv["a1"][0]), "x2": 0.0, "x3": lv["b"] - ra_c - 1.0, "a": ra_a, "c": ra_c}
     return {"lv": lv, "rv": rv, "la": la, "ra": ra, "dt_ms": dt_ms}

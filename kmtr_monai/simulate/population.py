@@ -29,7 +29,7 @@ import numpy as np
 
 from kmtr_monai.constants import DISEASE_PREVALENCE, DISEASES
 
-GENERATOR_VERSION = "1.0.0"
+GENERATOR_VERSION = "2.0.0"
 _SALT = 0x6B4D5452  # "kMTR"
 _THRESHOLD = {d: NormalDist().inv_cdf(1.0 - p) for d, p in DISEASE_PREVALENCE.items()}
 
@@ -54,13 +54,34 @@ def _liability(rng: np.random.Generator, *terms: tuple[float, float]) -> float:
     return float(explained + np.sqrt(1.0 - var) * rng.standard_normal())
 
 
+# bSSFP tissue model at 1.5 T (DESIGN §6): signal ∝ PD · sqrt(T2 / T1), blood also brightened by through-plane inflow.
+# (T1 ms, T2 ms, relative proton density); each subject draws T1 and T2 with 8 % / 10 % log-normal spread.
+TISSUES = {"blood": (1500.0, 250.0, 0.95), "myocardium": (1000.0, 50.0, 0.78), "fat": (250.0, 70.0, 0.90),
+           "liver": (600.0, 45.0, 0.72), "muscle": (1000.0, 35.0, 0.75)}  # fmt: skip
+
+
+def _tissue_signals(rng: np.random.Generator) -> dict:
+    """Per-subject tissue signal levels ``{tissue: float}`` relative to the reference blood signal (≈ 1), plus the
+    drawn relaxation times ``relaxation_ms = {tissue: [T1, T2]}``."""
+    ref = np.sqrt(250.0 / 1500.0) * 0.95
+    out, relax = {}, {}
+    for name, (t1, t2, pd) in TISSUES.items():
+        t1, t2 = t1 * float(np.exp(rng.normal(0.0, 0.08))), t2 * float(np.exp(rng.normal(0.0, 0.10)))
+        relax[name] = [t1, t2]
+        out[name] = pd * float(np.sqrt(t2 / t1)) / ref
+    out["blood"] *= float(rng.uniform(1.0, 1.25))  # inflow of unsaturated blood
+    return out | {"relaxation_ms": relax}
+
+
 def sample_subject(seed: int, index: int) -> dict:
     """All latent parameters of subject ``index`` of a cohort with global ``seed``.
 
     Returns a JSON-serialisable dict of floats/ints: body (sex, age, height_cm, weight_kg, bsa), diseases (0/1 per
     ``constants.DISEASES``), cardiac targets at ED (lv_edv_ml, lv_ef, lv_mass_g, rv_edv_ml, rv_ef, la_max_ml, la_ef,
-    ra_max_ml, ra_ef, heart_rate_bpm), shape (lv_aspect, long_shortening, hypokinesis severity/angle/width), pose
-    (heart_rotvec_deg, heart_shift_mm), planning jitter and appearance (tissue levels, noise, bias, gain, texture).
+    ra_max_ml, ra_ef, heart_rate_bpm), shape (lv_aspect, lv_truncation, base_descent_mm, hypokinesis severity/angle/width), pose
+    (heart_rotvec_deg, heart_shift_mm), planning jitter (small tilts, in-plane rotations within ±15° of the standard view
+    orientation, field-of-view offsets) and appearance (bSSFP tissue levels from T1/T2, SNR, coil fall-off, bias, gain,
+    texture).
     """
     rng = np.random.default_rng([int(seed), int(index), _SALT])
     male = int(rng.random() < 0.47)
@@ -92,7 +113,7 @@ def sample_subject(seed: int, index: int) -> dict:
         severity = float(rng.uniform(0.2, 0.6)) if rng.random() < 0.5 else 0.0
     sector = float(rng.uniform(50.0, 110.0))
     mass_factor = np.exp(rng.normal(0.0, 0.11)) * (1.0 + BP_ON_MASS * bp + HTN_ON_MASS * htn + HBP_ON_MASS * hbp)
-    lv_mass = (98.0 if male else 67.0) * (bsa / bsa_ref) ** 0.8 * mass_factor
+    lv_mass = (103.0 if male else 71.0) * (bsa / bsa_ref) ** 0.8 * mass_factor
     rv_edv = lv_edv * float(np.exp(rng.normal(np.log(1.04), 0.07)))
     rv_ef = float(np.clip(rng.normal(57.0, 5.0) - 3.0 * cad, 35.0, 75.0))
     la_max = 70.0 * (bsa / 1.87) * float(np.exp(rng.normal(0.0, 0.22))) * (1.0 + 0.06 * bp)
@@ -107,26 +128,30 @@ def sample_subject(seed: int, index: int) -> dict:
         "lv_edv_ml": float(lv_edv), "lv_ef": lv_ef, "lv_mass_g": float(lv_mass), "rv_edv_ml": float(rv_edv),
         "rv_ef": rv_ef, "la_max_ml": float(la_max), "la_ef": la_ef, "ra_max_ml": float(ra_max), "ra_ef": ra_ef,
         "heart_rate_bpm": hr,
-        "lv_aspect": float(np.clip(rng.normal(3.1, 0.4), 2.2, 4.2)),  # cavity length / radius at ED
-        "long_shortening": float(rng.uniform(0.10, 0.17)),  # base descent / cavity length at ES
+        "lv_aspect": float(np.clip(rng.normal(3.0, 0.25), 2.5, 3.7)),  # cavity length / mid-cavity radius at ED
+        "lv_truncation": float(rng.uniform(0.2, 0.4)),  # base plane above the ellipsoid centre, fraction of Lz
+        "base_descent_mm": float(rng.uniform(10.0, 15.0)),  # base -> apex motion at ES, apex fixed (DESIGN §6)
         "hypokinesis": severity, "hypokinesis_angle_deg": float(rng.uniform(-180.0, 180.0)),
         "hypokinesis_width_deg": sector,
-        "heart_rotvec_deg": rng.normal(0.0, 10.0, 3).tolist(), "heart_shift_mm": rng.normal(0.0, 10.0, 3).tolist(),
-        "epicardial_fat_mm": float(rng.uniform(0.5, 6.0) * (bmi / 26.8)),
+        "heart_rotvec_deg": rng.normal(0.0, 8.0, 3).tolist(), "heart_shift_mm": rng.normal(0.0, 10.0, 3).tolist(),
+        "epicardial_fat_mm": float(rng.uniform(0.5, 5.0) * (bmi / 26.8)),
         "subcutaneous_fat_mm": float(np.clip(4.0 + 1.6 * (bmi - 18.0) + rng.normal(0, 3), 3.0, 45.0)),
         "sax_start_mm": float(rng.uniform(-16.0, -6.0)),  # first SAX plane relative to the ED base plane
-        "plane_tilt_deg": rng.normal(0.0, 4.0, 8).tolist(),  # planning error of the SAX stack and LAX planes
-        "inplane_rot_deg": rng.uniform(-180.0, 180.0, 4).tolist(),  # image-axis rotation (sax, 2ch, 3ch, 4ch)
-        "fov_shift_mm": rng.normal(0.0, 12.0, 8).tolist(),  # in-plane field-of-view offsets (sax, 2ch, 3ch, 4ch)
-        "lax_angles_deg": [float(rng.normal(-95.0, 8.0)), float(rng.normal(40.0, 8.0)), float(rng.normal(0.0, 3.0))],
-        "blood": float(np.exp(rng.normal(0.0, 0.25))), "myocardium": float(0.30 * np.exp(rng.normal(0.0, 0.25))),
-        "fat": float(0.85 * np.exp(rng.normal(0.0, 0.20))), "liver": float(0.30 * np.exp(rng.normal(0.0, 0.15))),
-        "muscle": float(0.26 * np.exp(rng.normal(0.0, 0.15))), "lung": float(rng.uniform(0.02, 0.08)),
-        "noise_sigma": float(rng.uniform(0.02, 0.08)), "bias_strength": float(rng.uniform(0.1, 0.6)),
-        "texture": float(rng.uniform(0.03, 0.10)), "gain": float(np.exp(rng.normal(0.0, 0.3))),
-        "rv_shape": [float(rng.uniform(0.6, 0.8)), float(rng.uniform(1.0, 1.4)), float(rng.uniform(1.6, 2.1))],
-        "papillary_mm": float(rng.uniform(2.0, 5.5)), "papillary_angle_deg": float(rng.normal(0.0, 15.0)),
-        "apical_slow_flow": float(rng.uniform(0.0, 0.35)), "atrial_signal": float(rng.uniform(0.7, 1.0)),
+        "plane_tilt_deg": rng.normal(0.0, 3.0, 8).tolist(),  # planning error of the SAX stack and LAX planes
+        # in-plane rotation of each view (sax, 2ch, 3ch, 4ch) about its standard orientation: within ±15° (DESIGN §6)
+        "inplane_rot_deg": np.clip(rng.normal(0.0, 6.0, 4), -15.0, 15.0).tolist(),
+        "fov_shift_mm": rng.normal(0.0, 10.0, 8).tolist(),  # in-plane field-of-view offsets (sax, 2ch, 3ch, 4ch)
+        "lax_angles_deg": [float(rng.normal(-95.0, 5.0)), float(rng.normal(40.0, 5.0)), float(rng.normal(0.0, 3.0))],
+        **_tissue_signals(rng),
+        "lung": float(rng.uniform(0.02, 0.06)), "snr_blood": float(rng.uniform(18.0, 45.0)),
+        "bias_strength": float(rng.uniform(0.05, 0.3)), "coil_falloff_mm": float(rng.uniform(70.0, 140.0)),
+        "texture": float(rng.uniform(0.03, 0.08)), "gain": float(np.exp(rng.normal(0.0, 0.3))),
+        # RV crescent: centre offset (× LV epicardial radius), tangential and long semi-axes (× radial); free wall mm
+        "rv_shape": [float(rng.uniform(0.45, 0.65)), float(rng.uniform(1.5, 1.9)), float(rng.uniform(1.7, 2.2))],
+        "rv_wall_mm": float(rng.uniform(3.0, 4.0)),
+        "papillary_mm": float(rng.uniform(2.5, 5.0)), "papillary_angle_deg": float(rng.normal(0.0, 15.0)),
+        "trabeculae": int(rng.integers(4, 9)), "apical_slow_flow": float(rng.uniform(0.0, 0.3)),
+        "atrial_signal": float(rng.uniform(0.75, 1.0)),
         "atrial_elongation": [float(rng.uniform(1.0, 1.6)), float(rng.uniform(0.95, 1.45))],
         "appearance_seed": int(rng.integers(0, 2**31 - 1)),
     }  # fmt: skip

@@ -14,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from kmtr_monai.simulate.geometry import cardiac_shapes, ellipsoid_sd, heart_frame, rotation_matrix
+from kmtr_monai.simulate.geometry import (APEX_WALL, cardiac_shapes, ellipsoid_sd, heart_frame, rotation_matrix,
+                                          truncated_sd)
 
 _F = np.float32
 SUBSAMPLES = (-0.25, 0.25)  # through-slice sample offsets (fraction of the slice thickness): midpoint rule on halves
@@ -53,9 +54,12 @@ def _rotate_in_plane(ex, ey, deg):
 def view_planes(p: dict, preset: dict, origin: np.ndarray, axes: np.ndarray) -> dict:
     """Plane geometry per file view: ``{view: dict(origin, ex, ey, normal, spacing, n_slices)}`` (world mm).
 
+    Standard (UK Biobank-like) orientations, each turned in-plane by the subject's ``inplane_rot_deg`` (within ±15°):
     ``sa``: ``sax_slices`` planes perpendicular to the (planned, slightly tilted) LV long axis, index 0 at the base,
-    ``slice_spacing_mm`` apart. ``la_2ch``/``la_3ch``/``la_4ch``: single planes through the long axis at the angles
-    ``lax_angles_deg`` about ``e3`` from the 4ch direction ``e1``, with planning tilt. Voxel ``(i, j, k)`` is at
+    ``slice_spacing_mm`` apart; image +x points from the RV to the LV (RV on the left), +y anterior.
+    ``la_2ch``/``la_3ch``/``la_4ch``: single planes through the long axis at the angles ``lax_angles_deg`` about
+    ``e3`` from the 4ch direction ``e1``, with planning tilt; image +y points to the apex (atria at the bottom), and
+    in 4ch the RV is on the left. Voxel ``(i, j, k)`` is at
     ``origin + i·pixel·ex + j·pixel·ey + k·spacing·normal``.
     """
     e1, e2, e3 = axes.T
@@ -64,7 +68,7 @@ def view_planes(p: dict, preset: dict, origin: np.ndarray, axes: np.ndarray) -> 
     half = (m - 1) / 2.0 * px
     planes = {}
     normal = rotation_matrix([tilt[0], tilt[1], 0.0]) @ e3
-    ex = e1 - (e1 @ normal) * normal
+    ex = -(e1 - (e1 @ normal) * normal)  # RV on the image left
     ex /= np.linalg.norm(ex)
     ex, ey = _rotate_in_plane(ex, np.cross(normal, ex), p["inplane_rot_deg"][0])
     # slice 0 is centred on the long axis sax_start_mm above the ED base plane, plus a field-of-view offset
@@ -100,6 +104,12 @@ class _Appearance:
         rng = np.random.default_rng(p["appearance_seed"])
         self.bias_k = rng.normal(size=(4, 3)) / rng.uniform(250.0, 500.0, (4, 1)) * 2 * np.pi
         self.bias_phase, self.bias_amp = rng.uniform(0, 2 * np.pi, 4), rng.normal(0, 0.5, 4) * p["bias_strength"]
+        # anterior and posterior surface-coil arrays: sensitivity falls off with depth from the chest/back surface
+        ay = 0.70 * (118.0 * (p["height_cm"] / 170.0) + p["subcutaneous_fat_mm"])
+        self.coil_y = (ay - 10.0, -ay - 10.0)
+        self.coil_w = rng.uniform(0.7, 1.0, 2)
+        self.coil_d = p["coil_falloff_mm"]
+        self.coil_ref = float(sum(w * np.exp(-abs(y - 12.0) / self.coil_d) for w, y in zip(self.coil_w, self.coil_y)))
         self.tex_k = rng.normal(size=(8, 3))
         self.tex_k *= (2 * np.pi / rng.uniform(5.0, 25.0, (8, 1))) / np.linalg.norm(self.tex_k, axis=1, keepdims=True)
         self.tex_phase, self.tex_amp = rng.uniform(0, 2 * np.pi, 8), p["texture"] / 2.0
@@ -114,6 +124,10 @@ class _Appearance:
         tex *= _F(self.tex_amp / np.sqrt(8.0))
         tex += _F(1.0)
         tex *= np.exp(bias)
+        y = pts[..., 1]
+        coil = sum(_F(w / self.coil_ref) * np.exp(-np.abs(y - _F(c)) / _F(self.coil_d)) for w, c in
+                   zip(self.coil_w, self.coil_y))  # fmt: skip
+        tex *= _F(0.25) + _F(0.75) * coil  # 1 at the heart, brighter near the coils
         return tex
 
 
@@ -143,6 +157,10 @@ def _static_background(pts: np.ndarray, p: dict, origin, axes, pixel: float) -> 
         lung = np.maximum(ellipsoid_sd(x - cx, y + 5.0, z - 40.0, a_x, 0.62 * ay, 160.0), diaphragm)
         _paint(img, _occ(lung, pixel), p["lung"])
     _paint(img, _occ(ellipsoid_sd(x - 35.0, y + 5.0, z + 125.0, 125.0, 0.8 * ay, 80.0), pixel), p["liver"])
+    # stomach under the left hemidiaphragm: soft-tissue wall around a gas bubble
+    stomach = ellipsoid_sd(x + 70.0, y - 5.0, z + 85.0, 45.0, 35.0, 35.0)
+    _paint(img, _occ(stomach, pixel), p["muscle"])
+    _paint(img, _occ(stomach + 4.0, pixel), 0.0)
     spine_y = -ay + fat_sc + 45.0 - 10.0
     _paint(img, _occ(np.hypot(x, y - spine_y) - 17.0, pixel), 0.55 * p["fat"])
     _paint(img, _occ(np.hypot(x, y - spine_y + 26.0) - 6.0, pixel), 0.9 * p["blood"])
@@ -153,6 +171,11 @@ def _static_background(pts: np.ndarray, p: dict, origin, axes, pixel: float) -> 
     up = -e3 + np.array([0.0, -0.2, 0.9])
     up /= np.linalg.norm(up)
     _paint(img, _occ(_cylinder_sd(pts, root, up, 13.0, 75.0), pixel), 0.95 * p["blood"])
+    # pulmonary trunk: from the RV outflow (anterior, towards the RV) up, leftwards and back, in front of the aorta
+    pa_root = origin + 24.0 * e1 - 14.0 * e2 - 6.0 * e3
+    pa_dir = -e3 + np.array([-0.5, -0.4, 0.6])
+    pa_dir /= np.linalg.norm(pa_dir)
+    _paint(img, _occ(_cylinder_sd(pts, pa_root, pa_dir, 12.0, 50.0), pixel), 0.95 * p["blood"])
     return img
 
 
@@ -179,30 +202,41 @@ def _heart_fields(x1, x2, x3, shapes: dict, p: dict, with_atria: bool) -> dict:
     col = lambda v: np.asarray(v, _F).reshape(-1, 1, 1)  # noqa: E731  (T,) -> (T, 1, 1)
     rho2 = x1 * x1 + x2 * x2
     z = x3 - col(lv["b"])
-    r, w, length = col(lv["r"]), col(lv["w"]), col(lv["L"])
+    r, w, lz, c = col(lv["r"]), col(lv["w"]), col(lv["Lz"]), col(lv["c"])
     if p["hypokinesis"] > 0:  # sector that keeps ED radius and thickness
         theta = np.arctan2(x2, x1)
         dth = np.angle(np.exp(1j * (theta - np.deg2rad(p["hypokinesis_angle_deg"]))))
         s = (p["hypokinesis"] * np.exp(-0.5 * (dth / np.deg2rad(p["hypokinesis_width_deg"] / 2.355)) ** 2)).astype(_F)
         r = r + s * (_F(lv["r_ed"]) - r)
         w = w + s * (_F(lv["w_ed"]) - w)
-    out = {"z": z, "lv": _revolution_sd(rho2, z, 1 / (r * r), 1 / (length * length))}
-    out["epi"] = _revolution_sd(rho2, z, 1 / ((r + w) ** 2), 1 / ((length + w) ** 2))
+    out = {"z": z, "lv": truncated_sd(rho2, z, r, lz, c)}
+    out["epi"] = truncated_sd(rho2, z, r + w, lz + _F(APEX_WALL) * w, c)
     rv_ell = ellipsoid_sd(x1 - _F(rv["d"]), x2, z, col(rv["a1"]), col(rv["a2"]), col(rv["L"]))
     rv_ell = np.maximum(rv_ell, -z)
     out["rv"] = np.maximum(rv_ell, -out["epi"])
     out["rv_out"] = rv_ell - _F(rv["wall"])
-    # papillary muscles: two rods inside the cavity (labelled LV, as in UK Biobank), opposite the septum
-    pr = _F(p["papillary_mm"])
-    pap = None
+    # papillary muscles (two rods opposite the septum) and trabeculae (thin rods along the free wall in the apical
+    # half): dark myocardium inside the cavity, labelled LV blood pool as in UK Biobank
+    length = col(lv["L"])
+    rods = []
     z_lo, z_hi = float(x3.min()) - float(np.max(lv["b"])), float(x3.max())
-    in_range = z_hi > 0.3 * float(np.min(lv["L"])) and z_lo < 0.8 * lv["L_ed"]
-    for sign in (-1.0, 1.0) if in_range else ():
-        ang = np.deg2rad(180.0 + sign * 55.0 + p["papillary_angle_deg"])
-        rr = _F(0.55) * col(lv["r"])
-        d = np.sqrt((x1 - rr * _F(np.cos(ang))) ** 2 + (x2 - rr * _F(np.sin(ang))) ** 2) - pr
+    if z_hi > 0.3 * float(np.min(lv["L"])) and z_lo < 0.8 * lv["L_ed"]:
+        for sign in (-1.0, 1.0):
+            rods.append((180.0 + sign * 55.0 + p["papillary_angle_deg"], 0.55, p["papillary_mm"], 0.30, 0.80))
+    if z_hi > 0.45 * float(np.min(lv["L"])):
+        n_tr = int(p["trabeculae"])
+        for k in range(n_tr):
+            rods.append((90.0 + 180.0 * (k + 0.5) / n_tr + p["papillary_angle_deg"], 0.82, 1.3, 0.45, 0.95))
+    pap = None
+    for ang_deg, rad, thick, z0, z1 in rods:
+        ang = np.deg2rad(ang_deg)
+        # rods follow the tapering cavity: radial position scales with the local cavity radius
+        taper = np.sqrt(np.clip(1.0 - ((z - c) / lz) ** 2, 0.05, 1.0)).astype(_F)
+        rr = _F(rad) * r * taper
+        d = np.sqrt((x1 - rr * _F(np.cos(ang))) ** 2 + (x2 - rr * _F(np.sin(ang))) ** 2) - _F(thick)
+        d = np.maximum(d, np.abs(z - _F(0.5 * (z0 + z1)) * length) - _F(0.5 * (z1 - z0)) * length)
         pap = d if pap is None else np.minimum(pap, d)
-    out["pap"] = None if pap is None else np.maximum(pap, np.abs(z - _F(0.55) * length) - _F(0.25) * length)
+    out["pap"] = pap
     if with_atria:
         for key in ("la", "ra"):
             at = shapes[key]
@@ -225,7 +259,7 @@ def render_subject(p: dict, preset: dict) -> tuple[dict, float]:
     fat_mm = p["epicardial_fat_mm"]
     # local-coordinate bounding box of everything that moves (all frames)
     x3_lo = min(float(np.min(la["x3"] - la["c"])), float(np.min(ra["x3"] - ra["c"]))) - 4.0
-    x3_hi = lv["L_ed"] + lv["w_ed"] + fat_mm + 4.0
+    x3_hi = lv["L_ed"] + lv["w_ed"] + fat_mm + 4.0  # the apex does not move
     margin = fat_mm + 10.0
     r_epi = lv["r_ed"] + lv["w_ed"]
     x1_lo = -max(r_epi, -la["x1"] + float(la["a"].max())) - margin
@@ -262,8 +296,8 @@ def render_subject(p: dict, preset: dict) -> tuple[dict, float]:
             f = _heart_fields(x1, x2, x3, shapes, p, with_atria)
             tile = np.broadcast_to(bg[k][:, sl[0], sl[1]].reshape(len(sub), -1), f["lv"].shape).copy()
             vent = np.minimum(f["epi"], f["rv_out"])
-            fat_th = np.abs(f["z"]) * _F(-7.0 / 25.0)  # thicker fat in the atrioventricular groove
-            fat_th += _F(7.0)
+            fat_th = np.abs(f["z"]) * _F(-4.0 / 20.0)  # thicker fat in the atrioventricular groove
+            fat_th += _F(4.0)
             np.maximum(fat_th, 0.0, out=fat_th)
             fat_th += _F(fat_mm)
             _paint(tile, _occ(vent - fat_th, px), p["fat"])
@@ -297,7 +331,7 @@ def render_subject(p: dict, preset: dict) -> tuple[dict, float]:
         # bias x texture (world), Rician noise, gain
         field = look.field(base_pts[None] + (np.arange(nz) * pl["spacing"])[:, None, None, None] * pl["normal"])
         img *= field[:, None]
-        _add_rician_noise(img, p["noise_sigma"], noise_gen)
+        _add_rician_noise(img, 1.0 / p["snr_blood"], noise_gen)  # sigma relative to the reference blood signal
         img *= _F(p["gain"])
         to_xyzt = (2, 3, 0, 1)  # (Z, T, X, Y) -> (X, Y, Z, T)
         out[view] = (img.transpose(to_xyzt), None if seg is None else seg.transpose(to_xyzt), affine_of(pl, px))
