@@ -267,3 +267,73 @@ def test_calibration_metrics_write_model_buffers():
     _run(ConformalHalfwidths(store=model.interval_halfwidth, coverage=0.9), pb)
     np.testing.assert_allclose(model.interval_halfwidth.numpy(), conformal_halfwidth(np.abs(lab - pred)), rtol=1e-6)
     assert "interval_halfwidth" in model.state_dict()
+
+
+# ------------------------------------------------------------------------------------- MONAI evaluator and DDP
+def test_metrics_in_monai_supervised_evaluator_with_decollated_outputs():
+    from monai.data import DataLoader
+    from monai.engines import SupervisedEvaluator
+    from monai.handlers import from_engine
+
+    g = np.random.default_rng(4)
+    x = g.normal(size=(10, 3)).astype(np.float32)
+    y = (x @ np.diag([2.0, -1.0, 0.5]) + 0.3 * g.normal(size=(10, 3))).astype(np.float32)
+    data = [{"image": torch.tensor(a), "label": torch.tensor(b)} for a, b in zip(x, y)]
+    net = torch.nn.Linear(3, 3)
+    evaluator = SupervisedEvaluator(
+        device=torch.device("cpu"), val_data_loader=DataLoader(data, batch_size=4), network=net,
+        key_val_metric={"mae": PhenotypeMAE(output_transform=from_engine(["pred", "label"]))},
+        additional_metrics={"r2": PhenotypeR2(output_transform=from_engine(["pred", "label"]))},
+    )  # fmt: skip
+    evaluator.run()
+    with torch.no_grad():
+        pred = net(torch.tensor(x)).numpy()
+    ref = regression_metrics(y, pred, names=None)["mean"]
+    assert evaluator.state.metrics["mae"] == pytest.approx(ref["mae"], rel=1e-5)
+    assert evaluator.state.metrics["r2"] == pytest.approx(ref["r2"], rel=1e-5)
+
+
+WORLD = 2
+
+
+def _ddp_worker(rank: int, port: int) -> None:
+    import os
+
+    from kmtr_monai import distributed as kd
+
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))  # fmt: skip
+    kd.init_distributed(timeout_s=60)
+    y, prob = _disease_data(n=50, seed=9)
+    part = slice(0, 31) if rank == 0 else slice(31, 50)  # uneven per-rank counts
+    store = torch.zeros(3)
+    thr_metric, auc_metric = BestF1Thresholds(store=store), MultiLabelAUC()
+    for m in (thr_metric, auc_metric):
+        m.update((torch.tensor(prob[part]), torch.tensor(y[part])))
+    thr_metric.compute()
+    np.testing.assert_allclose(store.numpy(), best_f1_thresholds(y, prob), atol=1e-6)  # same on every rank
+    ref_auc = np.mean([roc_auc_score(y[:, j], prob[:, j]) for j in range(3)])
+    assert auc_metric.compute() == pytest.approx(ref_auc, abs=1e-6)
+
+    pred, tgt, valid = _seg_example()
+    dice = SegmentationDice()
+    dice.update((pred[rank : rank + 1], tgt[rank : rank + 1], valid[rank : rank + 1]))
+    assert dice.compute() == pytest.approx((0.875 + 0.5) / 2)
+    psnr = MagnitudePSNR()
+    t = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    p = t + 0.05 * torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    psnr.update((p[:2], t[:2]) if rank == 0 else (p[2:], t[2:]))
+    assert psnr.compute() == pytest.approx(psnr_magnitude(p, t), rel=1e-6)
+    torch.distributed.destroy_process_group()
+
+
+def test_ignite_metrics_gather_over_two_ranks():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(port,), nprocs=WORLD, join=True)
