@@ -70,8 +70,17 @@ def pipeline(out: str = "runs/tiny", preset: str = "tiny", subjects: int | None 
     run_pipeline(out=out, preset=preset, subjects=subjects, seed=seed, workers=workers, max_epochs=epochs)
 
 
+def export_bundle(name: str, out: str, preset: str = "small", weights: str | None = None):
+    """Write bundle NAME at PRESET as a standalone MONAI bundle folder OUT (flattened configs, docs, LICENSE, weights)."""
+    from kmtr_monai.bundle import export_bundle as export
+
+    path = export(name, out, preset=preset, weights=weights)
+    print(f"exported {name} ({preset}) to {path}")
+    return str(path)
+
+
 COMMANDS = {"simulate": simulate, "phenotypes": phenotypes, "datalist": datalist, "kspace": kspace,
-            "pipeline": pipeline}  # fmt: skip
+            "pipeline": pipeline, "export-bundle": export_bundle}  # fmt: skip
 _WRAPPER_PREFIXES = ("applying transform",)
 
 

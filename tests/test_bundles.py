@@ -126,3 +126,64 @@ def test_align_inputs_get_independent_poses(tiny_cohort):
     assert out["kspace"].shape[0] == 2 and out["image"].ndim == 4 and "image_k" not in out
     first, second = (t.t.angles for t in rotations)
     assert len(first) == out["image"].shape[0] and (abs(first - second) > 1e-3).all()
+
+
+def _parsed(files, **overrides):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(files)
+    for key, value in overrides.items():
+        parser[key] = value
+    return parser
+
+
+@pytest.mark.parametrize("name", STAGE_ORDER)
+def test_exported_config_instantiates_the_same_objects(stage_outputs, tiny_cohort, tmp_path, name):
+    from kmtr_monai.bundle import export_bundle
+
+    out, _ = stage_outputs
+    exported = export_bundle(name, tmp_path / name, preset="tiny")
+    overrides = {"dataset_dir": str(tiny_cohort), "image_mae_ckpt": str(out / "image-mae/models/model.pt"),
+                 "kspace_mae_ckpt": str(out / "kspace-mae/models/model.pt")}  # fmt: skip
+    layered = _parsed(config_files(name, "train", "tiny"), bundle_root=str(BUNDLES / name), **overrides)
+    flat = _parsed([str(exported / "configs" / "train.json")], bundle_root=str(exported), **overrides)
+    for key in ("n_views", "batch_size", "max_epochs", "learning_rate", "key_metric_mode"):
+        assert flat.get_parsed_content(key) == layered.get_parsed_content(key), key
+    nets = [p.get_parsed_content("network_def") for p in (layered, flat)]
+    assert type(nets[0]) is type(nets[1])
+    shapes = [{k: tuple(v.shape) for k, v in n.state_dict().items()} for n in nets]
+    assert shapes[0] == shapes[1] and shapes[0]
+    chains = [[type(t).__name__ for t in p.get_parsed_content("train#preprocessing").transforms] for p in (layered, flat)]
+    assert chains[0] == chains[1] and len(chains[0]) >= 2
+    text = "".join(f.read_text() for f in (exported / "configs").glob("*.json"))
+    assert "/.." not in text  # nothing outside the folder
+    for f in ("configs/metadata.json", "configs/logging.conf", "docs/README.md", "LICENSE"):
+        assert (exported / f).is_file(), f
+
+
+def test_exported_bundle_runs_from_its_own_folder(stage_outputs, tiny_cohort, tmp_path):
+    from kmtr_monai.bundle import export_bundle
+
+    out, _ = stage_outputs
+    weights = out / "kspace-mae" / "models" / "model.pt"
+    exported = export_bundle("kspace-mae", tmp_path / "kspace-mae", preset="tiny", weights=weights)
+    base = [sys.executable, "-m", "monai.bundle", "run", "--meta_file", "configs/metadata.json",
+            "--logging_file", "configs/logging.conf", "--dataset_dir", str(tiny_cohort)]  # fmt: skip
+    evaluate = subprocess.run(base + ["--config_file", "['configs/train.json','configs/evaluate.json']"],
+                              cwd=exported, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+    metric = float(dict(r.split(",") for r in (exported / "eval" / "metrics.csv").read_text().split())["val_mse"])
+    saved = torch.load(weights, map_location="cpu", weights_only=True)["metrics"]["val_mse"]
+    assert metric == pytest.approx(saved, rel=1e-5)  # the copied weights reproduce their metric
+    train = subprocess.run(base + ["--config_file", "configs/train.json", "--max_epochs", "1"],
+                           cwd=exported, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert train.returncode == 0, train.stderr[-3000:]
+
+
+def test_export_refuses_weights_of_another_bundle(stage_outputs, tmp_path):
+    from kmtr_monai.bundle import export_bundle
+
+    out, _ = stage_outputs
+    with pytest.raises(ValueError, match="does not match ImageMAE"):
+        export_bundle("image-mae", tmp_path / "x", preset="tiny", weights=out / "kspace-mae" / "models" / "model.pt")
