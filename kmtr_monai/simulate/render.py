@@ -152,11 +152,11 @@ def _static_background(pts: np.ndarray, p: dict, origin, axes, pixel: float) -> 
     _paint(img, _occ(torso, pixel), p["fat"])
     _paint(img, _occ(torso + fat_sc, pixel), p["muscle"])
     _paint(img, _occ(torso + fat_sc + 14.0, pixel), 0.45 * p["fat"])  # mediastinal / abdominal soft tissue
-    diaphragm = -(z + 45.0)
-    for cx, a_x in ((70.0, 62.0), (-80.0, 55.0)):
+    for cx, a_x, dome in ((70.0, 62.0, -35.0), (-80.0, 55.0, -45.0)):  # right hemidiaphragm higher (liver)
+        diaphragm = dome - ((x - cx) ** 2 + (y + 5.0) ** 2) / 250.0 - z  # domes, lowest at the costophrenic angles
         lung = np.maximum(ellipsoid_sd(x - cx, y + 5.0, z - 40.0, a_x, 0.62 * ay, 160.0), diaphragm)
         _paint(img, _occ(lung, pixel), p["lung"])
-    _paint(img, _occ(ellipsoid_sd(x - 35.0, y + 5.0, z + 125.0, 125.0, 0.8 * ay, 80.0), pixel), p["liver"])
+    _paint(img, _occ(ellipsoid_sd(x - 35.0, y + 5.0, z + 120.0, 125.0, 0.8 * ay, 85.0), pixel), p["liver"])
     # stomach under the left hemidiaphragm: soft-tissue wall around a gas bubble
     stomach = ellipsoid_sd(x + 70.0, y - 5.0, z + 85.0, 45.0, 35.0, 35.0)
     _paint(img, _occ(stomach, pixel), p["muscle"])
@@ -212,9 +212,8 @@ def _heart_fields(x1, x2, x3, shapes: dict, p: dict, with_atria: bool) -> dict:
     out = {"z": z, "lv": truncated_sd(rho2, z, r, lz, c)}
     out["epi"] = truncated_sd(rho2, z, r + w, lz + _F(APEX_WALL) * w, c)
     rv_ell = ellipsoid_sd(x1 - _F(rv["d"]), x2, z, col(rv["a1"]), col(rv["a2"]), col(rv["L"]))
-    rv_ell = np.maximum(rv_ell, -z)
-    out["rv"] = np.maximum(rv_ell, -out["epi"])
-    out["rv_out"] = rv_ell - _F(rv["wall"])
+    out["rv_out"] = np.maximum(rv_ell - _F(rv["wall"]), -z)  # free wall, open at the tricuspid (base) plane
+    out["rv"] = np.maximum(np.maximum(rv_ell, -z), -out["epi"])
     # papillary muscles (two rods opposite the septum) and trabeculae (thin rods along the free wall in the apical
     # half): dark myocardium inside the cavity, labelled LV blood pool as in UK Biobank
     length = col(lv["L"])
