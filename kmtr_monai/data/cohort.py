@@ -25,7 +25,7 @@ from kmtr_monai.constants import (
     sax_views,
 )
 from kmtr_monai.data.layout import MissingFileError, SubjectFileError, read_nifti
-from kmtr_monai.data.validate import check_finite, check_geometry, check_pair
+from kmtr_monai.data.validate import check_finite, check_geometry, check_labels, check_pair
 from kmtr_monai.presets import DATA_PRESETS
 
 def frame_indices(n_total: int, n_frames: int) -> np.ndarray:
@@ -160,6 +160,7 @@ class LoadCohortSubjectd(MapTransform):
         if want_seg and (self.missing_views == "fail" or self._exists(subject, SEG_FILES[key])):
             seg, seg_affine = self._read(subject, SEG_FILES, key)
             check_pair(image.shape, seg.shape, affine, seg_affine, key, subject)
+            seg = check_labels(seg, key, subject)  # the whole file, not only the loaded slices and frames
         slices = [0] if key != "sa" else self._sax_slices(image, seg)
         t = frame_indices(image.shape[3], self.n_frames)
         image = np.asarray(image[:, :, slices][..., t], dtype=np.float32).transpose(2, 3, 0, 1)  # (n, K, X, Y)
