@@ -1,5 +1,9 @@
-"""Stage I networks: tokenizers, ViT encoder/decoder, image and k-space masked autoencoders (DESIGN §1, §4)."""
+"""Networks: tokenizers, ViT encoder/decoder, image and k-space masked autoencoders (Stage I, DESIGN §1, §4) and the
+Stage III task models, heads and dense decoders."""
 
+from .dense_decoders import ImageQueryDecoder, TokenGridUNETRDecoder, TokenUnpatchify, evenly_spaced_layers
+from .downstream import INITS, KspaceTaskModel, build_kspace_encoder
+from .heads import DiseaseClassifier, PhenotypeRegressor, TemporalMLPHead
 from .mae import MODEL_PRESETS, ImageMAE, KspaceMAE, build_image_mae, build_kspace_mae, pool_tokens
 from .pos_embed import grid_positions, lax_flag, position_code, sincos_1d, sincos_code, split_dims
 from .tokenizers import (
@@ -33,4 +37,15 @@ __all__ = [
     "unpatchify",
     "Block",
     "TransformerEncoder",
+    # Stage III
+    "INITS",
+    "KspaceTaskModel",
+    "build_kspace_encoder",
+    "TemporalMLPHead",
+    "PhenotypeRegressor",
+    "DiseaseClassifier",
+    "TokenGridUNETRDecoder",
+    "ImageQueryDecoder",
+    "TokenUnpatchify",
+    "evenly_spaced_layers",
 ]
