@@ -30,12 +30,15 @@ is read; every error is a :class:`KspaceFileError` (a ValueError) naming the fil
 unsampled locations (mask 0) are **set to zero with a warning**: a user may pass fully-sampled k-space and a mask
 to simulate undersampling, and DESIGN §2 requires that nothing from unsampled locations reaches a k-space model.
 
-Coils (:class:`LoadKspaceH5d`): the model was trained on single-coil k-space ``mask · fft2c(x)``. Coil k-space
-is combined by adjoint SENSE on the zero-filled coil images (``CoilCombine``), transformed back with ``fft2c`` and
-masked again, so only sampled data contribute and the output obeys the contract (zeros at unsampled lines). This
-is exact when the sensitivities do not vary along the phase-encoding axis H (masking along ky then commutes with
-the coil weighting); otherwise, combining undersampled coil data is a parallel-imaging problem and the result
-carries aliasing of the coil weighting, which grows with the acceleration.
+Coils (:class:`LoadKspaceH5d`, :func:`combine_coils`): the model was trained on single-coil k-space
+``mask · fft2c(x)``. Combining undersampled coil k-space into that is a parallel-imaging problem, because the coil
+weighting is a convolution along ky that mixes sampled and unsampled lines. We solve it in the image domain
+(CG-SENSE: the x whose coil k-space matches the sampled coil data, a little Tikhonov damping), transform back with
+``fft2c`` and mask again, so only sampled data contribute and the output obeys the contract (zeros at unsampled
+lines). A one-pass adjoint SENSE combination (``CoilCombine``) is exact only when the maps do not vary along H;
+measured with the smooth 8-coil maps of ``SimulateCoils`` on a smooth random 64² object (2 views × 8 frames, VISTA
+masks), the relative error at the sampled lines was 15 / 34 / 40 % for adjoint SENSE and 0.01 / 0.4 / 1.4 % for
+CG-SENSE with 30 iterations (R = 2 / 4 / 8).
 """
 
 from __future__ import annotations
@@ -331,17 +334,49 @@ def read_kspace_h5(
             "pixel_spacing": spacing, "frame_interval_ms": interval, "eid": eid, "path": path}  # fmt: skip
 
 
-def combine_coils(kspace: Any, mask: Any, sens_maps: Any) -> torch.Tensor:
+def combine_coils(kspace: Any, mask: Any, sens_maps: Any, method: str = "cg-sense", n_iter: int = 30,
+                  lam: float = 1e-4) -> torch.Tensor:  # fmt: skip
     """Coil k-space (C, S, T, H, W) -> single-coil-equivalent k-space (S, T, H, W) complex64 (see module notes).
 
-    ``mask · fft2c(adjoint-SENSE(ifft2c(mask · k_c)))`` with ``CoilCombine("sense")``; maps (C, S, H, W).
+    Args:
+        kspace: (C, S, T, H, W) coil k-space (values where ``mask`` is 0 are ignored). mask: (S, T, H).
+        sens_maps: (C, S, H, W) coil sensitivities.
+        method: "adjoint": ``CoilCombine("sense")`` of the zero-filled coil images (one pass; exact only for maps
+            constant along H); "cg-sense" (default): the image x minimising Σ_c ||M·fft2c(S_c x) - k_c||² +
+            lam·||x||², by ``n_iter`` conjugate-gradient steps per view, started from "adjoint".
+    Either way the output is ``mask · fft2c(x)``: only sampled coil data enter, zeros at unsampled lines.
+    Written here because MONAI has no multi-coil SENSE solver with per-frame ky-t masks.
     """
-    from kmtr_monai.transforms import CoilCombine, fft2c
+    from kmtr_monai.transforms import CoilCombine, fft2c, ifft2c
 
-    k, m, s = (torch.as_tensor(_np(v)) for v in (kspace, mask, sens_maps))
+    if method not in ("adjoint", "cg-sense"):
+        raise ValueError(f"method must be 'adjoint' or 'cg-sense', got {method!r}")
+    k, m, s = (torch.as_tensor(np.array(_np(v))) for v in (kspace, mask, sens_maps))
     m = m.to(torch.float32)[..., None]  # (S, T, H, 1)
-    image = CoilCombine("sense")(k * m, s[:, :, None])  # maps (C, S, 1, H, W) broadcast over frames
-    return (fft2c(image) * m).to(torch.complex64)
+    k = k.to(torch.complex64) * m
+    x = CoilCombine("sense")(k, s[:, :, None])  # maps (C, S, 1, H, W) broadcast over frames -> (S, T, H, W)
+    if method == "cg-sense":
+        for v in range(x.shape[0]):  # one view at a time keeps the coil images small
+            sv, mv = s[:, v, None].to(torch.complex64), m[v]  # (C, 1, H, W), (T, H, 1)
+
+            def normal(z, sv=sv, mv=mv):  # A^H A z + lam z
+                return (sv.conj() * ifft2c(mv * fft2c(sv * z))).sum(0) + lam * z
+
+            b = (sv.conj() * ifft2c(k[:, v])).sum(0)  # A^H k
+            xv = x[v]
+            r = b - normal(xv)
+            p, rr = r.clone(), torch.vdot(r.flatten(), r.flatten()).real
+            for _ in range(int(n_iter)):
+                if rr <= 1e-20 * max(float(torch.vdot(b.flatten(), b.flatten()).real), 1e-30):
+                    break
+                ap = normal(p)
+                alpha = rr / torch.vdot(p.flatten(), ap.flatten()).real
+                xv = xv + alpha * p
+                r = r - alpha * ap
+                rr_new = torch.vdot(r.flatten(), r.flatten()).real
+                p, rr = r + (rr_new / rr) * p, rr_new
+            x[v] = xv
+    return (fft2c(x) * m).to(torch.complex64)
 
 
 class LoadKspaceH5d(MapTransform):
