@@ -19,7 +19,14 @@ from collections.abc import Sequence
 
 import torch
 from einops import rearrange
-from monai.networks.blocks import CrossAttentionBlock, MLPBlock, UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
+from monai.networks.blocks import (
+    CrossAttentionBlock,
+    MLPBlock,
+    UnetOutBlock,
+    UnetrBasicBlock,
+    UnetrPrUpBlock,
+    UnetrUpBlock,
+)
 from torch import nn
 
 from .heads import check_tokens
@@ -44,8 +51,8 @@ def evenly_spaced_layers(depth: int, n: int) -> tuple[int, ...]:
 
 
 class TokenUnpatchify(nn.Module):
-    """Per-token Linear(dim → channels·pt·ph·pw) + :func:`unpatchify`: a learned 3-D pixel shuffle from the token grid
-    to full resolution. tokens (B, N, dim) on ``grid`` (S, T', H', W') → (B·S, channels, T, H, W)."""
+    """Per-token Linear(dim → channels·pt·ph·pw) + :func:`unpatchify`: a learned 3-D pixel shuffle from the token
+    grid to full resolution. tokens (B, N, dim) on ``grid`` (S, T', H', W') → (B·S, channels, T, H, W)."""
 
     def __init__(self, dim: int, channels: int, grid: Sequence[int], patch: Sequence[int]) -> None:
         super().__init__()
@@ -105,7 +112,9 @@ class TokenGridUNETRDecoder(nn.Module):
         if hidden_layers is not None:
             hidden_layers = tuple(sorted(int(i) for i in hidden_layers))
             if len(hidden_layers) != k - 1 or (hidden_layers and min(hidden_layers) < 0):
-                raise ValueError(f"hidden_layers: need {k - 1} block indices >= 0 for patch {patch}, got {hidden_layers}")
+                raise ValueError(
+                    f"hidden_layers: need {k - 1} block indices >= 0 for patch {patch}, got {hidden_layers}"
+                )
         self.hidden_layers = hidden_layers or None
         fs, up = feature_size, (1, 2, 2)
         conv = dict(spatial_dims=3, kernel_size=3, norm_name=norm_name, res_block=res_block)
@@ -183,7 +192,8 @@ class ImageQueryDecoder(nn.Module):
 
     def __init__(self, dim: int, grid: Sequence[int], patch: Sequence[int], out_channels: int, n_lax: int,
                  query_dim: int | None = None, layers: int = 1, heads: int = 4, mlp_ratio: float = 4.0,
-                 feature_size: int = 16, norm_name: str | tuple = "instance", res_block: bool = True) -> None:  # fmt: skip
+                 feature_size: int = 16, norm_name: str | tuple = "instance",
+                 res_block: bool = True) -> None:  # fmt: skip
         super().__init__()
         self.grid, self.patch = _grid_patch(grid, patch)
         if layers < 1:

@@ -115,7 +115,8 @@ class PhenotypeRegressor(nn.Module):
         """Store calibrated (K,) half-widths (native units, >= 0)."""
         hw = torch.as_tensor(halfwidth, dtype=torch.float32).flatten()
         if hw.shape != self.interval_halfwidth.shape or not bool((hw >= 0).all()):
-            raise ValueError(f"halfwidth: expected (K={self.interval_halfwidth.numel()},) values >= 0, got {hw.tolist()}")
+            k = self.interval_halfwidth.numel()
+            raise ValueError(f"halfwidth: expected (K={k},) values >= 0, got {hw.tolist()}")
         self.interval_halfwidth.copy_(hw)
 
     def forward(self, tokens: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:

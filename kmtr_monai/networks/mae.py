@@ -342,7 +342,7 @@ class KspaceMAE(_MAEBase):
 
     # ------------------------------------------------------------------------------------------------- model
     def _encode(self, y: torch.Tensor, mask: torch.Tensor, return_hidden: bool = False):
-        """→ (encoder tokens (B, 1+n, dim), valid (B, n) bool, line index (B, n) or None[, per-block hidden states])."""
+        """→ (encoder tokens (B, 1+n, dim), valid (B, n) bool, line index (B, n) or None[, block outputs])."""
         if self.kind == "line":
             lt = self.tokenizer(y, mask)
             tokens, valid, index = lt.tokens, lt.valid, lt.index
