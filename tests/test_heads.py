@@ -19,6 +19,7 @@ from kmtr_monai.networks import (
     ImageQueryDecoder,
     KspaceMAE,
     KspaceTaskModel,
+    PackedKspaceModel,
     PhenotypeRegressor,
     TemporalMLPHead,
     TokenGridUNETRDecoder,
@@ -127,6 +128,21 @@ def test_trace_matches_eager_on_new_input():
         traced = torch.jit.trace(model, (ks, mask))
     with torch.no_grad():
         torch.testing.assert_close(traced(ks2, mask2), model(ks2, mask2))
+
+
+def test_packed_input_and_grid_check():
+    enc = build_kspace_encoder(tiny_mae(), "scratch")
+    model = KspaceTaskModel(enc, heads_for(enc)["seg_query"]).eval()
+    ks, mask, _, _ = make_batch(2)
+    packed = torch.cat([ks, mask[:, None, ..., None].expand_as(ks[:, :1])], 1)
+    with torch.no_grad():
+        torch.testing.assert_close(PackedKspaceModel(model)(packed), model(ks, mask))
+    with pytest.raises(ValueError, match=r"expected \(B, 3, S, T, H, W\)"):
+        PackedKspaceModel(model)(ks)
+    with pytest.raises(ValueError, match=r"\(view, time\) cells \(S, T'\) \(5, 4\), but the encoder's is \(5, 2\)"):
+        KspaceTaskModel(enc, PhenotypeRegressor(TemporalMLPHead(DIM, 5, 4, 2), [0.0, 0.0], [1.0, 1.0]))
+    with pytest.raises(ValueError, match=r"grid \(S, T', H', W'\) \(5, 2, 2, 2\)"):
+        KspaceTaskModel(enc, ImageQueryDecoder(DIM, (5, 2, 2, 2), (2, 16, 16), 6, n_lax=N_LAX))
 
 
 # ------------------------------------------------------------------------------------------------ init switch

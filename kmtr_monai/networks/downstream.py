@@ -14,7 +14,7 @@ from torch import nn
 from ..engines.checkpoint import load_encoder_weights
 from .mae import KspaceMAE
 
-__all__ = ["INITS", "KspaceTaskModel", "build_kspace_encoder"]
+__all__ = ["INITS", "KspaceTaskModel", "PackedKspaceModel", "build_kspace_encoder"]
 
 INITS = ("aligned", "stage1", "scratch")
 
@@ -47,6 +47,21 @@ def build_kspace_encoder(mae: KspaceMAE, init: str = "aligned", align_ckpt: str 
     return mae.drop_decoder()
 
 
+def _check_grid(encoder: nn.Module, head: nn.Module) -> None:
+    """ValueError when the head was built for another token grid than the encoder's (S, T', H', W')."""
+    grid = getattr(getattr(encoder, "tokenizer", None), "grid", None)
+    inner = getattr(head, "head", head)  # PhenotypeRegressor / DiseaseClassifier wrap a head
+    if getattr(inner, "grid", None) is not None:
+        want, have, what = tuple(inner.grid), grid, "grid (S, T', H', W')"
+    elif getattr(inner, "cells", None) is not None:
+        want, have, what = tuple(inner.cells), getattr(encoder, "view_time_cells", None), "(view, time) cells (S, T')"
+    else:
+        return
+    if have is None or tuple(have) != want:
+        raise ValueError(f"head {type(inner).__name__} expects the token {what} {want}, but the encoder's is {have} "
+                         "(None: line tokens, which are not on a grid; use tokenizer='patch')")  # fmt: skip
+
+
 class KspaceTaskModel(nn.Module):
     """k-space encoder + task head, tensor in, tensor out.
 
@@ -70,6 +85,7 @@ class KspaceTaskModel(nn.Module):
         self.encoder, self.head = encoder, head
         self.freeze_encoder = bool(freeze_encoder)
         self.use_hidden = bool(getattr(head, "hidden_layers", None))
+        _check_grid(encoder, head)
         if self.freeze_encoder:
             self.encoder.requires_grad_(False)
             self.encoder.eval()
@@ -88,3 +104,24 @@ class KspaceTaskModel(nn.Module):
         if self.use_hidden:
             return self.head(tokens, valid, out[3])
         return self.head(tokens, valid)
+
+
+class PackedKspaceModel(nn.Module):
+    """One-tensor input for MONAI bundle tooling (``verify_net_in_out``, ``ckpt_export``, inferers).
+
+    ``forward(x (B, 3, S, T, H, W)) -> model(x[:, :2], x[:, 2, ..., 0])``: channels real, imaginary and the ky-t
+    mask broadcast along the readout axis W (the ``"kspace"`` input of ``metadata.json``; build it with
+    ``torch.cat([kspace, mask[:, None, ..., None].expand_as(kspace[:, :1])], 1)``). Only readout column 0 of the mask
+    channel is read.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 6 or x.shape[1] != 3:
+            raise ValueError(
+                f"input: expected (B, 3, S, T, H, W) with channels [real, imag, mask], got {tuple(x.shape)}"
+            )
+        return self.model(x[:, :2], x[:, 2, ..., 0])
