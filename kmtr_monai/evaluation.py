@@ -405,6 +405,7 @@ class _PairMetric(_EpochPairs):
             raise ValueError("give both pred_mean and pred_std, or neither")
         self.pred_mean, self.pred_std, self.sigmoid = _vec(pred_mean, "pred_mean"), _vec(pred_std, "pred_std"), sigmoid
         super().__init__(output_transform=output_transform, device=device)
+        self._skip_unrolling = True  # decollated per-sample lists are stacked in update, not unrolled by Ignite
 
     def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
         pred, label = self._gathered()
@@ -514,7 +515,8 @@ class _PerSubjectRows(Metric):
 
     def __init__(self, output_transform: Callable = lambda x: x, device: str | torch.device = "cpu") -> None:
         self._rows: list[torch.Tensor] = []
-        super().__init__(output_transform=output_transform, device=device)
+        # decollated per-sample lists are stacked in update; Ignite's unrolling only handles pairs
+        super().__init__(output_transform=output_transform, device=device, skip_unrolling=True)
 
     @reinit__is_reduced
     def reset(self) -> None:
@@ -540,21 +542,48 @@ class _PerSubjectRows(Metric):
 class SegmentationDice(_PerSubjectRows):
     """Key metric of ``segment-unetr``: mean foreground Dice over valid views (higher is better: mode "max").
 
-    ``output_transform`` -> ``(pred, label, valid)``: pred (B, S, T, H, W) labels or (B, C, S, T, H, W) scores,
-    label (B, S, T, H, W), valid (B, S) view flags (``seg_valid``); dict keys ``"pred"``, ``"label"``,
-    ``"seg_valid"``. Same definition as :func:`dice_per_class`; per-class values of the last compute in
-    ``self.per_class``. Written instead of MONAI ``MeanDice`` because that handler cannot drop invalid views.
+    ``output_transform`` -> ``(pred, label)`` or ``(pred, label, valid)``: pred (B, S, T, H, W) labels or
+    (B, C, S, T, H, W) scores, label (B, S, T, H, W), valid (B, S) view flags. MONAI engines do not copy extra
+    batch keys into their output, so without ``valid`` in the output it is read from ``engine.state.batch
+    [valid_key]`` (a collated dict or decollated per-sample dicts); ``valid_key=None``: every view is valid. A dict
+    output is read by keys ``"pred"``, ``"label"`` (and ``valid_key`` when present). Same definition as
+    :func:`dice_per_class`; per-class values of the last compute in ``self.per_class``. Written instead of MONAI
+    ``MeanDice`` because that handler cannot drop invalid views.
     """
 
     required_output_keys = ("pred", "label", "seg_valid")
 
-    def __init__(self, n_classes: int = NUM_CLASSES, output_transform: Callable = lambda x: x,
-                 device: str | torch.device = "cpu") -> None:  # fmt: skip
-        self.n_classes, self.per_class = int(n_classes), None
+    def __init__(self, n_classes: int = NUM_CLASSES, valid_key: str | None = "seg_valid",
+                 output_transform: Callable = lambda x: x, device: str | torch.device = "cpu") -> None:  # fmt: skip
+        self.n_classes, self.valid_key, self.per_class = int(n_classes), valid_key, None
         super().__init__(output_transform=output_transform, device=device)
 
+    def _batch_valid(self, engine) -> Any:
+        batch = getattr(engine.state, "batch", None)
+        if isinstance(batch, Mapping) and self.valid_key in batch:
+            return batch[self.valid_key]
+        if isinstance(batch, (list, tuple)) and batch and all(isinstance(b, Mapping) and self.valid_key in b for b in batch):
+            return [b[self.valid_key] for b in batch]
+        raise KeyError(f"SegmentationDice: view-validity key {self.valid_key!r} is neither in the transformed output "
+                       f"nor in engine.state.batch; pass it through output_transform or set valid_key=None")  # fmt: skip
+
+    @torch.no_grad()
+    def iteration_completed(self, engine) -> None:
+        output = self._output_transform(engine.state.output)
+        if isinstance(output, Mapping):
+            keys = ("pred", "label") + ((self.valid_key,) if self.valid_key in output else ())
+            output = tuple(output[k] for k in keys)
+        if isinstance(output, (tuple, list)) and len(output) == 2:
+            valid = None if self.valid_key is None else self._batch_valid(engine)
+            output = (*output, valid)
+        self.update(output)
+
     def _compute_rows(self, output: Sequence[Any]) -> torch.Tensor:
-        return _dice_rows(output[0], output[1], output[2], self.n_classes)
+        pred, label, valid = output
+        if valid is None:
+            lab = _tensor(label, "label")
+            valid = torch.ones(lab.shape[:2])
+        return _dice_rows(pred, label, valid, self.n_classes)
 
     def compute(self) -> float:
         rows = self._gathered()

@@ -337,3 +337,26 @@ def test_ignite_metrics_gather_over_two_ranks():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     mp.spawn(_ddp_worker, args=(port,), nprocs=WORLD, join=True)
+
+
+def test_segmentation_dice_in_evaluator_reads_view_flags_from_the_batch():
+    from monai.data import DataLoader
+    from monai.engines import SupervisedEvaluator
+    from monai.handlers import from_engine
+
+    pred, tgt, valid = _seg_example()
+    scores = torch.nn.functional.one_hot(pred, 6).permute(0, 5, 1, 2, 3, 4).float()  # (N, C, S, T, H, W)
+    data = [{"image": scores[i], "label": tgt[i], "seg_valid": valid[i]} for i in range(2)]
+    evaluator = SupervisedEvaluator(
+        device=torch.device("cpu"), val_data_loader=DataLoader(data, batch_size=2), network=torch.nn.Identity(),
+        key_val_metric={"dice": SegmentationDice(output_transform=from_engine(["pred", "label"]))},
+        additional_metrics={"psnr": MagnitudePSNR(output_transform=from_engine(["pred", "pred"]))},
+    )  # fmt: skip
+    evaluator.run()
+    assert evaluator.state.metrics["dice"] == pytest.approx((0.875 + 0.5) / 2)
+    assert evaluator.state.metrics["psnr"] == math.inf
+    # without the flags every view counts (the invalid view's garbage lowers LV)
+    metric = SegmentationDice(valid_key=None)
+    assert _run(metric, [(pred, tgt)]) == pytest.approx(dice_per_class(pred, tgt, torch.ones(2, 2))["mean_foreground"])
+    with pytest.raises(KeyError, match="seg_valid"):
+        _run(SegmentationDice(), [(pred, tgt)])
