@@ -9,6 +9,7 @@ from kmtr_monai.io.kspace_h5 import (
     check_views,
     combine_coils,
     read_kspace_h5,
+    time_average_max,
     write_kspace_h5,
 )
 from kmtr_monai.io.outputs import (
