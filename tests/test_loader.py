@@ -101,7 +101,7 @@ def test_crop_centred_pads_with_fill():
 
 def test_loader_matches_reference(cohort):
     item = {"eid": "1", "phenotypes": list(range(12)), "diseases": [0, 1, 0]}
-    out = LoadCohortSubjectd(cohort, n_sax=2, n_frames=4, crop=16)(item)
+    out = LoadCohortSubjectd(cohort, n_sax=2, n_frames=4, crop=16, crop_centre="image")(item)
     frames = [0, 3, 6, 9]
     # LV first at z=1 -> sax_0 = z3, sax_1 = z4
     order = [("la_2ch", 0), ("la_3ch", 0), ("la_4ch", 0), ("sa", 3), ("sa", 4)]
@@ -125,16 +125,16 @@ def test_loader_matches_reference(cohort):
 
 
 def test_loader_crop_ignores_labels_and_sax_clamp(cohort):
-    """The in-plane crop is image-centred whatever the labels (a heart near the corner is cut off, as it would be
-    at inference); the SAX range still starts from the labels (clamped)."""
-    out = LoadCohortSubjectd(cohort, n_sax=2, n_frames=2, crop=16)({"eid": "2"})
+    """With ``crop_centre="image"`` the crop is image-centred whatever the labels (a heart near the corner is cut
+    off, as it would be at inference); the SAX range still starts from the labels (clamped)."""
+    out = LoadCohortSubjectd(cohort, n_sax=2, n_frames=2, crop=16, crop_centre="image")({"eid": "2"})
     # LV first at z=6 -> start 8 clamped to NZ - 2 = 5
     order = [("la_2ch", 0), ("la_3ch", 0), ("la_4ch", 0), ("sa", 5), ("sa", 6)]
     centres = dict.fromkeys(("la_2ch", "la_3ch", "la_4ch", "sa"), (NX // 2, NY // 2))
     expected = reference_image(order, centres, [0, 9], 16)
     np.testing.assert_allclose(out["image"].numpy(), expected, atol=1e-6)
     assert not out["seg"].any()  # the heart block at (3, 33) lies outside the central 16 x 16 window
-    big = LoadCohortSubjectd(cohort, n_sax=2, n_frames=2, crop=44)({"eid": "2"})
+    big = LoadCohortSubjectd(cohort, n_sax=2, n_frames=2, crop=44, crop_centre="image")({"eid": "2"})
     assert (big["image"][:, :, :2] == 0).all() and (big["image"][:, :, 42:] == 0).all()  # x < 0 and x >= 40 padded
     seg = big["seg"].numpy()
     assert not seg[3].any() and np.count_nonzero(seg[4]) == 2 * 25  # z5 has no labels, z6 does
@@ -144,15 +144,15 @@ def test_rand_crop_jitter(cohort):
     """Shifts within [-j, j] per file, reproducible with a seed, varying; zero jitter = the deterministic loader."""
     from kmtr_monai.data.cohort import RandLoadCohortSubjectd
 
-    ref = LoadCohortSubjectd(cohort, n_sax=2, n_frames=2, crop=12)({"eid": "1"})
-    same = RandLoadCohortSubjectd(cohort, n_sax=2, n_frames=2, crop=12, crop_jitter=0)({"eid": "1"})
+    ref = LoadCohortSubjectd(cohort, n_sax=2, n_frames=2, crop=12, crop_centre="image")({"eid": "1"})
+    same = RandLoadCohortSubjectd(cohort, n_sax=2, n_frames=2, crop=12, crop_jitter=0, crop_centre="image")({"eid": "1"})
     torch.testing.assert_close(same["image"], ref["image"])
-    wide = LoadCohortSubjectd(cohort, n_sax=2, n_frames=2, crop=18)({"eid": "1"})["seg"]  # the 12 x 12 crop ± 3
+    wide = LoadCohortSubjectd(cohort, n_sax=2, n_frames=2, crop=18, crop_centre="image")({"eid": "1"})["seg"]  # the 12 x 12 crop ± 3
     seen = set()
     for seed in range(10):
-        load = RandLoadCohortSubjectd(cohort, n_sax=2, n_frames=2, crop=12, crop_jitter=3).set_random_state(seed)
+        load = RandLoadCohortSubjectd(cohort, n_sax=2, n_frames=2, crop=12, crop_jitter=3, crop_centre="image").set_random_state(seed)
         out = load({"eid": "1"})
-        again = RandLoadCohortSubjectd(cohort, n_sax=2, n_frames=2, crop=12, crop_jitter=3).set_random_state(seed)
+        again = RandLoadCohortSubjectd(cohort, n_sax=2, n_frames=2, crop=12, crop_jitter=3, crop_centre="image").set_random_state(seed)
         torch.testing.assert_close(again({"eid": "1"})["image"], out["image"])
         for s in (0, 2, 3):  # la_2ch, la_4ch, sax_0: the 5 x 5 heart block sits at 4..8 without a shift
             xs, ys = np.nonzero(out["seg"][s, 0].numpy())
@@ -169,7 +169,8 @@ def test_rand_crop_jitter(cohort):
 
 
 def test_loader_without_seg_and_view_subset(cohort):
-    out = LoadCohortSubjectd(cohort, n_sax=3, n_frames=1, crop=12, load_seg=False, views=("la_4ch", "sax_2"))(
+    out = LoadCohortSubjectd(cohort, n_sax=3, n_frames=1, crop=12, load_seg=False, views=("la_4ch", "sax_2"),
+                               crop_centre="image")(
         {"eid": "2"}
     )
     assert "seg" not in out and "seg_valid" not in out
@@ -252,6 +253,55 @@ def test_bad_views_rejected(tmp_path):
         LoadCohortSubjectd(str(tmp_path), 2, 4, 8, views=("sax_0", "la_2ch"))
     with pytest.raises(ValueError, match="not in the contract"):
         LoadCohortSubjectd(str(tmp_path), 2, 4, 8, views=("sax_2",))
+
+
+def write_beating_subject(root, eid, centre, n_t=12, seed=0):
+    """Static random texture plus a disc whose radius beats over frames, centred at ``centre`` (x, y); the labels
+    are a block at a different place, so a label-based centre and the motion centre disagree."""
+    d = os.path.join(root, eid)
+    os.makedirs(d, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    x, y = np.meshgrid(np.arange(NX), np.arange(NY), indexing="ij")
+    r2 = (x - centre[0]) ** 2 + (y - centre[1]) ** 2
+    for view in FILES:
+        nz = NZ if view == "sa" else 1
+        texture = rng.random((NX, NY, nz, 1)).astype(np.float32)
+        radius = 4 + 2 * np.sin(2 * np.pi * np.arange(n_t) / n_t)  # (T,)
+        disc = (r2[:, :, None, None] <= radius**2).astype(np.float32)  # (X, Y, 1, T)
+        _save(os.path.join(d, f"{view}.nii.gz"), np.broadcast_to(texture + 2 * disc, (NX, NY, nz, n_t)).copy())
+        if view != "la_3ch":
+            seg = np.zeros((NX, NY, nz, n_t), np.uint8)
+            seg[30:35, 3:8] = 1  # far from the beating disc
+            _save(os.path.join(d, f"seg_{view}.nii.gz"), seg)
+
+
+def test_motion_centre_finds_the_beating_region(tmp_path):
+    from kmtr_monai.data.cohort import motion_centre
+
+    write_beating_subject(str(tmp_path), "5", centre=(13, 24))
+    img = nib.load(os.path.join(str(tmp_path), "5", "sa.nii.gz")).get_fdata()
+    assert motion_centre(img) == (13, 24)
+    assert motion_centre(img[..., :1]) == (NX // 2, NY // 2)  # one frame: nothing moves -> image centre
+    assert motion_centre(np.ones((NX, NY, 2, 5))) == (NX // 2, NY // 2)
+
+
+def test_default_crop_follows_motion_not_labels(tmp_path):
+    """Default rule: the crop is centred on the beating disc in every view, and is the same with or without labels
+    (the label block sits elsewhere), so training and inference crop alike."""
+    root = str(tmp_path)
+    write_beating_subject(root, "5", centre=(13, 24))
+    with_seg = LoadCohortSubjectd(root, n_sax=2, n_frames=4, crop=12)({"eid": "5"})
+    lax = ("la_2ch", "la_3ch", "la_4ch")  # (without labels the SAX range is chosen differently)
+    lax_seg = LoadCohortSubjectd(root, n_sax=2, n_frames=4, crop=12, views=lax)({"eid": "5"})
+    lax_no_seg = LoadCohortSubjectd(root, n_sax=2, n_frames=4, crop=12, views=lax, load_seg=False)({"eid": "5"})
+    assert torch.equal(lax_seg["image"], lax_no_seg["image"])
+    ed = with_seg["image"][:, 0].numpy()  # frame 0: radius 4, disc value 2 + texture
+    bright = ed > 0.5 * ed.max()
+    for s in range(5):
+        xs, ys = np.nonzero(bright[s])
+        assert (xs.mean(), ys.mean()) == pytest.approx((6.0, 6.0), abs=0.5)  # disc centre = crop centre (12 // 2)
+    with pytest.raises(ValueError, match="crop_centre"):
+        LoadCohortSubjectd(root, n_sax=2, n_frames=4, crop=12, crop_centre="heart")
 
 
 # ---- kspace_summary -------------------------------------------------------------------------------------------
