@@ -214,8 +214,8 @@ def test_missing_views_reach_a_network_as_zeros(sax_only):
         RandKspaceMaskd("kspace_full", output_key="kspace", mask_key="mask", accelerations=(4,), seed_key="eid"),
         ComplexToChanneld(["kspace", "kspace_full"]),
     ]
-    ds = make_dataset([{"eid": "1"}, {"eid": "4"}], sax_only, {"n_sax": 2, "n_frames": 4, "crop": 32,
-                                                              "missing_views": "invalid"}, transforms=chain)  # fmt: skip
+    kwargs = {"n_sax": 2, "n_frames": 4, "crop": 32, "missing_views": "invalid"}
+    ds = make_dataset([{"eid": "1"}, {"eid": "4"}], sax_only, kwargs, transforms=chain)
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=2)))
     torch.manual_seed(0)
     net = build_kspace_mae("tiny")

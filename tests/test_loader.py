@@ -144,15 +144,15 @@ def test_rand_crop_jitter(cohort):
     """Shifts within [-j, j] per file, reproducible with a seed, varying; zero jitter = the deterministic loader."""
     from kmtr_monai.data.cohort import RandLoadCohortSubjectd
 
-    ref = LoadCohortSubjectd(cohort, n_sax=2, n_frames=2, crop=12, crop_centre="image")({"eid": "1"})
-    same = RandLoadCohortSubjectd(cohort, n_sax=2, n_frames=2, crop=12, crop_jitter=0, crop_centre="image")({"eid": "1"})
+    kw = dict(n_sax=2, n_frames=2, crop=12, crop_centre="image")
+    ref = LoadCohortSubjectd(cohort, **kw)({"eid": "1"})
+    same = RandLoadCohortSubjectd(cohort, crop_jitter=0, **kw)({"eid": "1"})
     torch.testing.assert_close(same["image"], ref["image"])
-    wide = LoadCohortSubjectd(cohort, n_sax=2, n_frames=2, crop=18, crop_centre="image")({"eid": "1"})["seg"]  # the 12 x 12 crop ± 3
+    wide = LoadCohortSubjectd(cohort, **{**kw, "crop": 18})({"eid": "1"})["seg"]  # the 12 x 12 crop ± 3
     seen = set()
     for seed in range(10):
-        load = RandLoadCohortSubjectd(cohort, n_sax=2, n_frames=2, crop=12, crop_jitter=3, crop_centre="image").set_random_state(seed)
-        out = load({"eid": "1"})
-        again = RandLoadCohortSubjectd(cohort, n_sax=2, n_frames=2, crop=12, crop_jitter=3, crop_centre="image").set_random_state(seed)
+        out = RandLoadCohortSubjectd(cohort, crop_jitter=3, **kw).set_random_state(seed)({"eid": "1"})
+        again = RandLoadCohortSubjectd(cohort, crop_jitter=3, **kw).set_random_state(seed)
         torch.testing.assert_close(again({"eid": "1"})["image"], out["image"])
         for s in (0, 2, 3):  # la_2ch, la_4ch, sax_0: the 5 x 5 heart block sits at 4..8 without a shift
             xs, ys = np.nonzero(out["seg"][s, 0].numpy())

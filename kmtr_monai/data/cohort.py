@@ -70,7 +70,7 @@ CROP_CENTRES = ("motion", "image")
 
 
 def motion_centre(image: np.ndarray, quantile: float = 0.75, sigma: float = 2.0) -> tuple[int, int]:
-    """Label-free heart localiser: the centroid of the cine's temporal standard deviation, image (X, Y, Z, T) → (x, y).
+    """Label-free heart localiser: centroid of the cine's temporal standard deviation; image (X, Y, Z, T) → (x, y).
 
     The per-pixel SD over frames (summed over slices, Gaussian-smoothed by ``sigma`` pixels) is large where the
     heart beats. Its weighted centroid over the pixels at or above the ``quantile`` of the map is the centre; the
