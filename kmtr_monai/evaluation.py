@@ -182,7 +182,9 @@ def prevalence_predictor_metrics(
 
 
 # --------------------------------------------------------------------------------------------------- regression
-def regression_metrics(y_true: Any, y_pred: Any, names: Sequence[str] | None = PHENOTYPES) -> dict[str, dict[str, float]]:
+def regression_metrics(
+    y_true: Any, y_pred: Any, names: Sequence[str] | None = PHENOTYPES
+) -> dict[str, dict[str, float]]:
     """Per-phenotype MAE (native units) and R², NaN targets ignored, plus the means over phenotypes.
 
     Args:
@@ -364,7 +366,9 @@ def _ssim_rows(pred: Any, target: Any, win_size: int = 11, sigma: float = 1.5) -
     return torch.stack(rows)
 
 
-def ssim_2d(pred: Any, target: Any, reduction: str = "mean", win_size: int = 11, sigma: float = 1.5) -> float | np.ndarray:
+def ssim_2d(
+    pred: Any, target: Any, reduction: str = "mean", win_size: int = 11, sigma: float = 1.5
+) -> float | np.ndarray:
     """SSIM over 2-D frames with MONAI ``SSIMMetric`` (Gaussian window 11, σ 1.5, k1 0.01, k2 0.03).
 
     Args:
@@ -494,8 +498,9 @@ class ConformalHalfwidths(_PairMetric):
     set is too small for the coverage: n < 1/(1 - coverage) - 1).
     """
 
-    def __init__(self, store: torch.Tensor | None = None, coverage: float = 0.9, output_transform: Callable = lambda x: x,
-                 device: str | torch.device = "cpu", pred_mean: Any = None, pred_std: Any = None) -> None:  # fmt: skip
+    def __init__(self, store: torch.Tensor | None = None, coverage: float = 0.9,
+                 output_transform: Callable = lambda x: x, device: str | torch.device = "cpu", pred_mean: Any = None,
+                 pred_std: Any = None) -> None:  # fmt: skip
         self.store, self.coverage, self.halfwidths = store, float(coverage), None
         super().__init__(output_transform=output_transform, device=device, pred_mean=pred_mean, pred_std=pred_std)
 
@@ -562,10 +567,11 @@ class SegmentationDice(_PerSubjectRows):
         batch = getattr(engine.state, "batch", None)
         if isinstance(batch, Mapping) and self.valid_key in batch:
             return batch[self.valid_key]
-        if isinstance(batch, (list, tuple)) and batch and all(isinstance(b, Mapping) and self.valid_key in b for b in batch):
+        if isinstance(batch, (list, tuple)) and batch and all(isinstance(b, Mapping) and self.valid_key in b
+                                                              for b in batch):  # fmt: skip
             return [b[self.valid_key] for b in batch]
-        raise KeyError(f"SegmentationDice: view-validity key {self.valid_key!r} is neither in the transformed output "
-                       f"nor in engine.state.batch; pass it through output_transform or set valid_key=None")  # fmt: skip
+        raise KeyError(f"SegmentationDice: view-validity key {self.valid_key!r} is neither in the transformed "
+                       f"output nor in engine.state.batch; pass it through output_transform or set valid_key=None")
 
     @torch.no_grad()
     def iteration_completed(self, engine) -> None:

@@ -288,3 +288,8 @@ def test_normalisation_to_the_training_scale(tmp_path):
     assert scale == pytest.approx(np.sqrt(2) / np.abs(x).max(), rel=1e-4)
     np.testing.assert_allclose(d["kspace"].numpy(), k * scale, rtol=1e-5, atol=1e-6)
     assert LoadKspaceH5d("path")({"path": p})["kspace_meta_dict"]["scale"] == 1.0
+
+
+def test_affine_spacing_mismatch_warns(tmp_path):
+    with pytest.warns(UserWarning, match="'affine': voxel sizes"):
+        read_kspace_h5(_raw(tmp_path / "sp.h5", pixel_spacing=np.array([1.0, 1.0])))

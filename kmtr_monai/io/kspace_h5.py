@@ -96,7 +96,8 @@ def check_views(views: Sequence[str], path: str = "<views>", expected: Sequence[
         missing = [v for v in expected if v not in names]
         extra = [v for v in names if v not in expected]
         if missing:
-            raise KspaceFileError(path, "views", f"missing view(s) {missing}; the model expects {expected}, file has {names}")
+            raise KspaceFileError(path, "views", f"missing view(s) {missing}; the model expects {expected}, "
+                                                 f"file has {names}")  # fmt: skip
         if extra:
             raise KspaceFileError(path, "views", f"unexpected view(s) {extra}; the model expects {expected}")
         if names != expected:
@@ -104,14 +105,16 @@ def check_views(views: Sequence[str], path: str = "<views>", expected: Sequence[
         return names
     unknown = [v for v in names if v not in LAX_VIEWS and not _SAX.match(v)]
     if unknown:
-        raise KspaceFileError(path, "views", f"unknown view name(s) {unknown}; use {list(LAX_VIEWS)} and sax_0, sax_1, ...")
+        raise KspaceFileError(path, "views", f"unknown view name(s) {unknown}; use {list(LAX_VIEWS)} and sax_0, "
+                                             f"sax_1, ...")  # fmt: skip
     if len(set(names)) != len(names):
         raise KspaceFileError(path, "views", f"duplicate view names in {names}")
     lax = [v for v in names if v in LAX_VIEWS]
     sax = [v for v in names if _SAX.match(v)]
     order = sorted(lax, key=LAX_VIEWS.index) + [f"sax_{i}" for i in range(len(sax))]
     if names != order:
-        raise KspaceFileError(path, "views", f"views {names} are not in contract order {order} (LAX first, then sax_0..)")
+        raise KspaceFileError(path, "views", f"views {names} are not in contract order {order} (LAX first, "
+                                             f"then sax_0..)")  # fmt: skip
     return names
 
 
@@ -261,7 +264,8 @@ def read_kspace_h5(
             if _complex_kind(kdtype) is None:
                 hint = " (real and imaginary parts as a trailing axis are not accepted: store complex64)" if (
                     kshape and kshape[-1] == 2) else ""  # fmt: skip
-                raise KspaceFileError(path, "kspace", f"expected complex64 k-space, got real-valued dtype {kdtype}{hint}")
+                msg = f"expected complex64 k-space, got real-valued dtype {kdtype}{hint}"
+                raise KspaceFileError(path, "kspace", msg)
             if len(kshape) not in (4, 5) or 0 in kshape:
                 raise KspaceFileError(path, "kspace", f"expected shape (S, T, H, W) or (C, S, T, H, W), got {kshape}")
             coils = len(kshape) == 5
@@ -280,8 +284,8 @@ def read_kspace_h5(
             if coils:
                 sshape, sdtype = _shape_dtype(sobj)
                 if _complex_kind(sdtype) is None or sshape != (kshape[0], s, h, w):
-                    raise KspaceFileError(path, "sens_maps", f"expected complex (C, S, H, W) = {(kshape[0], s, h, w)} for "
-                                                             f"coil k-space {kshape}, got {sdtype} {sshape}")  # fmt: skip
+                    msg = f"expected complex (C, S, H, W) = {(kshape[0], s, h, w)} for coil k-space {kshape}, got "
+                    raise KspaceFileError(path, "sens_maps", msg + f"{sdtype} {sshape}")
             elif sobj is not None:
                 raise KspaceFileError(path, "sens_maps", f"given, but kspace {kshape} has no coil axis (C, S, T, H, W)")
             aobj = _get(f, path, "affine", ctx=ctx)
@@ -294,7 +298,11 @@ def read_kspace_h5(
             if len(views) != s:
                 raise KspaceFileError(path, "views", f"{len(views)} view names for {s} views (S) in kspace {kshape}")
             views = check_views(views, path, expected_views)
-            spacing = np.asarray(_read_array(_get(f, path, "pixel_spacing", ctx=ctx), path, "pixel_spacing"), dtype=np.float64)
+            spacing = _read_array(_get(f, path, "pixel_spacing", ctx=ctx), path, "pixel_spacing")
+            try:
+                spacing = np.asarray(spacing, dtype=np.float64)
+            except (TypeError, ValueError) as err:
+                raise KspaceFileError(path, "pixel_spacing", f"expected 2 numbers (mm), got {spacing!r}") from err
             if spacing.shape != (2,) or not np.all(np.isfinite(spacing) & (spacing > 0)):
                 raise KspaceFileError(path, "pixel_spacing", f"expected 2 positive mm values, got {spacing.tolist()}")
             interval = _scalar_float(_get(f, path, "frame_interval_ms", ctx=ctx), path, "frame_interval_ms")
@@ -312,6 +320,10 @@ def read_kspace_h5(
             _finite(affine, path, "affine")
             if np.any(np.abs(np.linalg.det(affine[:, :3, :3])) < 1e-12) or not np.allclose(affine[:, 3], [0, 0, 0, 1]):
                 raise KspaceFileError(path, "affine", "each affine must be invertible with last row (0, 0, 0, 1)")
+            col = np.sqrt((affine[:, :3, :2] ** 2).sum(1))  # (S, 2) voxel size along H and W per view
+            if not np.allclose(col, spacing, rtol=0.01):
+                warnings.warn(f"{path}: key 'affine': voxel sizes {col.round(3).tolist()} differ from pixel_spacing "
+                              f"{spacing.tolist()}; the affine is used for output geometry", stacklevel=2)  # fmt: skip
             mask = _read_array(mobj, path, "mask")
             if not np.isin(mask, (0, 1)).all():
                 raise KspaceFileError(path, "mask", f"values must be 0/1, got {np.unique(mask)[:6].tolist()}")

@@ -79,7 +79,9 @@ def write_phenotypes_csv(
     return path
 
 
-def write_diseases_csv(path: str, eids: Sequence[Any], prob: Any, thresholds: Any, names: Sequence[str] = DISEASES) -> str:
+def write_diseases_csv(
+    path: str, eids: Sequence[Any], prob: Any, thresholds: Any, names: Sequence[str] = DISEASES
+) -> str:
     """Write ``diseases.csv``: prob (N, K) probabilities, thresholds (K,) (``prob >= t`` is 1)."""
     p = _np(prob, "prob", 2).astype(np.float64)
     n, k = p.shape
