@@ -23,6 +23,10 @@ Atrial quality control (per view and chamber; any failure sets that chamber's fo
 returned with ``return_qc=True``): the atrium is missing in a frame; a frame has ≥ 2 large components (a second
 component of at least ``LARGE_COMPONENT_FRACTION`` of the largest one); the area of consecutive frames changes by
 a factor ≥ ``AREA_JUMP_FACTOR``.
+
+Incomplete subjects: every phenotype the present files allow is computed (``seg_sa`` alone gives the ventricles;
+the LA needs both LAX files, the RA the 4ch one); the others are NaN with the qc reason ``"not computed: missing
+<files>"`` and empty cells in the cohort CSV. Unusable files are bad subjects (``validate``, ``on_bad_subject``).
 """
 
 from __future__ import annotations

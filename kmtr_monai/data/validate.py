@@ -44,7 +44,8 @@ class Problem:
     missing: bool = False  # a file that does not exist (handled by ``missing_views`` for view files)
 
     def __str__(self) -> str:
-        return self.reason if self.eid in self.reason else f"subject {self.eid!r}: {self.reason}"
+        prefix = f"subject {self.eid!r}: "
+        return self.reason if self.reason.startswith(prefix) else prefix + self.reason
 
 
 class BadSubjectError(ValueError):
