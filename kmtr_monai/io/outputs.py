@@ -162,8 +162,8 @@ def uncrop_affine(
     """Affine (4, 4) of a ``crop``×``crop`` window cut from an (X, Y) image with voxel->world ``affine_full``.
 
     The window starts at (x0, y0) = centre - crop // 2 (the rule of ``kmtr_monai.data.cohort.crop_centred``;
-    ``centre`` defaults to the image centre (X // 2, Y // 2), the loader's label-free crop), and at slice ``z`` of
-    the source stack (a SAX view). Crop voxel (i, j, 0) then has the world position of source voxel
+    pass the centre the loader used, e.g. its ``motion_centre``; default: the image centre (X // 2, Y // 2)), and
+    at slice ``z`` of the source stack (a SAX view). Crop voxel (i, j, 0) then has the world position of source voxel
     (x0 + i, y0 + j, z), so a prediction on the crop overlays the source image in a viewer.
     """
     a = _np(affine_full, "affine_full").astype(np.float64)
