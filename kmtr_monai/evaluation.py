@@ -621,3 +621,46 @@ class MagnitudeSSIM(_PerSubjectRows):
 
     def compute(self) -> float:
         return float(self._gathered().mean())
+
+
+class MultiLabelStat(_PairMetric):
+    """Mean over diseases of one of ``classification_metrics``' statistics (``"f1"``, ``"recall"``, ``"precision"``,
+    ``"ap"``, ``"auc"``) at fixed ``thresholds`` (K,), e.g. the model's stored best-F1 buffer at test time.
+
+    ``output_transform`` -> ``(pred (B, K), label (B, K) 0/1)``; ``sigmoid=True`` for logits. Per-disease values of
+    the last compute: ``self.per_target``.
+    """
+
+    def __init__(self, stat: str, thresholds: Any, output_transform: Callable = lambda x: x,
+                 device: str | torch.device = "cpu", sigmoid: bool = False) -> None:  # fmt: skip
+        if stat not in ("auc", "ap", "f1", "recall", "precision"):
+            raise ValueError(f"stat must be one of auc, ap, f1, recall, precision; got {stat!r}")
+        self.stat, self.thresholds = stat, thresholds
+        super().__init__(output_transform=output_transform, device=device, sigmoid=sigmoid)
+
+    def compute(self) -> float:
+        pred, label = self._arrays()
+        thr = torch.as_tensor(self.thresholds).detach().cpu().double().numpy().reshape(-1)
+        res = classification_metrics(label, pred, thr, names=None)
+        self.per_target = {k: v[self.stat] for k, v in res.items() if k != "mean"}
+        return res["mean"][self.stat]
+
+
+class IntervalCoverage(_PairMetric):
+    """Mean over phenotypes of the fraction of subjects whose target lies in ``pred ± halfwidth`` (the stored
+    split-conformal half-widths (K,)); measured on a split that did not calibrate them, it checks the stated coverage.
+
+    ``output_transform`` -> ``(pred (B, K), label (B, K))`` native units. Per-phenotype values: ``self.per_target``.
+    """
+
+    def __init__(self, halfwidth: Any, output_transform: Callable = lambda x: x,
+                 device: str | torch.device = "cpu") -> None:  # fmt: skip
+        self.halfwidth = halfwidth
+        super().__init__(output_transform=output_transform, device=device)
+
+    def compute(self) -> float:
+        pred, label = self._arrays()
+        hw = torch.as_tensor(self.halfwidth).detach().cpu().double().numpy().reshape(1, -1)
+        cover = interval_coverage(label, pred - hw, pred + hw)
+        self.per_target = dict(enumerate(cover.tolist()))
+        return _nanmean(cover.tolist())

@@ -1,9 +1,10 @@
 """Pieces MONAI's SupervisedTrainer/SupervisedEvaluator need for our stages: batch preparation, loss adapters,
 metrics and atomic checkpointing."""
 
-from kmtr_monai.engines.batch import PrepareKeys
+from kmtr_monai.engines.batch import PrepareKeys, UnpackTarget
 from kmtr_monai.engines.checkpoint import BestCheckpoint
 from kmtr_monai.engines.mae import MaskedReconstructionError, OutputLoss
+from kmtr_monai.engines.predictions import SavePredictions
 
 
 def metric_improved(mode: str):
@@ -15,4 +16,4 @@ def metric_improved(mode: str):
     raise ValueError(f"key_metric_mode must be 'min' or 'max', got {mode!r}")
 
 
-__all__ = ["PrepareKeys", "BestCheckpoint", "MaskedReconstructionError", "OutputLoss", "metric_improved"]
+__all__ = ["PrepareKeys", "UnpackTarget", "BestCheckpoint", "MaskedReconstructionError", "OutputLoss", "SavePredictions", "metric_improved"]

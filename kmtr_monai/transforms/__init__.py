@@ -30,6 +30,7 @@ from kmtr_monai.transforms.dictionary import (
     RandKspaceShiftd,
     RandSmoothPhased,
     RandViewRotated,
+    ReferenceReconsd,
     SimulateCoilsd,
     ZeroFilledd,
 )

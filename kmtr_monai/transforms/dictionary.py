@@ -24,6 +24,7 @@ from monai.utils import ensure_tuple
 from kmtr_monai.transforms import array as A
 
 __all__ = [
+    "ReferenceReconsd",
     "ComplexToChanneld", "ChannelToComplexd", "FFT2cd", "IFFT2cd", "RandSmoothPhased", "RandKspaceMaskd",
     "ApplyKspaceMaskd", "ZeroFilledd", "RandKspaceShiftd", "RandGlobalPhased", "RandViewRotated", "SimulateCoilsd",
     "CoilCombined",
@@ -205,6 +206,38 @@ class ZeroFilledd(_Wrapped):
         mask = None if self.mask_key is None else _require(d, self.mask_key, "mask_key")
         for key, out in self.key_iterator(d, self.output_keys):
             d[out] = self._apply(key, d[key], mask)
+        return d
+
+
+class ReferenceReconsd(MapTransform):
+    """The classic reconstructions a k-space model is compared with, from the undersampled k-space alone.
+
+    ``d[key]`` complex (S, T, H, W) undersampled k-space and ``d[mask_key]`` (S, T, H) →
+    ``d["zero_filled"]`` = |ifft2c(kspace)| and ``d["view_shared"]`` = |ifft2c(view_share(kspace, mask))| (each missing
+    line from the nearest frame that sampled it), float32 (S, T, H, W) magnitudes on the scale of the image.
+    """
+
+    def __init__(self, keys: KeysCollection = "kspace", mask_key: str = "mask") -> None:
+        super().__init__(keys)
+        self.mask_key = mask_key
+
+    def __call__(self, data: Mapping) -> dict:
+        import torch
+
+        from kmtr_monai.transforms.fft import ifft2c
+        from kmtr_monai.view_sharing import view_share
+
+        d = dict(data)
+        mask = torch.as_tensor(_require(d, self.mask_key, "mask_key")).bool()
+        for key in self.key_iterator(d):
+            k = torch.as_tensor(d[key])
+            if not k.is_complex() or k.ndim != 4 or tuple(mask.shape) != tuple(k.shape[:3]):
+                raise ValueError(f"{key!r}: expected complex (S, T, H, W) k-space with {self.mask_key!r} (S, T, H); "
+                                 f"got {k.dtype} {tuple(k.shape)} and {tuple(mask.shape)}")  # fmt: skip
+            shared = view_share(torch.view_as_real(k).permute(4, 0, 1, 2, 3)[None], mask[None])[0]
+            shared = torch.complex(shared[0], shared[1])
+            d["zero_filled"] = ifft2c(k).abs().float()
+            d["view_shared"] = ifft2c(shared).abs().float()
         return d
 
 

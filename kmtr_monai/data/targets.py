@@ -1,0 +1,26 @@
+"""Training-split target arrays and statistics read from a datalist (for standardisation and class weights)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kmtr_monai.data.datalist import read_datalist
+
+
+def target_array(datalist_file: str, split: str, key: str) -> np.ndarray:
+    """(N, K) float64 array of ``key`` (``phenotypes`` or ``diseases``) over the ``split`` items; null → NaN."""
+    items = read_datalist(datalist_file, split)
+    missing = [item.get("eid") for item in items if key not in item]
+    if not items or missing:
+        raise ValueError(f"datalist {datalist_file}: split {split!r} has no items or items without {key!r} "
+                         f"(e.g. {missing[:3]})")  # fmt: skip
+    return np.array([[np.nan if v is None else v for v in item[key]] for item in items], dtype=np.float64)
+
+
+def target_stats(datalist_file: str, split: str, key: str) -> dict[str, list[float]]:
+    """``{"mean": (K,), "std": (K,)}`` of ``key`` over ``split``, ignoring NaN (std floored at 1e-6)."""
+    y = target_array(datalist_file, split, key)
+    mean, std = np.nanmean(y, axis=0), np.nanstd(y, axis=0)
+    if not np.isfinite(mean).all():
+        raise ValueError(f"datalist {datalist_file}: some {key!r} columns have no value in split {split!r}")
+    return {"mean": mean.tolist(), "std": np.maximum(std, 1e-6).tolist()}
