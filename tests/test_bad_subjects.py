@@ -169,8 +169,11 @@ def test_datalist_missing_views_policy(sax_only, tmp_path):
 
 
 def test_loader_flags_missing_views_invalid(sax_only):
-    load = LoadCohortSubjectd(sax_only, n_sax=2, n_frames=4, crop=32, missing_views="invalid", crop_centre="image")
+    load = LoadCohortSubjectd(sax_only, n_sax=2, n_frames=4, crop=32, missing_views="invalid", crop_centre="image",
+                              return_geometry=True)  # fmt: skip
     out = load({"eid": "2"})
+    assert out["crop_centre"].tolist() == [[-1, -1]] * 3 + [[NX // 2, NY // 2]] * 2
+    assert out["source_slice"].tolist() == [-1, -1, -1, 4, 5]
     assert out["image"].shape == (5, 4, 32, 32) and out["seg"].shape == (5, 4, 32, 32)
     torch.testing.assert_close(out["view_valid"], torch.tensor([0.0, 0, 0, 1, 1]))
     torch.testing.assert_close(out["seg_valid"], torch.tensor([0.0, 0, 0, 1, 1]))

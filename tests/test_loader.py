@@ -302,6 +302,10 @@ def test_default_crop_follows_motion_not_labels(tmp_path):
         assert (xs.mean(), ys.mean()) == pytest.approx((6.0, 6.0), abs=0.5)  # disc centre = crop centre (12 // 2)
     with pytest.raises(ValueError, match="crop_centre"):
         LoadCohortSubjectd(root, n_sax=2, n_frames=4, crop=12, crop_centre="heart")
+    geo = LoadCohortSubjectd(root, n_sax=2, n_frames=4, crop=12, return_geometry=True)({"eid": "5"})
+    assert geo["crop_centre"].tolist() == [[13, 24]] * 5
+    assert geo["source_slice"].tolist() == [0, 0, 0, 2, 3]  # LV label in every slice: 0 + 2
+    torch.testing.assert_close(geo["image"], with_seg["image"])
 
 
 # ---- kspace_summary -------------------------------------------------------------------------------------------

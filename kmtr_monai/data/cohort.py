@@ -119,6 +119,10 @@ class LoadCohortSubjectd(MapTransform):
         ``frame_indices``; min–max normalised to [0, 1] over the whole stack (zero padding stays 0).
         ``seg`` int64 (S, T, H, W) in unified labels and ``seg_valid`` float32 (S,) (0 for la_3ch) when ``load_seg``.
         ``view_valid`` float32 (S,) when ``missing_views="invalid"`` (1 = the view's image file exists).
+        ``crop_centre`` int64 (S, 2) and ``source_slice`` int64 (S,) when ``return_geometry``: the (x, y) voxel of
+        the source file at the crop centre (the crop starts at centre − crop // 2) and the source Z index of each
+        view (0 for LAX); −1 for a missing view. With the file's affine they place a prediction back on the source
+        grid (``kmtr_monai.io.outputs.uncrop_affine``).
         ``phenotypes`` float32 (12,), ``diseases`` float32 (3,) when present in the item; ``eid`` (str).
 
     ``eid`` may also be the path of the subject folder (``monai.data.load_decathlon_datalist`` turns ids into paths
@@ -149,6 +153,7 @@ class LoadCohortSubjectd(MapTransform):
         eid_key: Hashable = "eid",
         missing_views: str = "fail",
         crop_centre: str = "motion",
+        return_geometry: bool = False,
     ):
         super().__init__(keys=eid_key)
         self.root, self.load_seg = root, load_seg
@@ -169,6 +174,7 @@ class LoadCohortSubjectd(MapTransform):
         if crop_centre not in CROP_CENTRES:
             raise ValueError(f"crop_centre must be one of {list(CROP_CENTRES)}, got {crop_centre!r}")
         self.views, self.missing_views, self.crop_centre = views, missing_views, crop_centre
+        self.return_geometry = bool(return_geometry)
 
     # -- file access -------------------------------------------------------------------------------------------
     def _read(self, subject: str, files: Mapping[str, str], key: str):
@@ -199,6 +205,7 @@ class LoadCohortSubjectd(MapTransform):
         if seg is not None:
             seg = remap_labels(seg[:, :, slices][..., t], UKBB_LABEL_MAPS[key], subject, SEG_FILES[key])
             seg = seg.transpose(2, 3, 0, 1)
+        self._last_slices = slices
         return image, seg, centre
 
     def _sax_slices(self, image: np.ndarray, seg: np.ndarray | None) -> list[int]:
@@ -223,7 +230,7 @@ class LoadCohortSubjectd(MapTransform):
             raise FileNotFoundError(f"subject {subject!r}: folder {os.path.join(self.root, subject)} does not exist")
 
         files = [v for v in self.views if is_lax(v)] + (["sa"] if any(not is_lax(v) for v in self.views) else [])
-        images, segs, valid, present = [], [], [], []
+        images, segs, valid, present, centres, source_z = [], [], [], [], [], []
         for key in files:  # one file per iteration; all its slices and frames are cropped in one op
             n_views = 1 if key != "sa" else sum(not is_lax(v) for v in self.views)
             if self.missing_views == "invalid" and not self._exists(subject, IMAGE_FILES[key]):
@@ -232,6 +239,8 @@ class LoadCohortSubjectd(MapTransform):
                 segs.append(np.zeros(shape, dtype=np.int64))
                 valid += [0.0] * n_views
                 present += [0.0] * n_views
+                centres += [(-1, -1)] * n_views
+                source_z += [-1] * n_views
                 continue
             image, seg, centre = self._view_stack(subject, key)
             shift = self._shift()
@@ -241,6 +250,8 @@ class LoadCohortSubjectd(MapTransform):
             segs.append(crop_centred(seg, centre, self.crop) if seg is not None else no_seg)
             valid += [float(seg is not None)] * n_views
             present += [1.0] * n_views
+            centres += [centre] * n_views
+            source_z += list(self._last_slices)
         if not any(present):
             names = sorted({IMAGE_FILES[k] for k in files})
             raise MissingFileError(subject, IMAGE_FILES[files[0]],
@@ -254,6 +265,9 @@ class LoadCohortSubjectd(MapTransform):
             d["seg_valid"] = torch.tensor(valid, dtype=torch.float32)
         if self.missing_views == "invalid":
             d["view_valid"] = torch.tensor(present, dtype=torch.float32)
+        if self.return_geometry:
+            d["crop_centre"] = torch.tensor(centres, dtype=torch.int64)
+            d["source_slice"] = torch.tensor(source_z, dtype=torch.int64)
         for key, names in (("phenotypes", PHENOTYPES), ("diseases", DISEASES)):
             if key in d:
                 value = torch.as_tensor(np.asarray(d[key], dtype=np.float32))
