@@ -79,7 +79,7 @@ def motion_centre(image: np.ndarray, quantile: float = 0.75, sigma: float = 2.0)
     n_x, n_y = image.shape[:2]
     if image.shape[3] < 2:
         return n_x // 2, n_y // 2
-    sd = ndimage.gaussian_filter(image.astype(np.float32, copy=False).std(axis=3).sum(axis=2), sigma)
+    sd = ndimage.gaussian_filter(image.std(axis=3, dtype=np.float32).sum(axis=2), sigma)  # no float copy of the cine
     weight = np.where(sd >= np.quantile(sd, quantile), sd, 0.0)
     total = weight.sum()
     if not np.isfinite(total) or total <= 0:
