@@ -7,6 +7,7 @@ anisotropic affine, more frames and slices than the preset loads.
 import csv
 import math
 import os
+import shutil
 
 import nibabel as nib
 import numpy as np
@@ -158,6 +159,12 @@ def test_datalist_missing_views_policy(sax_only, tmp_path):
     eids = sorted(i["eid"] for s in ("train", "val", "test") for i in read_datalist(out, s))
     assert eids == ["1", "2", "3", "4"]
     assert read_bad_subjects(str(tmp_path / "keep" / "bad_subjects.csv")) == []
+
+    seg_only = str(tmp_path / "segonly")  # a subject with segmentations but no image is never kept
+    shutil.copytree(sax_only, seg_only)
+    os.remove(os.path.join(seg_only, "3", "sa.nii.gz"))
+    with pytest.raises(BadSubjectError, match="'3': none of the view files"):
+        write_datalist(seg_only, out=str(tmp_path / "segonly.json"), missing_views="invalid")
 
     out = write_datalist(sax_only, out=str(tmp_path / "skip" / "dl.json"), missing_views="skip", val_fraction=0.0,
                          test_fraction=0.0)  # fmt: skip

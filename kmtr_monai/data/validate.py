@@ -140,7 +140,8 @@ def check_subject(
     """All problems of subject ``eid`` under ``root`` (empty list = good); reads every file once, fully.
 
     ``views``: file keys of ``IMAGE_FILES`` to check; ``segs``: also check their ``SEG_FILES``. A file that does
-    not exist gives a ``Problem`` with ``missing=True`` (callers apply ``missing_views`` to those).
+    not exist gives a ``Problem`` with ``missing=True`` (callers apply ``missing_views`` to those); a subject
+    without any of the image files also gets a problem that no ``missing_views`` policy keeps.
     """
     folder = os.path.join(root, eid)
     if not os.path.isdir(folder):
@@ -165,6 +166,10 @@ def check_subject(
                 check_pair(image[0], seg.shape, image[1], seg_affine, view, eid)
         except (SubjectFileError, MissingFileError) as err:
             problems.append(problem_from_error(eid, err))
+    views = list(views)
+    if views and all(not os.path.isfile(os.path.join(folder, IMAGE_FILES[v])) for v in views):
+        names = [IMAGE_FILES[v] for v in views]
+        problems.append(Problem(eid, "", f"subject {eid!r}: none of the view files {names} exists"))  # never kept
     return problems
 
 
