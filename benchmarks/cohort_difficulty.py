@@ -2,9 +2,11 @@
 
 1. Pixel ridge: R² on a held-out split of a ridge regression (RidgeCV, sklearn) from 2×-downsampled raw pixels, as
    the pipeline sees them (``kmtr_monai.data.cohort.LoadCohortSubjectd`` with the cohort's ``DATA_PRESETS``: views,
-   frames, heart-centred crop, per-subject min-max normalisation), to each phenotype. Target: < 0.6 for every one.
+   frames, heart-centred crop, per-subject min-max normalisation), to each phenotype. Reported, not a target: the
+   earlier "< 0.6" target is retired (DESIGN §6); it rises in cohort v2, whose views have their standard orientation.
 2. Phenotype -> disease: AUC on the same split of a logistic regression from the true phenotypes (all of
    ``ALL_PHENOTYPES``, standardised) to each disease. Target: 0.65 ... 0.9.
+3. Prevalences. Target: within ±3 points of UK Biobank's (``constants.DISEASE_PREVALENCE``).
 
 Usage::
 
@@ -57,7 +59,7 @@ def main(argv=None):
     from sklearn.metrics import r2_score, roc_auc_score
     from sklearn.preprocessing import StandardScaler
 
-    from kmtr_monai.constants import ALL_PHENOTYPES, DISEASES, PHENOTYPES
+    from kmtr_monai.constants import ALL_PHENOTYPES, DISEASE_PREVALENCE, DISEASES, PHENOTYPES
 
     root = args.root
     if root is None:
@@ -67,9 +69,11 @@ def main(argv=None):
         simulate_cohort(root, subjects=args.subjects, preset=args.preset, seed=args.seed, workers=args.workers)
     preset = args.preset
     meta_path = os.path.join(root, "cohort.json")
+    version = "unknown"
     if os.path.isfile(meta_path):
         with open(meta_path) as f:
-            preset = json.load(f).get("preset", preset)
+            meta = json.load(f)
+        preset, version = meta.get("preset", preset), meta.get("version", version)
     eids, ph = load_table(root, "phenotypes.csv", ALL_PHENOTYPES)
     eids_d, dis = load_table(root, "diseases.csv", DISEASES)
     if eids != eids_d:
@@ -79,7 +83,8 @@ def main(argv=None):
     n_test = int(round(args.test_fraction * n))
     test, train = perm[:n_test], perm[n_test:]
     x = pixel_features(root, eids, preset)
-    print(f"cohort {root}: {n} subjects, preset {preset}, {x.shape[1]} pixel features, test {n_test}")
+    print(f"cohort {root} (generator {version}): {n} subjects, preset {preset}, {x.shape[1]} pixel features, "
+          f"test {n_test}")
 
     print("\n| phenotype | mean ± sd | pixel-ridge R² (test) |\n|---|---|---|")
     r2s = {}
@@ -93,15 +98,17 @@ def main(argv=None):
 
     feats = np.where(np.isfinite(ph), ph, np.nanmedian(ph, axis=0))
     scaler = StandardScaler().fit(feats[train])
-    print("\n| disease | prevalence | phenotype-logistic AUC (test) |\n|---|---|---|")
+    print("\n| disease | prevalence | UK Biobank | phenotype-logistic AUC (test) |\n|---|---|---|---|")
     aucs = {}
     for j, name in enumerate(DISEASES):
         clf = LogisticRegression(max_iter=2000).fit(scaler.transform(feats[train]), dis[train, j])
         aucs[name] = roc_auc_score(dis[test, j], clf.predict_proba(scaler.transform(feats[test]))[:, 1])
-        print(f"| {name} | {100 * dis[:, j].mean():.1f} % | {aucs[name]:.3f} |")
+        print(f"| {name} | {100 * dis[:, j].mean():.1f} % | {100 * DISEASE_PREVALENCE[name]:.1f} % | {aucs[name]:.3f} |")
     worst = max(r2s[k] for k in PHENOTYPES)
-    ok = worst < 0.6 and all(0.65 <= a <= 0.9 for a in aucs.values())
-    print(f"\nmax pixel-ridge R² over the 12 targets: {worst:.3f}; targets met: {ok}")
+    prev_ok = all(abs(dis[:, j].mean() - DISEASE_PREVALENCE[d]) <= 0.03 for j, d in enumerate(DISEASES))
+    ok = prev_ok and all(0.65 <= a <= 0.9 for a in aucs.values())
+    print(f"\nmax pixel-ridge R² over the 12 targets (reported only): {worst:.3f}; AUC in [0.65, 0.9] and "
+          f"prevalences within ±3 points: {ok}")
     return r2s, aucs
 
 

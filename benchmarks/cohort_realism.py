@@ -60,7 +60,7 @@ def _annulus_w(lv, myo, px):
     return float(np.sqrt((a_lv + a_myo) / np.pi) - np.sqrt(a_lv / np.pi))
 
 
-def measure_subject(subject_dir: str, p: dict, preset: dict) -> dict:
+def measure_subject(subject_dir: str, p: dict) -> dict:
     """All image/label figures of one subject (dict of floats, NaN where not measurable)."""
     from scipy import ndimage
 
@@ -126,11 +126,11 @@ def measure_subject(subject_dir: str, p: dict, preset: dict) -> dict:
     wrap = lambda d: (d + n_t / 2) % n_t - n_t / 2  # noqa: E731
     out["la_max_minus_es"] = wrap(int(np.argmax(area_la)) - es) / n_t
     out["ra_max_minus_es"] = wrap(int(np.argmax(area_ra)) - es) / n_t
-    out["rv_wall"] = rv_free_wall_mm(p, preset)
+    out["rv_wall"] = rv_free_wall_mm(p)
     return out
 
 
-def rv_free_wall_mm(p: dict, preset: dict) -> float:
+def rv_free_wall_mm(p: dict) -> float:
     """RV free-wall thickness (mm) at ED, mid-ventricle, on the renderer's fields along the LV -> RV ray ``e1``."""
     from kmtr_monai.simulate.geometry import cardiac_shapes
     from kmtr_monai.simulate.render import _heart_fields
@@ -175,8 +175,6 @@ def main(argv=None):
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--preview", default=None, help="write the ED/ES montage of the first subject to this PNG")
     args = ap.parse_args(argv)
-    from kmtr_monai.presets import COHORT_PRESETS
-
     root = args.root
     if root is None:
         from kmtr_monai.simulate import simulate_cohort
@@ -185,9 +183,8 @@ def main(argv=None):
         simulate_cohort(root, subjects=args.subjects, preset=args.preset, seed=args.seed, workers=args.workers)
     with open(os.path.join(root, "cohort.json")) as f:
         meta = json.load(f)
-    preset = meta.get("preset_params") or COHORT_PRESETS[meta["preset"]]
     subjects = meta["subjects"]
-    rows = [measure_subject(os.path.join(root, p["eid"]), p, preset) for p in subjects]
+    rows = [measure_subject(os.path.join(root, p["eid"]), p) for p in subjects]
     for r in rows:
         r["thick_mid"] = 100.0 * (r["w_mid_es"] / r["w_mid_ed"] - 1.0)
     print(f"cohort {root}: version {meta.get('version')}, preset {meta['preset']}, {len(rows)} subjects\n")
@@ -203,6 +200,11 @@ def main(argv=None):
         else:
             txt = f"{np.mean(v):.2f} ± {np.std(v):.2f} [{np.min(v):.2f}, {np.max(v):.2f}] {unit}"
         print(f"| {label} | {txt} | {ref} |")
+    w = np.array([r["w_mid_ed"] for r in rows])
+    htn = np.array([p["hypertension"] or p["high_blood_pressure"] for p in subjects], bool)
+    if htn.any() and (~htn).any():
+        print(f"| LV wall, mid, ED: hypertension or high BP vs neither | {np.nanmean(w[htn]):.2f} (n={htn.sum()}) vs "
+              f"{np.nanmean(w[~htn]):.2f} (n={(~htn).sum()}) mm | thicker with blood pressure |")
     with open(os.path.join(root, "phenotypes.csv")) as f:
         ph = list(csv.DictReader(f))
     for name, ref in PHENO_REF:

@@ -142,18 +142,6 @@ def ellipsoid_sd(dx, dy, dz, a, b, c):
     return out
 
 
-def _crescent_fraction(p_rv: dict, lv: dict, lam: np.ndarray, grid: tuple) -> np.ndarray:
-    """Volume (mm³) of the RV crescent for per-frame RV size factors ``lam`` (T,) on a coarse 3-D grid."""
-    x1, x2, x3, cell = grid
-    lam = lam[:, None]
-    col = lambda v: np.asarray(v)[:, None]  # noqa: E731
-    z = x3[None] - col(lv["b"])
-    rv = ellipsoid_sd(x1 - p_rv["d"], x2, z, lam * p_rv["a1"], lam * p_rv["a2"], lam * p_rv["L"]) < 0
-    rv &= z >= 0
-    epi = truncated_sd(x1 * x1 + x2 * x2, z, col(lv["r"] + lv["w"]), col(lv["Lz"] + APEX_WALL * lv["w"]), col(lv["c"]))
-    return (rv & (epi >= 0)).sum(axis=1) * cell
-
-
 def lv_shapes(p: dict, g: np.ndarray) -> dict:
     """LV bullet parameters (arrays shaped like the ejection fraction-of-stroke ``g``) in heart-local mm.
 
@@ -181,7 +169,7 @@ def cardiac_shapes(p: dict, n_frames: int) -> dict:
     ed = lv_shapes(p, np.zeros(1))
     lv |= {"r_ed": float(ed["r"][0]), "w_ed": float(ed["w"][0]), "L_ed": float(ed["L"][0])}
 
-    # RV: crescent sized by bisection on a coarse half-grid (x2 >= 0, symmetric) so it follows the RV volume curve.
+    # RV: crescent sized on a coarse half-grid (x2 >= 0, symmetric) so it follows the RV volume curve.
     # Every LV quantity is a function of g, so lam(g) is solved at a few g values and interpolated.
     r_epi = lv["r_ed"] + lv["w_ed"]
     d_ratio, a2_ratio, l_ratio = p["rv_shape"]
@@ -190,18 +178,24 @@ def cardiac_shapes(p: dict, n_frames: int) -> dict:
     lv_k = lv_shapes(p, g_knots)
     target = p["rv_edv_ml"] * 1e3 * (1.0 - p["rv_ef"] / 100.0 * g_knots)
     hi_lam = 2.5 * r_epi
-    lo, hi = np.full(g_knots.size, 0.3 * r_epi), np.full(g_knots.size, hi_lam)
     bounds = ((p_rv["d"] - hi_lam, p_rv["d"] + hi_lam, 40), (0.0, hi_lam * p_rv["a2"], 20),
               (0.0, hi_lam * p_rv["L"] + p["base_descent_mm"], 30))  # fmt: skip
     centres = [lo_ + (np.arange(k) + 0.5) * (hi_ - lo_) / k for lo_, hi_, k in bounds]  # cell centres
     x1, x2, x3 = (c.ravel() for c in np.meshgrid(*centres, indexing="ij"))
     cell = 2.0 * np.prod([(hi_ - lo_) / k for lo_, hi_, k in bounds])  # x2 >= 0 half, mirrored
-    pts = (x1, x2, x3, cell)
-    for _ in range(16):
-        mid = 0.5 * (lo + hi)
-        big = _crescent_fraction(p_rv, lv_k, mid, pts) > target
-        hi, lo = np.where(big, mid, hi), np.where(big, lo, mid)
-    lam = np.interp(g, g_knots, 0.5 * (lo + hi))
+    # a grid point is in the crescent of size lam iff it is below the base, outside the LV epicardium and
+    # q < lam², with q its ellipsoid form at unit size: the crescent volume is cell × #{q < lam²}, so lam is read
+    # off the sorted q of the eligible points
+    z = x3[None] - lv_k["b"][:, None]  # (knots, N)
+    col = lambda v: np.asarray(v)[:, None]  # noqa: E731
+    epi = truncated_sd(x1 * x1 + x2 * x2, z, col(lv_k["r"] + lv_k["w"]), col(lv_k["Lz"] + APEX_WALL * lv_k["w"]),
+                       col(lv_k["c"]))  # fmt: skip
+    q = (x1 - p_rv["d"]) ** 2 / p_rv["a1"] ** 2 + x2 * x2 / p_rv["a2"] ** 2 + z * z / p_rv["L"] ** 2
+    lam_k = np.empty(g_knots.size)
+    for i in range(g_knots.size):
+        qs = np.sort(q[i][(z[i] >= 0) & (epi[i] >= 0)])
+        lam_k[i] = np.sqrt(qs[min(int(np.ceil(target[i] / cell)), qs.size - 1)])
+    lam = np.interp(g, g_knots, lam_k)
     rv = {"d": p_rv["d"], "a1": lam * p_rv["a1"], "a2": lam * p_rv["a2"], "L": lam * p_rv["L"],
           "wall": p["rv_wall_mm"]}  # fmt: skip
 

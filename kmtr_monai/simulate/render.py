@@ -217,24 +217,37 @@ def _heart_fields(x1, x2, x3, shapes: dict, p: dict, with_atria: bool) -> dict:
     # papillary muscles (two rods opposite the septum) and trabeculae (thin rods along the free wall in the apical
     # half): dark myocardium inside the cavity, labelled LV blood pool as in UK Biobank
     length = col(lv["L"])
-    rods = []
     z_lo, z_hi = float(x3.min()) - float(np.max(lv["b"])), float(x3.max())
-    if z_hi > 0.3 * float(np.min(lv["L"])) and z_lo < 0.8 * lv["L_ed"]:
-        for sign in (-1.0, 1.0):
-            rods.append((180.0 + sign * 55.0 + p["papillary_angle_deg"], 0.55, p["papillary_mm"], 0.30, 0.80))
-    if z_hi > 0.45 * float(np.min(lv["L"])):
-        n_tr = int(p["trabeculae"])
-        for k in range(n_tr):
-            rods.append((90.0 + 180.0 * (k + 0.5) / n_tr + p["papillary_angle_deg"], 0.82, 1.3, 0.45, 0.95))
+    pap_in = z_hi > 0.3 * float(np.min(lv["L"])) and z_lo < 0.8 * lv["L_ed"]
+    trab_in = z_hi > 0.45 * float(np.min(lv["L"]))
     pap = None
-    for ang_deg, rad, thick, z0, z1 in rods:
-        ang = np.deg2rad(ang_deg)
-        # rods follow the tapering cavity: radial position scales with the local cavity radius
-        taper = np.sqrt(np.clip(1.0 - ((z - c) / lz) ** 2, 0.05, 1.0)).astype(_F)
-        rr = _F(rad) * r * taper
-        d = np.sqrt((x1 - rr * _F(np.cos(ang))) ** 2 + (x2 - rr * _F(np.sin(ang))) ** 2) - _F(thick)
-        d = np.maximum(d, np.abs(z - _F(0.5 * (z0 + z1)) * length) - _F(0.5 * (z1 - z0)) * length)
-        pap = d if pap is None else np.minimum(pap, d)
+    if pap_in or trab_in:
+        # rods follow the tapering cavity: their radial position scales with the local cavity radius
+        u = (z - c) / lz
+        taper = np.sqrt(np.clip(1.0 - u * u, 0.05, 1.0, out=u), out=u)
+        taper *= r
+        theta = np.arctan2(x2, x1)  # (S, N): no frame axis
+        rho = np.sqrt(rho2)
+
+        def z_band(d, z0, z1):
+            return np.maximum(d, np.abs(z - _F(0.5 * (z0 + z1)) * length) - _F(0.5 * (z1 - z0)) * length)
+
+        if pap_in:
+            for sign in (-1.0, 1.0):
+                ang = np.deg2rad(180.0 + sign * 55.0 + p["papillary_angle_deg"])
+                rr = _F(0.55) * taper
+                d = np.sqrt((x1 - rr * _F(np.cos(ang))) ** 2 + (x2 - rr * _F(np.sin(ang))) ** 2) - _F(p["papillary_mm"])
+                d = z_band(d, 0.30, 0.80)
+                pap = d if pap is None else np.minimum(pap, d)
+        if trab_in:  # n equally spaced thin rods over the free wall (90°..270°), all at once via the nearest rod
+            n_tr = int(p["trabeculae"])
+            step = np.pi / n_tr
+            rel = np.mod(theta - _F(np.deg2rad(90.0 + p["papillary_angle_deg"])), _F(2 * np.pi))
+            k = np.clip(np.floor(rel / _F(step)), 0, n_tr - 1)
+            arc = rho * (rel - (k + _F(0.5)) * _F(step))  # (S, N) tangential distance to the nearest rod
+            d = np.sqrt((rho - _F(0.82) * taper) ** 2 + arc * arc) - _F(1.3)
+            d = z_band(d, 0.45, 0.95)
+            pap = d if pap is None else np.minimum(pap, d)
     out["pap"] = pap
     if with_atria:
         for key in ("la", "ra"):
