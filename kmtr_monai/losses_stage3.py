@@ -54,11 +54,12 @@ class StandardisedHuberLoss(nn.Module):
         return per.sum() / observed.sum().clamp_min(1).to(pred.dtype)
 
 
-def pos_weight_from_prevalence(labels: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+def pos_weight_from_prevalence(labels: torch.Tensor, eps: float = 1e-6, degenerate: str = "raise") -> torch.Tensor:
     """labels (N, K) in {0, 1} (NaN = missing) → (K,) ``pos_weight = (1 - p) / p`` with p the prevalence per column,
     for ``nn.BCEWithLogitsLoss(pos_weight=...)`` (positives and negatives then weigh the same in total).
 
-    ValueError if a column has no positive or no negative (the weight would be infinite or zero).
+    A column with no positive or no negative (the weight would be infinite or zero) raises ValueError, or, with
+    ``degenerate="one"``, gets weight 1 and a warning (a demo cohort of a few subjects may lack every CAD case).
     """
     y = torch.as_tensor(labels, dtype=torch.float64)
     if y.ndim != 2:
@@ -69,9 +70,13 @@ def pos_weight_from_prevalence(labels: torch.Tensor, eps: float = 1e-6) -> torch
         raise ValueError("labels: expected 0/1 values (NaN for missing)")
     p = torch.where(observed, y, 0.0).sum(0) / observed.sum(0).clamp_min(1)
     bad = ((p < eps) | (p > 1 - eps)).nonzero().flatten().tolist()
-    if bad:
+    if bad and degenerate != "one":
         raise ValueError(f"labels: columns {bad} have no positive or no negative (prevalence {p[bad].tolist()})")
-    return ((1 - p) / p).to(torch.float32)
+    if bad:
+        import warnings
+
+        warnings.warn(f"pos_weight_from_prevalence: columns {bad} have prevalence {p[bad].tolist()}; weight 1 used")
+    return torch.where((p < eps) | (p > 1 - eps), 1.0, (1 - p) / p.clamp(eps, 1 - eps)).to(torch.float32)
 
 
 class MaskedDiceCELoss(nn.Module):

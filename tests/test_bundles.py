@@ -14,7 +14,9 @@ from kmtr_monai.bundle import bundle_command, config_files
 
 BUNDLES = Path(__file__).resolve().parent.parent / "bundles"
 SCHEMA = Path(__file__).resolve().parent.parent / "kmtr_monai" / "resources" / "meta_schema.json"
-STAGE_ORDER = ("image-mae", "kspace-mae", "align")
+STAGE_ORDER = ("image-mae", "kspace-mae", "align", "regress", "classify", "segment-unetr", "recon")
+KEY_METRIC = {"image-mae": "val_mse", "kspace-mae": "val_mse", "align": "val_top1", "regress": "val_mean_mae",
+              "classify": "val_mean_auc", "segment-unetr": "val_mean_dice", "recon": "val_psnr"}  # fmt: skip
 
 
 def run_bundle(name: str, cohort: Path, out: Path, workflow: str = "train", **overrides):
@@ -50,14 +52,13 @@ def test_bundle_files_present():
 
 @pytest.fixture(scope="module")
 def stage_outputs(tiny_cohort, tmp_path_factory):
-    """Train image-mae, kspace-mae, then align (chained from their checkpoints), one epoch each."""
+    """Train every bundle one epoch in pipeline order, each chained from its upstream checkpoints."""
     out = tmp_path_factory.mktemp("bundles")
     workflows = {}
     for name in STAGE_ORDER:
-        extra = {}
-        if name == "align":
-            extra = {"image_mae_ckpt": str(out / "image-mae/models/model.pt"),
-                     "kspace_mae_ckpt": str(out / "kspace-mae/models/model.pt")}
+        extra = {"image_mae_ckpt": str(out / "image-mae/models/model.pt"),
+                 "kspace_mae_ckpt": str(out / "kspace-mae/models/model.pt"),
+                 "align_ckpt": str(out / "align/models/model.pt")}  # fmt: skip
         workflows[name] = run_bundle(name, tiny_cohort, out, **extra)
     return out, workflows
 
@@ -73,8 +74,9 @@ def test_bundle_trains_and_checkpoints(stage_outputs, name):
     assert saved.strip(), "MetricsSaver wrote nothing"
 
 
-@pytest.mark.parametrize("name,metric", [("image-mae", "val_mse"), ("kspace-mae", "val_mse"), ("align", "val_top1")])
-def test_evaluate_config_reloads_checkpoint(stage_outputs, tiny_cohort, name, metric):
+@pytest.mark.parametrize("name", STAGE_ORDER)
+def test_evaluate_config_reloads_checkpoint(stage_outputs, tiny_cohort, name):
+    metric = KEY_METRIC[name]
     out, _ = stage_outputs
     (out / name / "eval" / "metrics.csv").unlink()
     run_bundle(name, tiny_cohort, out, workflow="evaluate")
@@ -145,7 +147,8 @@ def test_exported_config_instantiates_the_same_objects(stage_outputs, tiny_cohor
     out, _ = stage_outputs
     exported = export_bundle(name, tmp_path / name, preset="tiny")
     overrides = {"dataset_dir": str(tiny_cohort), "image_mae_ckpt": str(out / "image-mae/models/model.pt"),
-                 "kspace_mae_ckpt": str(out / "kspace-mae/models/model.pt")}  # fmt: skip
+                 "kspace_mae_ckpt": str(out / "kspace-mae/models/model.pt"),
+                 "align_ckpt": str(out / "align/models/model.pt")}  # fmt: skip
     layered = _parsed(config_files(name, "train", "tiny"), bundle_root=str(BUNDLES / name), **overrides)
     flat = _parsed([str(exported / "configs" / "train.json")], bundle_root=str(exported), **overrides)
     for key in ("n_views", "batch_size", "max_epochs", "learning_rate", "key_metric_mode"):
