@@ -59,6 +59,14 @@ def config_files(bundle: str | Path, workflow: str = "train", preset: str = "sma
         raise ValueError(f"workflow must be 'train', 'evaluate' or 'inference', got {workflow!r}")
     bundle = _bundle_dir(bundle)
     common, presets = bundle.parent / "common", bundle.parent / "presets"
+    if not common.is_dir():  # an exported, standalone bundle: its preset is already merged in
+        own = ["inference"] if workflow == "inference" else ["train"] + ([workflow] if workflow != "train" else [])
+        own += ["multi_gpu_train"] if multi_gpu else []
+        files = [bundle / "configs" / f"{name}.json" for name in own]
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise ValueError(f"bundle folder {bundle} lacks {missing}")
+        return [str(f) for f in files]
     if not (presets / f"{preset}.json").is_file():
         raise ValueError(f"unknown preset {preset!r}: no file {presets / (preset + '.json')}")
     files = [common / "train.json", presets / f"{preset}.json", bundle / "configs" / "train.json"]
@@ -79,10 +87,15 @@ def bundle_command(bundle: str | Path, preset: str, overrides: dict, workflow: s
     cmd = [sys.executable, "-m", "monai.bundle", "run",
            "--config_file", repr(config_files(bundle, workflow, preset, multi_gpu)),
            "--meta_file", str(bundle / "configs" / "metadata.json"),
-           "--logging_file", str(bundle.parent / "common" / "logging.conf"), "--bundle_root", str(bundle)]  # fmt: skip
+           "--logging_file", str(_logging_conf(bundle)), "--bundle_root", str(bundle)]  # fmt: skip
     for key, value in overrides.items():
         cmd += [f"--{key}", str(value)]
     return cmd
+
+
+def _logging_conf(bundle: Path) -> Path:
+    own = bundle / "configs" / "logging.conf"
+    return own if own.is_file() else bundle.parent / "common" / "logging.conf"
 
 
 def _merge_overrides(files: list[Path]) -> dict:

@@ -17,6 +17,8 @@ import os
 import sys
 import traceback
 
+from pathlib import Path
+
 import fire
 
 
@@ -79,8 +81,32 @@ def export_bundle(name: str, out: str, preset: str = "small", weights: str | Non
     return str(path)
 
 
+def infer(bundle: str, input: str, out: str, acceleration: int | None = None, preset: str = "small",
+          weights: str | None = None, device: str | None = None):
+    """Run a Stage III bundle's inference on INPUT (a subject folder, a cohort folder or an HDF5 k-space file) and
+    write its clinical outputs to OUT (phenotypes.csv, diseases.csv or per-view NIfTI files)."""
+    import subprocess
+
+    from kmtr_monai.bundle import bundle_command
+
+    overrides = {"input_path": str(Path(input).resolve()), "output_dir": str(Path(out).resolve())}
+    if weights is not None:
+        weights = Path(weights).resolve()
+        if weights.name != "model.pt":
+            raise ValueError(f"--weights must name a bundle's models/model.pt, got {weights}")
+        overrides["ckpt_dir"] = str(weights.parent)
+    if acceleration is not None:
+        overrides["val_acceleration"] = int(acceleration)
+    if device is not None:
+        overrides["device"] = f"$torch.device('{device}')"
+    cmd = bundle_command(bundle, preset, overrides, workflow="inference")
+    if subprocess.run(cmd).returncode != 0:
+        raise RuntimeError(f"inference failed; the command was:\n{subprocess.list2cmdline(cmd)}")
+    print(f"outputs written to {out}")
+
+
 COMMANDS = {"simulate": simulate, "phenotypes": phenotypes, "datalist": datalist, "kspace": kspace,
-            "pipeline": pipeline, "export-bundle": export_bundle}  # fmt: skip
+            "pipeline": pipeline, "export-bundle": export_bundle, "infer": infer}  # fmt: skip
 _WRAPPER_PREFIXES = ("applying transform",)
 
 

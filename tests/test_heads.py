@@ -5,6 +5,8 @@ import warnings
 
 import pytest
 import torch
+
+from kmtr_monai.transforms import PackKspaced
 from monai.losses import DiceCELoss
 from torch import nn
 
@@ -19,7 +21,6 @@ from kmtr_monai.networks import (
     ImageQueryDecoder,
     KspaceMAE,
     KspaceTaskModel,
-    PackedKspaceModel,
     PhenotypeRegressor,
     TemporalMLPHead,
     TokenGridUNETRDecoder,
@@ -136,9 +137,11 @@ def test_packed_input_and_grid_check():
     ks, mask, _, _ = make_batch(2)
     packed = torch.cat([ks, mask[:, None, ..., None].expand_as(ks[:, :1])], 1)
     with torch.no_grad():
-        torch.testing.assert_close(PackedKspaceModel(model)(packed), model(ks, mask))
+        torch.testing.assert_close(model(packed), model(ks, mask))
+        packed_by_transform = PackKspaced()({"kspace": ks[0], "mask": mask[0]})["image"]
+        torch.testing.assert_close(model(packed_by_transform[None]), model(ks[:1], mask[:1]))
     with pytest.raises(ValueError, match=r"expected \(B, 3, S, T, H, W\)"):
-        PackedKspaceModel(model)(ks)
+        model(ks)
     with pytest.raises(ValueError, match=r"\(view, time\) cells \(S, T'\) \(5, 4\), but the encoder's is \(5, 2\)"):
         KspaceTaskModel(enc, PhenotypeRegressor(TemporalMLPHead(DIM, 5, 4, 2), [0.0, 0.0], [1.0, 1.0]))
     with pytest.raises(ValueError, match=r"grid \(S, T', H', W'\) \(5, 2, 2, 2\)"):

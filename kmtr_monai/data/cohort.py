@@ -126,7 +126,8 @@ class LoadCohortSubjectd(MapTransform):
         ``phenotypes`` float32 (12,), ``diseases`` float32 (3,) when present in the item; ``eid`` (str).
 
     ``eid`` may also be the path of the subject folder (``monai.data.load_decathlon_datalist`` turns ids into paths
-    when the folder exists next to the JSON); it is reduced to the folder name, so eid-seeded transforms agree.
+    when the folder exists next to the JSON); it is reduced to the folder name, so eid-seeded transforms agree. An
+    absolute path to an existing subject folder is read from that folder wherever it is (inference on one subject).
 
     SAX slices: ``sax_start`` (Z index 0 = base; 2 slices apex-wards of the first slice with LV at frame 0); the
     SAX range is centred in the stack when ``load_seg`` is False or there is no LV label. Crop: ``crop``×``crop``
@@ -179,13 +180,13 @@ class LoadCohortSubjectd(MapTransform):
     # -- file access -------------------------------------------------------------------------------------------
     def _read(self, subject: str, files: Mapping[str, str], key: str):
         """(X, Y, Z, T) data and affine of one file, with header, geometry and value checks."""
-        path = os.path.join(self.root, subject, files[key])
+        path = os.path.join(self._folder, files[key])
         data, _, affine = read_nifti(path, subject, return_affine=True)
         check_geometry(data.shape, key, subject, files[key], self.n_frames, self.n_sax if key == "sa" else 0)
         return data, affine
 
     def _exists(self, subject: str, file: str) -> bool:
-        return os.path.isfile(os.path.join(self.root, subject, file))
+        return os.path.isfile(os.path.join(self._folder, file))
 
     def _view_stack(self, subject: str, key: str) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int]]:
         """Image and unified seg (None when unavailable) of one file as (n, K, X, Y), n = 1 (LAX) or the SAX views,
@@ -224,10 +225,13 @@ class LoadCohortSubjectd(MapTransform):
         d = dict(data)
         if self.eid_key not in d:
             raise KeyError(f"datalist item has no {self.eid_key!r} key (keys: {sorted(map(str, d))})")
-        subject = os.path.basename(os.path.normpath(str(d[self.eid_key])))
+        given = os.path.normpath(str(d[self.eid_key]))
+        subject = os.path.basename(given)
         d[self.eid_key] = subject  # a subject-folder path (load_decathlon_datalist resolves eids) -> the eid
-        if not os.path.isdir(os.path.join(self.root, subject)):
-            raise FileNotFoundError(f"subject {subject!r}: folder {os.path.join(self.root, subject)} does not exist")
+        # an existing folder path is read where it is (inference on one subject folder); an id is read under root
+        self._folder = given if os.path.isabs(given) and os.path.isdir(given) else os.path.join(self.root, subject)
+        if not os.path.isdir(self._folder):
+            raise FileNotFoundError(f"subject {subject!r}: folder {self._folder} does not exist")
 
         files = [v for v in self.views if is_lax(v)] + (["sa"] if any(not is_lax(v) for v in self.views) else [])
         images, segs, valid, present, centres, source_z = [], [], [], [], [], []

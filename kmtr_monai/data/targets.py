@@ -24,3 +24,16 @@ def target_stats(datalist_file: str, split: str, key: str) -> dict[str, list[flo
     if not np.isfinite(mean).all():
         raise ValueError(f"datalist {datalist_file}: some {key!r} columns have no value in split {split!r}")
     return {"mean": mean.tolist(), "std": np.maximum(std, 1e-6).tolist()}
+
+
+def stats_from_checkpoint(checkpoint: str, key: str = "model", prefix: str = "head.") -> dict[str, list[float]]:
+    """The ``{"mean", "std"}`` a regression model was trained with, read from its own buffers (``head.target_mean``,
+    ``head.target_std``) so inference needs no datalist; loaded with ``weights_only=True``."""
+    import torch
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = state.get(key, state) if isinstance(state, dict) else state
+    names = (f"{prefix}target_mean", f"{prefix}target_std")
+    if not isinstance(state, dict) or any(n not in state for n in names):
+        raise ValueError(f"checkpoint {checkpoint}: no {list(names)} under key {key!r}; is it a regress checkpoint?")
+    return {"mean": state[names[0]].tolist(), "std": state[names[1]].tolist()}

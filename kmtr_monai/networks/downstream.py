@@ -14,7 +14,7 @@ from torch import nn
 from ..engines.checkpoint import load_encoder_weights
 from .mae import KspaceMAE
 
-__all__ = ["INITS", "KspaceTaskModel", "PackedKspaceModel", "build_kspace_encoder"]
+__all__ = ["INITS", "KspaceTaskModel", "build_kspace_encoder"]
 
 INITS = ("aligned", "stage1", "scratch")
 
@@ -74,7 +74,9 @@ class KspaceTaskModel(nn.Module):
         freeze_encoder: encoder weights fixed (requires_grad False), kept in eval mode and run under no_grad;
             the head still trains.
 
-    ``forward(kspace (B, 2, S, T, H, W), mask (B, S, T, H)) -> head output`` (phenotypes (B, K), logits (B, 3) or
+    ``forward(kspace (B, 2, S, T, H, W), mask (B, S, T, H)) -> head output``, or ``forward(packed)`` with one
+    tensor (B, 3, S, T, H, W): channels real, imaginary and the ky–t mask broadcast along W
+    (:class:`kmtr_monai.transforms.PackKspaced`), the single-tensor input MONAI's bundle tools and MONAI Label pass; (phenotypes (B, K), logits (B, 3) or
     dense maps (B, C, S, T, H, W)). No Python branch depends on tensor values here, so it can be traced.
     """
 
@@ -97,31 +99,15 @@ class KspaceTaskModel(nn.Module):
             self.encoder.eval()
         return self
 
-    def forward(self, kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, kspace: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is None:  # one packed tensor (MONAI bundle tooling: verify_net_in_out, inferers, MONAI Label)
+            if kspace.ndim != 6 or kspace.shape[1] != 3:
+                raise ValueError(f"packed input: expected (B, 3, S, T, H, W) with channels [real, imag, mask], got "
+                                 f"{tuple(kspace.shape)}")  # fmt: skip
+            kspace, mask = kspace[:, :2], kspace[:, 2, ..., 0]
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
             out = self.encoder.encode(kspace, mask, return_valid=True, return_hidden=self.use_hidden)
         tokens, valid = out[0], out[2]
         if self.use_hidden:
             return self.head(tokens, valid, out[3])
         return self.head(tokens, valid)
-
-
-class PackedKspaceModel(nn.Module):
-    """One-tensor input for MONAI bundle tooling (``verify_net_in_out``, ``ckpt_export``, inferers).
-
-    ``forward(x (B, 3, S, T, H, W)) -> model(x[:, :2], x[:, 2, ..., 0])``: channels real, imaginary and the ky-t
-    mask broadcast along the readout axis W (the ``"kspace"`` input of ``metadata.json``; build it with
-    ``torch.cat([kspace, mask[:, None, ..., None].expand_as(kspace[:, :1])], 1)``). Only readout column 0 of the mask
-    channel is read.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 6 or x.shape[1] != 3:
-            raise ValueError(
-                f"input: expected (B, 3, S, T, H, W) with channels [real, imag, mask], got {tuple(x.shape)}"
-            )
-        return self.model(x[:, :2], x[:, 2, ..., 0])

@@ -25,6 +25,7 @@ from kmtr_monai.transforms.dictionary import (
     ComplexToChanneld,
     FFT2cd,
     IFFT2cd,
+    PackKspaced,
     RandGlobalPhased,
     RandKspaceMaskd,
     RandKspaceShiftd,

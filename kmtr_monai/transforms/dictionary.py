@@ -24,6 +24,7 @@ from monai.utils import ensure_tuple
 from kmtr_monai.transforms import array as A
 
 __all__ = [
+    "PackKspaced",
     "ReferenceReconsd",
     "ComplexToChanneld", "ChannelToComplexd", "FFT2cd", "IFFT2cd", "RandSmoothPhased", "RandKspaceMaskd",
     "ApplyKspaceMaskd", "ZeroFilledd", "RandKspaceShiftd", "RandGlobalPhased", "RandViewRotated", "SimulateCoilsd",
@@ -238,6 +239,30 @@ class ReferenceReconsd(MapTransform):
             shared = torch.complex(shared[0], shared[1])
             d["zero_filled"] = ifft2c(k).abs().float()
             d["view_shared"] = ifft2c(shared).abs().float()
+        return d
+
+
+class PackKspaced(MapTransform):
+    """One network input tensor from k-space and mask: ``d[output_key]`` (3, S, T, H, W) = [real, imag, mask broadcast
+    along the readout W], from ``d[key]`` (2, S, T, H, W) real channels (after :class:`ComplexToChanneld`) and
+    ``d[mask_key]`` (S, T, H). :class:`kmtr_monai.networks.downstream.KspaceTaskModel` takes it as its only input.
+    """
+
+    def __init__(self, keys: KeysCollection = "kspace", mask_key: str = "mask", output_key: str = "image") -> None:
+        super().__init__(keys)
+        self.mask_key, self.output_key = mask_key, output_key
+
+    def __call__(self, data: Mapping) -> dict:
+        import torch
+
+        d = dict(data)
+        mask = torch.as_tensor(_require(d, self.mask_key, "mask_key"), dtype=torch.float32)
+        for key in self.key_iterator(d):
+            k = torch.as_tensor(d[key])
+            if k.is_complex() or k.ndim != 5 or k.shape[0] != 2 or tuple(mask.shape) != tuple(k.shape[1:4]):
+                raise ValueError(f"{key!r}: expected real (2, S, T, H, W) k-space channels with {self.mask_key!r} "
+                                 f"(S, T, H); got {k.dtype} {tuple(k.shape)} and {tuple(mask.shape)}")  # fmt: skip
+            d[self.output_key] = torch.cat([k.float(), mask[None, ..., None].expand_as(k[:1]).float()], 0)
         return d
 
 

@@ -1,0 +1,130 @@
+"""Inference inputs and outputs for the Stage III bundles (``configs/inference.json``, ``kmtr infer``).
+
+Inputs: a UK Biobank-layout subject folder (undersampled k-space is simulated at the bundle's R from the ``eid``
+seed), a cohort folder of such subjects, or an HDF5 k-space file on the model's grid (:mod:`kmtr_monai.io.kspace_h5`).
+Either way every item ends with ``view_affine`` (S, 4, 4), the voxel-to-world matrix of each view's (H, W) model grid,
+and ``frame_interval_ms``, so that per-view NIfTI outputs overlay the source images in a viewer.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from monai.config import KeysCollection
+from monai.transforms import MapTransform
+
+from kmtr_monai.constants import IMAGE_FILES, is_lax
+from kmtr_monai.distributed import is_main_process
+
+H5_SUFFIXES = (".h5", ".hdf5")
+
+
+def _is_subject(folder: Path) -> bool:
+    return any((folder / f).is_file() for f in IMAGE_FILES.values())
+
+
+def input_items(path: str | os.PathLike) -> list[dict]:
+    """Datalist items of an inference input: ``[{"path": file}]`` for HDF5 k-space, ``[{"subject_dir": folder}]``
+    (absolute) for a subject folder or for each subject folder of a cohort folder."""
+    p = Path(path).resolve()
+    if p.is_file() and p.suffix in H5_SUFFIXES:
+        return [{"path": str(p)}]
+    if p.is_dir() and _is_subject(p):
+        return [{"subject_dir": str(p)}]
+    if p.is_dir():
+        subjects = sorted(c for c in p.iterdir() if c.is_dir() and _is_subject(c))
+        if subjects:
+            return [{"subject_dir": str(s)} for s in subjects]
+    raise FileNotFoundError(f"inference input {p}: expected an HDF5 k-space file ({', '.join(H5_SUFFIXES)}), a subject "
+                            f"folder holding {sorted(IMAGE_FILES.values())}, or a folder of such subject folders")  # fmt: skip
+
+
+def is_h5(path: str | os.PathLike) -> bool:
+    return Path(path).suffix in H5_SUFFIXES
+
+
+class ViewGeometryd(MapTransform):
+    """After ``LoadCohortSubjectd(return_geometry=True)``: ``view_affine`` (S, 4, 4) and ``frame_interval_ms``.
+
+    Each view's affine is that of its source file moved to the crop window and slice the loader took
+    (:func:`kmtr_monai.io.outputs.uncrop_affine` with the loader's ``crop_centre`` and ``source_slice``); the frame
+    interval is the source interval (ms unless the header sets a time unit) times the loader's mean frame step,
+    (T_source − 1) / (n_frames − 1). Reads only the headers of the files in ``d["subject_dir"]``.
+    """
+
+    def __init__(self, views: Sequence[str], crop: int, n_frames: int, keys: KeysCollection = "subject_dir") -> None:
+        super().__init__(keys)
+        self.views, self.crop, self.n_frames = list(views), int(crop), int(n_frames)
+
+    def __call__(self, data: Mapping) -> dict:
+        import nibabel as nib
+
+        from kmtr_monai.io.outputs import uncrop_affine
+
+        d = dict(data)
+        for key in ("crop_centre", "source_slice"):
+            if key not in d:
+                raise KeyError(f"ViewGeometryd needs {key!r}: load the subject with LoadCohortSubjectd(return_geometry=True)")
+        affines, intervals = [], []
+        for i, view in enumerate(self.views):
+            file = os.path.join(str(d[self.first_key(d)]), IMAGE_FILES[view if is_lax(view) else "sa"])
+            img = nib.load(file)
+            shape, zooms = img.shape, img.header.get_zooms()
+            to_ms = {"sec": 1000.0, "msec": 1.0, "usec": 1e-3}.get(img.header.get_xyzt_units()[1], 1.0)
+            affines.append(uncrop_affine(img.affine, shape[:2], self.crop, d["crop_centre"][i].tolist(),
+                                         int(d["source_slice"][i])))  # fmt: skip
+            if len(shape) > 3 and self.n_frames > 1 and len(zooms) > 3:
+                intervals.append(float(zooms[3]) * to_ms * (shape[3] - 1) / (self.n_frames - 1))
+        d["view_affine"] = torch.as_tensor(np.stack(affines))
+        d["frame_interval_ms"] = float(np.mean(intervals)) if intervals else float("nan")
+        return d
+
+
+class KspaceGeometryd(MapTransform):
+    """For HDF5 inputs (``LoadKspaceH5d``): ``view_affine`` and ``frame_interval_ms`` from the file's metadata."""
+
+    def __init__(self, keys: KeysCollection = "kspace_meta_dict") -> None:
+        super().__init__(keys)
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d["view_affine"] = torch.as_tensor(d[key]["affine"])
+            d["frame_interval_ms"] = float(d[key]["frame_interval_ms"])
+        return d
+
+
+class SaveViewNiftis:
+    """Evaluator handler: one NIfTI per subject and view from dense predictions (B, C, S, T, H, W).
+
+    ``kind="seg"``: the argmax label map; ``kind="recon"``: channel 0 (magnitude). Written by
+    :func:`kmtr_monai.io.outputs.write_view_niftis` under ``save_dir/<eid>/`` with the batch's ``view_affine`` and
+    ``frame_interval_ms``.
+    """
+
+    def __init__(self, save_dir: str, views: Sequence[str], kind: str) -> None:
+        if kind not in ("seg", "recon"):
+            raise ValueError(f"kind must be 'seg' or 'recon', got {kind!r}")
+        self.save_dir, self.views, self.kind = str(save_dir), list(views), kind
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        from kmtr_monai.io.outputs import write_view_niftis
+
+        batch, pred = engine.state.batch, engine.state.output["pred"].detach().cpu()
+        volumes = pred.argmax(1) if self.kind == "seg" else pred[:, 0]
+        for key in ("eid", "view_affine", "frame_interval_ms"):
+            if key not in batch:
+                raise KeyError(f"SaveViewNiftis needs {key!r} in the batch; got {sorted(batch)}")
+        if not is_main_process():
+            return
+        for i, eid in enumerate(batch["eid"]):
+            write_view_niftis(self.save_dir, str(eid), self.views, volumes[i].numpy(),
+                              batch["view_affine"][i].numpy(), float(batch["frame_interval_ms"][i]), kind=self.kind)  # fmt: skip
