@@ -12,8 +12,9 @@ Chambers (all frames at once, parameters carry a leading frame axis ``(T, 1, 1)`
 * LV myocardium: the shell up to the epicardial truncated ellipsoid ``(r + w, Lz + APEX_WALL·w)`` with the same
   centre (the apex is thinner than the mid wall); ``w(t)`` solves the conserved myocardial volume, so the wall
   thickens in systole. A hypokinetic sector keeps ED radius and thickness.
-* RV: flattened half ellipsoid offset along ``e1`` minus the LV epicardium (a crescent that wraps the septum),
-  per-frame size solved so the crescent follows the RV volume curve.
+* RV: flattened, apically tapering body (``rv_form``: elliptic in SAX, triangular in 4ch) offset along ``e1``
+  minus the LV epicardium (a crescent that wraps the septum), per-frame size solved so the crescent follows the RV
+  volume curve.
 * LA / RA: prolate ellipsoids above the base plane, following the atrial volume curves (filling in systole).
 
 Signed distances are first-order approximations ``f (f - 1) / |∇(f²)/2|`` of ellipsoid implicits (exact on the
@@ -142,6 +143,28 @@ def ellipsoid_sd(dx, dy, dz, a, b, c):
     return out
 
 
+RV_P = 1.5  # RV profile exponent: 2 is a half ellipsoid, 1 a cone; 1.5 gives the triangular 4ch RV (DESIGN §6)
+
+
+def rv_form(x1, x2, z, d, a2r, lr):
+    """Size form ``N = (ρ^p + (z/lr)^p)^(1/p)`` of the RV (``ρ² = (x1 - d)² + (x2/a2r)²``, ``z >= 0``) and ``|∇N|``.
+
+    The RV of size ``lam`` (radial semi-axis ``lam``, tangential ``a2r·lam``, long ``lr·lam``) is ``N < lam``, so
+    ``(N - lam) / |∇N|`` approximates its signed distance. ``x1, x2`` (S, N) and ``z`` (T, S, N) or (K, N).
+    """
+    u, v = x1 - d, x2 * (1.0 / a2r)
+    rho = np.sqrt(u * u + v * v)
+    grad_rho = np.sqrt(u * u + v * v * (1.0 / (a2r * a2r))) / (rho + 1e-6)  # |∇ρ|, between 1/a2r and 1
+    zeta = np.maximum(z, 0.0) * (1.0 / lr)
+    a = rho * np.sqrt(rho)  # ρ^1.5
+    a = a + zeta * np.sqrt(zeta)
+    n = np.cbrt(a)
+    n = n * n  # (ρ^1.5 + ζ^1.5)^(2/3)
+    inv = 1.0 / np.sqrt(n + 1e-9)  # ∂N/∂ρ = sqrt(ρ/N), ∂N/∂ζ = sqrt(ζ/N)
+    grad = np.sqrt(rho * grad_rho * grad_rho + zeta * (1.0 / (lr * lr))) * inv
+    return n, grad
+
+
 def lv_shapes(p: dict, g: np.ndarray) -> dict:
     """LV bullet parameters (arrays shaped like the ejection fraction-of-stroke ``g``) in heart-local mm.
 
@@ -184,20 +207,20 @@ def cardiac_shapes(p: dict, n_frames: int) -> dict:
     x1, x2, x3 = (c.ravel() for c in np.meshgrid(*centres, indexing="ij"))
     cell = 2.0 * np.prod([(hi_ - lo_) / k for lo_, hi_, k in bounds])  # x2 >= 0 half, mirrored
     # a grid point is in the crescent of size lam iff it is below the base, outside the LV epicardium and
-    # q < lam², with q its ellipsoid form at unit size: the crescent volume is cell × #{q < lam²}, so lam is read
-    # off the sorted q of the eligible points
+    # q < lam, with q its size form (rv_form): the crescent volume is cell × #{q < lam}, so lam is read off the
+    # sorted q of the eligible points
     z = x3[None] - lv_k["b"][:, None]  # (knots, N)
     col = lambda v: np.asarray(v)[:, None]  # noqa: E731
     epi = truncated_sd(x1 * x1 + x2 * x2, z, col(lv_k["r"] + lv_k["w"]), col(lv_k["Lz"] + APEX_WALL * lv_k["w"]),
                        col(lv_k["c"]))  # fmt: skip
-    q = (x1 - p_rv["d"]) ** 2 / p_rv["a1"] ** 2 + x2 * x2 / p_rv["a2"] ** 2 + z * z / p_rv["L"] ** 2
+    q = rv_form(x1, x2, z, p_rv["d"], p_rv["a2"], p_rv["L"])[0]
     lam_k = np.empty(g_knots.size)
     for i in range(g_knots.size):
         qs = np.sort(q[i][(z[i] >= 0) & (epi[i] >= 0)])
-        lam_k[i] = np.sqrt(qs[min(int(np.ceil(target[i] / cell)), qs.size - 1)])
+        lam_k[i] = qs[min(int(np.ceil(target[i] / cell)), qs.size - 1)]
     lam = np.interp(g, g_knots, lam_k)
-    rv = {"d": p_rv["d"], "a1": lam * p_rv["a1"], "a2": lam * p_rv["a2"], "L": lam * p_rv["L"],
-          "wall": p["rv_wall_mm"]}  # fmt: skip
+    rv = {"d": p_rv["d"], "lam": lam, "a2r": p_rv["a2"], "lr": p_rv["L"], "a1": lam * p_rv["a1"], "a2": lam * p_rv["a2"],
+          "L": lam * p_rv["L"], "wall": p["rv_wall_mm"]}  # fmt: skip
 
     def atrium(v_max, ef, elong=1.25):
         v = v_max * 1e3 * (1.0 - ef / 100.0 * (1.0 - h))

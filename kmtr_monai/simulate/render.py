@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from kmtr_monai.simulate.geometry import (APEX_WALL, cardiac_shapes, ellipsoid_sd, heart_frame, rotation_matrix,
-                                          truncated_sd)
+                                          rv_form, truncated_sd)
 
 _F = np.float32
 SUBSAMPLES = (-0.25, 0.25)  # through-slice sample offsets (fraction of the slice thickness): midpoint rule on halves
@@ -211,7 +211,8 @@ def _heart_fields(x1, x2, x3, shapes: dict, p: dict, with_atria: bool) -> dict:
         w = w + s * (_F(lv["w_ed"]) - w)
     out = {"z": z, "lv": truncated_sd(rho2, z, r, lz, c)}
     out["epi"] = truncated_sd(rho2, z, r + w, lz + _F(APEX_WALL) * w, c)
-    rv_ell = ellipsoid_sd(x1 - _F(rv["d"]), x2, z, col(rv["a1"]), col(rv["a2"]), col(rv["L"]))
+    n, grad = rv_form(x1, x2, z, _F(rv["d"]), _F(rv["a2r"]), _F(rv["lr"]))
+    rv_ell = (n - col(rv["lam"])) / grad
     out["rv_out"] = np.maximum(rv_ell - _F(rv["wall"]), -z)  # free wall, open at the tricuspid (base) plane
     out["rv"] = np.maximum(np.maximum(rv_ell, -z), -out["epi"])
     # papillary muscles (two rods opposite the septum) and trabeculae (thin rods along the free wall in the apical
