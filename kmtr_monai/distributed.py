@@ -34,6 +34,8 @@ __all__ = [
     "finalize_distributed",
     "all_gather_with_grad",
     "all_gather_uneven",
+    "DistributedFailure",
+    "ReportDistributedFailure",
 ]
 
 
@@ -90,7 +92,9 @@ def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> D
 
     Args:
         backend: ``"nccl"``/``"gloo"``/...; default ``nccl`` when CUDA is available, else ``gloo``.
-        timeout_s: collective timeout in seconds.
+        timeout_s: collective timeout in seconds: when another rank has died or hangs, a collective (DDP's gradient
+            all-reduce, a metric gather, the final barrier) raises after at most this long instead of waiting
+            forever, so every rank exits (bundles: ``dist_timeout_s``).
 
     Returns:
         ``DistInfo(rank, world_size, local_rank, device)``; device is ``cuda:<local_rank>`` (made current) when CUDA is
@@ -119,6 +123,8 @@ def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> D
             f"WORLD_SIZE={world} but environment variable(s) {missing} are not set; launch with torchrun "
             "or export RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT"
         )
+    if not timeout_s or float(timeout_s) <= 0:
+        raise ValueError(f"dist_timeout_s must be a positive number of seconds, got {timeout_s!r}")
     if backend is None:
         backend = "nccl" if use_cuda else "gloo"
     from datetime import timedelta
@@ -199,3 +205,56 @@ def all_gather_uneven(x: torch.Tensor) -> torch.Tensor:
     gathered = idist.all_gather(x_pad.contiguous())  # (W*max_n, ...)
     chunks = gathered.reshape(len(sizes), max_n, *x.shape[1:])
     return torch.cat([chunks[r, :n] for r, n in enumerate(sizes)], 0)
+
+
+class DistributedFailure(RuntimeError):
+    """A collective failed on this rank: most likely another rank raised, died or stalled first."""
+
+
+_COLLECTIVE_SIGNS = ("gloo", "nccl", "timed out", "timeout", "connection closed", "connection reset", "broken pipe",
+                     "socket")  # fmt: skip
+
+
+def _is_collective_error(err: BaseException) -> bool:
+    dist_error = getattr(dist, "DistError", None)
+    if dist_error is not None and isinstance(err, dist_error):
+        return True
+    return isinstance(err, RuntimeError) and any(s in str(err).lower() for s in _COLLECTIVE_SIGNS)
+
+
+class ReportDistributedFailure:
+    """Trainer handler (``Events.EXCEPTION_RAISED``) that says which rank failed and why, under DDP.
+
+    When a rank raises, it exits; the others then fail in their next collective, at once (a closed connection) or
+    after the process group's timeout (``dist_timeout_s``; a stalled peer). PyTorch's error there is a bare backend
+    message. This re-raises it as :class:`DistributedFailure` naming this rank, the world size, the timeout and the
+    bundle, and pointing at the other ranks' logs; any other exception is re-raised unchanged after one log line
+    naming the rank. Without a process group it only re-raises (Ignite stops re-raising once an
+    ``EXCEPTION_RAISED`` handler exists, so it must).
+    """
+
+    def __init__(self, bundle: str = "?", timeout_s: float | None = None) -> None:
+        self.bundle, self.timeout_s = bundle, timeout_s
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self)
+
+    def __call__(self, engine, err: BaseException) -> None:
+        if not is_dist_active():
+            raise err
+        import logging
+
+        rank, world = get_rank(), get_world_size()
+        where = f"epoch {engine.state.epoch}, iteration {engine.state.iteration}"
+        if _is_collective_error(err):
+            limit = f"{self.timeout_s:g} s (dist_timeout_s)" if self.timeout_s else "the process-group timeout"
+            raise DistributedFailure(
+                f"bundle {self.bundle!r}: rank {rank} of {world} stopped at {where}: a collective operation failed; "
+                f"another rank has most likely raised, died or stalled (collectives give up after {limit}); see the "
+                f"first error in the other ranks' output. Backend error: {type(err).__name__}: {err}"
+            ) from err
+        logging.getLogger(__name__).error(f"bundle {self.bundle!r}: rank {rank} of {world} raised at {where}: "
+                                          f"{type(err).__name__}: {err}")  # fmt: skip
+        raise err

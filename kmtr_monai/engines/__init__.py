@@ -2,9 +2,11 @@
 metrics and atomic checkpointing."""
 
 from kmtr_monai.engines.batch import PrepareKeys, UnpackTarget
-from kmtr_monai.engines.checkpoint import BestCheckpoint
+from kmtr_monai.engines.checkpoint import BestCheckpoint, LoadCheckpoint
 from kmtr_monai.engines.mae import MaskedReconstructionError, OutputLoss
 from kmtr_monai.engines.predictions import SavePredictions
+from kmtr_monai.engines.resume import ResumeCheckpoint, RngState
+from kmtr_monai.engines.safety import GradientClipping, StopOnNonFiniteLoss
 
 
 def metric_improved(mode: str):
@@ -16,4 +18,5 @@ def metric_improved(mode: str):
     raise ValueError(f"key_metric_mode must be 'min' or 'max', got {mode!r}")
 
 
-__all__ = ["PrepareKeys", "UnpackTarget", "BestCheckpoint", "MaskedReconstructionError", "OutputLoss", "SavePredictions", "metric_improved"]
+__all__ = ["PrepareKeys", "UnpackTarget", "BestCheckpoint", "LoadCheckpoint", "ResumeCheckpoint", "RngState",
+           "GradientClipping", "StopOnNonFiniteLoss", "MaskedReconstructionError", "OutputLoss", "SavePredictions", "metric_improved"]

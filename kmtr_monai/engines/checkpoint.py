@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import tempfile
@@ -14,6 +15,7 @@ import torch.nn as nn
 from ignite.engine import Engine, Events
 
 from kmtr_monai.distributed import is_main_process
+from kmtr_monai.engines.safety import check_finite_state
 
 
 def load_encoder_weights(
@@ -104,7 +106,10 @@ class BestCheckpoint:
     ``model.pt`` that the next stage would fail to load; this handler writes to a temporary file and renames it.
     Attach it to a ``SupervisedEvaluator`` (e.g. in ``val_handlers``). ``metric_name`` defaults to the evaluator's key
     metric; ``mode`` is ``"min"`` for errors and ``"max"`` for scores. ``final_filename`` also saves after every
-    evaluation (the latest state), for resuming.
+    evaluation (the latest state).
+
+    Non-finite weights are never written (``FloatingPointError``, the previous files are kept), and a NaN/Inf key
+    metric never counts as an improvement. ``state_dict``/``load_state_dict`` carry the best value across a resume.
     """
 
     def __init__(self, save_dir: str, save_dict: dict, metric_name: str | None = None, mode: str = "min",
@@ -122,8 +127,16 @@ class BestCheckpoint:
 
     def _save(self, name: str, engine: Engine) -> None:
         state = {key: _state_dict(obj) for key, obj in self.save_dict.items()}
+        path = os.path.join(self.save_dir, name)
+        check_finite_state(state, f"BestCheckpoint {path}")
         state["metrics"] = {k: float(v) for k, v in engine.state.metrics.items() if isinstance(v, (int, float))}
-        save_checkpoint_atomic(state, os.path.join(self.save_dir, name))
+        save_checkpoint_atomic(state, path)
+
+    def state_dict(self) -> dict:
+        return {"best": self.best}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best = float(state["best"])
 
     def __call__(self, engine: Engine) -> None:
         if not is_main_process():
@@ -132,8 +145,39 @@ class BestCheckpoint:
         if name not in engine.state.metrics:
             raise KeyError(f"BestCheckpoint: metric {name!r} not in evaluator metrics {sorted(engine.state.metrics)}")
         value = float(engine.state.metrics[name])
-        if (value < self.best) if self.mode == "min" else (value > self.best):
+        if not math.isfinite(value):
+            logging.getLogger(__name__).warning(f"BestCheckpoint: metric {name} = {value} is not finite; "
+                                                f"{self.filename} is not updated")  # fmt: skip
+        elif (value < self.best) if self.mode == "min" else (value > self.best):
             self.best = value
             self._save(self.filename, engine)
         if self.final_filename:
             self._save(self.final_filename, engine)
+
+
+class LoadCheckpoint:
+    """Strictly load each module of ``load_dict`` from entry ``name`` of ``load_path`` when the engine starts.
+
+    Replaces MONAI's ``CheckpointLoader`` in evaluation configs: that one raises PyTorch's ``load_state_dict`` error,
+    which names neither the file nor the bundle, and with a single object it silently treats a file lacking the key
+    as a bare state dict. This one goes through :func:`load_encoder_weights` (``weights_only=True``; the error names
+    the file and the entry and lists missing, unexpected and shape-mismatched keys) and prefixes the bundle name.
+    """
+
+    def __init__(self, load_path: str, load_dict: dict, bundle: str = "?") -> None:
+        self.load_path, self.load_dict, self.bundle = str(load_path), dict(load_dict), bundle
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine | None = None) -> None:
+        for name, obj in self.load_dict.items():
+            module = obj.module if isinstance(obj, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else obj
+            if not isinstance(module, nn.Module):
+                raise TypeError(f"bundle {self.bundle!r}: LoadCheckpoint entry {name!r} is a "
+                                f"{type(obj).__name__}, not a module")  # fmt: skip
+            try:
+                load_encoder_weights(module, self.load_path, key=name)
+            except (ValueError, FileNotFoundError) as err:
+                raise type(err)(f"bundle {self.bundle!r}: {err}") from None
+        logging.getLogger(__name__).info(f"bundle {self.bundle!r}: loaded {sorted(self.load_dict)} from {self.load_path}")
