@@ -149,8 +149,8 @@ class BestCheckpoint:
             logging.getLogger(__name__).warning(f"BestCheckpoint: metric {name} = {value} is not finite; "
                                                 f"{self.filename} is not updated")  # fmt: skip
         elif (value < self.best) if self.mode == "min" else (value > self.best):
-            self.best = value
             self._save(self.filename, engine)
+            self.best = value  # only once saved: a refused save leaves the previous best in force
         if self.final_filename:
             self._save(self.final_filename, engine)
 
