@@ -157,7 +157,7 @@ def export_bundle(name: str, out: str | Path, preset: str = "small", weights: st
             write(_merge_overrides(layer), f"{workflow}.json")
     if _layer(common, bundle, "inference"):
         write(ConfigParser.load_config_files(config_files(bundle, "inference", preset)), "inference.json")
-    shutil.copy(bundle / "configs" / "metadata.json", out / "configs" / "metadata.json")
+    (out / "configs" / "metadata.json").write_text(json.dumps(_concrete_metadata(bundle, preset), indent=2) + "\n")
     shutil.copy(common / "logging.conf", out / "configs" / "logging.conf")
     shutil.copy(bundle / "docs" / "README.md", out / "docs" / "README.md")
     shutil.copy(bundle.parent.parent / "LICENSE", out / "LICENSE")
@@ -165,6 +165,25 @@ def export_bundle(name: str, out: str | Path, preset: str = "small", weights: st
         _check_weights(out, Path(weights))
         shutil.copy(weights, out / "models" / "model.pt")
     return out
+
+
+def _concrete_metadata(bundle: Path, preset: str) -> dict:
+    """The bundle's metadata with the symbolic (S, T, H, W) shapes of its tensors replaced by the preset's sizes,
+    as ``monai.bundle verify_net_in_out`` and MONAI Label read them."""
+    from kmtr_monai.presets import load_preset
+
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    p = load_preset(preset)
+    sizes = [3 + p["n_sax"], p["n_frames"], p["crop"], p["crop"]]
+    for tensors in meta.get("network_data_format", {}).values():
+        for spec in tensors.values():
+            shape = spec.get("spatial_shape", [])
+            if len(shape) == 4 and all(isinstance(v, str) for v in shape):
+                spec["spatial_shape"] = sizes
+            elif len(shape) == 3 and all(isinstance(v, str) for v in shape):
+                spec["spatial_shape"] = sizes[:3]
+    meta["preset"] = preset
+    return meta
 
 
 def _check_weights(exported: Path, weights: Path) -> None:

@@ -82,14 +82,15 @@ def export_bundle(name: str, out: str, preset: str = "small", weights: str | Non
 
 
 def infer(bundle: str, input: str, out: str, acceleration: int | None = None, preset: str = "small",
-          weights: str | None = None, device: str | None = None):
+          weights: str | None = None, device: str | None = None, **overrides):
     """Run a Stage III bundle's inference on INPUT (a subject folder, a cohort folder or an HDF5 k-space file) and
-    write its clinical outputs to OUT (phenotypes.csv, diseases.csv or per-view NIfTI files)."""
+    write its clinical outputs to OUT (phenotypes.csv, diseases.csv or per-view NIfTI files). Further --key value
+    pairs are bundle config overrides (e.g. --kspace_scale_max 1.4142)."""
     import subprocess
 
     from kmtr_monai.bundle import bundle_command
 
-    overrides = {"input_path": str(Path(input).resolve()), "output_dir": str(Path(out).resolve())}
+    overrides = {**overrides, "input_path": str(Path(input).resolve()), "output_dir": str(Path(out).resolve())}
     if weights is not None:
         weights = Path(weights).resolve()
         if weights.name != "model.pt":

@@ -21,17 +21,14 @@ KEY_METRIC = {"image-mae": "val_mse", "kspace-mae": "val_mse", "align": "val_top
 
 def run_bundle(name: str, cohort: Path, out: Path, workflow: str = "train", **overrides):
     bundle = BUNDLES / name
+    args = {"bundle_root": str(bundle), "dataset_dir": str(cohort), "ckpt_dir": str(out / name / "models"),
+            "output_dir": str(out / name / "eval"), "max_epochs": 1, **overrides}  # fmt: skip
     workflow = ConfigWorkflow(
         config_file=config_files(name, workflow, "tiny"),
         meta_file=str(bundle / "configs" / "metadata.json"),
         logging_file=str(BUNDLES / "common" / "logging.conf"),
         workflow_type="train",
-        bundle_root=str(bundle),
-        dataset_dir=str(cohort),
-        ckpt_dir=str(out / name / "models"),
-        output_dir=str(out / name / "eval"),
-        max_epochs=1,
-        **overrides,
+        **args,
     )
     workflow.initialize()
     workflow.run()
@@ -190,3 +187,132 @@ def test_export_refuses_weights_of_another_bundle(stage_outputs, tmp_path):
     out, _ = stage_outputs
     with pytest.raises(ValueError, match="does not match ImageMAE"):
         export_bundle("image-mae", tmp_path / "x", preset="tiny", weights=out / "kspace-mae" / "models" / "model.pt")
+
+
+STAGE3 = ("regress", "classify", "segment-unetr", "recon")
+
+
+def _infer(name: str, out: Path, input_path: Path, result: Path):
+    return run_bundle(name, Path("/nonexistent"), out, workflow="inference", input_path=str(input_path),
+                      output_dir=str(result))  # fmt: skip
+
+
+def _subject_h5(name: str, subject_dir: Path, path: Path) -> Path:
+    """The k-space the bundle simulates from a subject folder, written as an HDF5 file on the model's grid."""
+    from monai.transforms import Compose
+
+    from kmtr_monai.io.kspace_h5 import write_kspace_h5
+
+    parser = _parsed(config_files(name, "inference", "tiny"), input_path=str(subject_dir))
+    chain = Compose(parser.get_parsed_content("from_folder") + parser.get_parsed_content("kspace_sim#validate"))
+    d = chain({"subject_dir": str(subject_dir)})
+    write_kspace_h5(str(path), d["kspace"].numpy(), d["mask"].numpy(), parser.get_parsed_content("views"),
+                    d["view_affine"].numpy(), pixel_spacing=(4.0, 4.0), frame_interval_ms=d["frame_interval_ms"],
+                    eid=d["eid"])  # fmt: skip
+    return path
+
+
+@pytest.mark.parametrize("name", STAGE3)
+def test_inference_on_subject_folder_and_hdf5(stage_outputs, tiny_cohort, tmp_path, name):
+    """Both inputs give the same outputs (same k-space); CSVs have the clinical columns; NIfTIs sit on the source."""
+    import csv
+
+    import nibabel as nib
+    import numpy as np
+
+    from kmtr_monai.constants import DISEASES, PHENOTYPES
+
+    out, _ = stage_outputs
+    subject = sorted(p for p in tiny_cohort.iterdir() if p.is_dir())[0]
+    _infer(name, out, subject, tmp_path / "folder")
+    _infer(name, out, _subject_h5(name, subject, tmp_path / "k.h5"), tmp_path / "h5")
+    if name in ("regress", "classify"):
+        file, names = ("phenotypes.csv", PHENOTYPES) if name == "regress" else ("diseases.csv", DISEASES)
+        rows = [list(csv.DictReader(open(tmp_path / d / file))) for d in ("folder", "h5")]
+        assert len(rows[0]) == 1 and rows[0][0]["eid"] == subject.name
+        for column in names:
+            assert float(rows[0][0][column]) == pytest.approx(float(rows[1][0][column]), rel=1e-4, abs=1e-4)
+        if name == "classify":
+            assert {rows[0][0][d] for d in DISEASES} <= {"0", "1"}
+        else:
+            assert f"{PHENOTYPES[0]} lower" in rows[0][0]
+        return
+    kind = "seg" if name == "segment-unetr" else "recon"
+    for view, source in (("la_4ch", "la_4ch.nii.gz"), ("sax_1", "sa.nii.gz")):
+        got = [nib.load(tmp_path / d / subject.name / f"{kind}_{view}.nii.gz") for d in ("folder", "h5")]
+        np.testing.assert_allclose(got[0].get_fdata(), got[1].get_fdata(), atol=1e-4)
+        assert got[0].shape == (32, 32, 1, 4) and np.allclose(got[0].affine, got[1].affine)
+        # the output grid is the source grid shifted by whole voxels: it overlays the source in a viewer
+        src = nib.load(subject / source)
+        to_source = np.linalg.inv(src.affine) @ got[0].affine
+        np.testing.assert_allclose(to_source[:3, :3], np.eye(3), atol=1e-6)
+        offset = to_source[:3, 3]
+        np.testing.assert_allclose(offset, np.round(offset), atol=1e-6)
+        assert 0 <= offset[2] < src.shape[2] and abs(offset[0]) < src.shape[0] and abs(offset[1]) < src.shape[1]
+
+
+def test_inference_refuses_a_checkpoint_of_another_bundle(stage_outputs, tiny_cohort, tmp_path):
+    out, _ = stage_outputs
+    subject = sorted(p for p in tiny_cohort.iterdir() if p.is_dir())[0]
+    with pytest.raises(Exception) as err:
+        run_bundle("classify", tiny_cohort, out, workflow="inference", input_path=str(subject),
+                   output_dir=str(tmp_path), ckpt_dir=str(out / "segment-unetr" / "models"))  # fmt: skip
+    assert "size mismatch" in str(err.value) or "Missing key" in str(err.value) or "Unexpected key" in str(err.value)
+
+
+def test_exported_segmentation_meets_the_monai_label_contract(stage_outputs, tiny_cohort, tmp_path):
+    """MONAI Label's monaibundle app reads only configs/inference.json + metadata.json (+ models/model.pt): the image
+    key is the first input, the prediction key the first output, labels from its channel_def; it instantiates
+    network_def, runs preprocessing, the inferer and postprocessing on {image: a cine NIfTI path}."""
+    from monai.bundle import ckpt_export, verify_net_in_out
+
+    from kmtr_monai.bundle import export_bundle
+
+    out, _ = stage_outputs
+    exported = export_bundle("segment-unetr", tmp_path / "seg", preset="tiny",
+                             weights=out / "segment-unetr" / "models" / "model.pt")  # fmt: skip
+    meta = json.loads((exported / "configs" / "metadata.json").read_text())
+    image_key = next(iter(meta["network_data_format"]["inputs"]))
+    pred_key, pred_spec = next(iter(meta["network_data_format"]["outputs"].items()))
+    labels = {int(k): v for k, v in pred_spec["channel_def"].items() if int(k) > 0}
+    assert (image_key, pred_key) == ("image", "pred") and labels == {1: "LV blood pool", 2: "LV myocardium",
+                                                                     3: "RV blood pool", 4: "LA", 5: "RA"}  # fmt: skip
+    parser = _parsed([str(exported / "configs" / "inference.json")], bundle_root=str(exported))
+    for key in ("bundle_root", "device", "network_def", "preprocessing", "postprocessing", "inferer"):
+        assert key in parser, key
+    network = parser.get_parsed_content("network_def")
+    network.load_state_dict(torch.load(exported / "models" / "model.pt", map_location="cpu", weights_only=True)["model"])
+    network.eval()
+    subject = sorted(p for p in tiny_cohort.iterdir() if p.is_dir())[0]
+    data = parser.get_parsed_content("preprocessing")({image_key: str(subject / "sa.nii.gz")})
+    with torch.no_grad():
+        data[pred_key] = parser.get_parsed_content("inferer")(data[image_key][None], network)[0]
+    data = parser.get_parsed_content("postprocessing")(data)
+    grid = pred_spec["spatial_shape"]
+    assert tuple(data[pred_key].shape) == (1, *grid) and set(data[pred_key].unique().tolist()) <= set(range(6))
+    # MONAI's own bundle tools on the exported folder: shape check and a traced TorchScript export
+    verify_net_in_out(net_id="network_def", meta_file=str(exported / "configs" / "metadata.json"),
+                      config_file=str(exported / "configs" / "inference.json"), bundle_root=str(exported))  # fmt: skip
+    ckpt_export(net_id="network_def", filepath=str(exported / "models" / "model.ts"),
+                ckpt_file=str(exported / "models" / "model.pt"), key_in_ckpt="model", use_trace=True,
+                input_shape=[1, 3, *grid],
+                meta_file=str(exported / "configs" / "metadata.json"),
+                config_file=str(exported / "configs" / "inference.json"), bundle_root=str(exported))  # fmt: skip
+    scripted = torch.jit.load(str(exported / "models" / "model.ts"))
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(data[image_key][None]), network(data[image_key][None]))
+
+
+def test_regress_two_process_gloo(stage_outputs, tiny_cohort):
+    """A Stage III bundle through its own configs + multi_gpu_train.json on 2 gloo ranks, chained from align."""
+    out, _ = stage_outputs
+    run = out / "regress-ddp"
+    overrides = {"dataset_dir": tiny_cohort, "ckpt_dir": run / "models", "output_dir": run / "eval", "max_epochs": 1,
+                 "align_ckpt": out / "align" / "models" / "model.pt"}  # fmt: skip
+    cmd = bundle_command("regress", "tiny", overrides, multi_gpu=True)
+    cmd = [cmd[0], "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"] + cmd[1:]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    metrics = dict(r.split(",") for r in (run / "eval" / "metrics.csv").read_text().split())
+    saved = torch.load(run / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert float(metrics["val_mean_mae"]) == pytest.approx(saved["metrics"]["val_mean_mae"])  # all 8 subjects scored
