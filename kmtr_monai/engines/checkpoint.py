@@ -15,7 +15,7 @@ import torch.nn as nn
 from ignite.engine import Engine, Events
 
 from kmtr_monai.distributed import is_main_process
-from kmtr_monai.engines.safety import check_finite_state
+from kmtr_monai.engines.safety import check_finite_state, checked_state
 
 
 def load_encoder_weights(
@@ -128,7 +128,7 @@ class BestCheckpoint:
     def _save(self, name: str, engine: Engine) -> None:
         state = {key: _state_dict(obj) for key, obj in self.save_dict.items()}
         path = os.path.join(self.save_dir, name)
-        check_finite_state(state, f"BestCheckpoint {path}")
+        check_finite_state({key: checked_state(obj) for key, obj in self.save_dict.items()}, f"BestCheckpoint {path}")
         state["metrics"] = {k: float(v) for k, v in engine.state.metrics.items() if isinstance(v, (int, float))}
         save_checkpoint_atomic(state, path)
 

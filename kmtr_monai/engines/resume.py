@@ -26,7 +26,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 
 from kmtr_monai.distributed import get_rank, get_world_size, is_dist_active
-from kmtr_monai.engines.safety import check_finite_state
+from kmtr_monai.engines.safety import check_finite_state, checked_state
 
 __all__ = ["RngState", "ResumeCheckpoint", "latest_resume_checkpoint"]
 
@@ -182,7 +182,7 @@ class ResumeCheckpoint:
     def _save(self, engine: Engine) -> None:
         for name, obj in self.save_dict.items():
             if isinstance(obj, (torch.nn.Module, torch.optim.Optimizer)):
-                check_finite_state(obj.state_dict(), f"bundle {self.bundle!r}: resume checkpoint at epoch "
+                check_finite_state(checked_state(obj), f"bundle {self.bundle!r}: resume checkpoint at epoch "
                                                      f"{engine.state.epoch}, iteration {engine.state.iteration}, "
                                                      f"entry {name!r}")  # fmt: skip
         self.checkpoint(engine)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 import torch
 from ignite.engine import Engine, Events
 
-__all__ = ["StopOnNonFiniteLoss", "GradientClipping", "nonfinite_entries", "check_finite_state"]
+__all__ = ["StopOnNonFiniteLoss", "GradientClipping", "nonfinite_entries", "checked_state", "check_finite_state"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,15 @@ def nonfinite_entries(state, prefix: str = "") -> list[str]:
         for i, v in enumerate(state):
             bad += nonfinite_entries(v, f"{prefix}[{i}]")
     return bad
+
+
+def checked_state(obj) -> Mapping:
+    """What must be finite before ``obj`` is saved: a module's parameters (buffers may hold non-finite values by
+    design, e.g. a conformal half-width of +inf when validation is too small for the stated coverage, or NaN before
+    calibration), or the whole state dict of anything else (an optimizer)."""
+    if isinstance(obj, torch.nn.Module):
+        return {name: p.detach() for name, p in obj.named_parameters()}
+    return obj.state_dict() if hasattr(obj, "state_dict") else obj
 
 
 def check_finite_state(state: Mapping, what: str) -> None:
