@@ -242,8 +242,8 @@ class ReportDistributedFailure:
         engine.add_event_handler(Events.EXCEPTION_RAISED, self)
 
     def __call__(self, engine, err: BaseException) -> None:
-        if not is_dist_active():
-            raise err
+        if not is_dist_active() or isinstance(err, DistributedFailure) or getattr(err, "_kmtr_rank_reported", False):
+            raise err  # Ignite passes one exception through EXCEPTION_RAISED twice (iteration loop, then run)
         import logging
 
         rank, world = get_rank(), get_world_size()
@@ -257,4 +257,8 @@ class ReportDistributedFailure:
             ) from err
         logging.getLogger(__name__).error(f"bundle {self.bundle!r}: rank {rank} of {world} raised at {where}: "
                                           f"{type(err).__name__}: {err}")  # fmt: skip
+        try:
+            err._kmtr_rank_reported = True
+        except AttributeError:  # an exception type without __dict__
+            pass
         raise err
