@@ -171,3 +171,26 @@ def test_every_torch_load_in_the_package_is_weights_only():
                 calls.append((f"{path.relative_to(PACKAGE)}:{node.lineno}", ok))
     assert calls, "no torch.load found: the scan is broken"
     assert [c for c, ok in calls if not ok] == []
+
+
+def test_iteration_interval_and_a_resume_file_that_does_not_fit(tiny_cohort, tmp_path):
+    """``resume_unit: iteration`` saves after every ``resume_interval`` iterations, keeping ``resume_n_saved``; a
+    resume file whose weights do not fit the network is refused naming the bundle, the file and the key."""
+    w = _workflow(tiny_cohort, tmp_path, max_epochs=1, resume_unit="iteration", resume_interval=1, resume_n_saved=1)
+    w.initialize(), w.run(), w.finalize()
+    resume = tmp_path / "models" / "resume"
+    assert sorted(p.name for p in resume.iterdir()) == ["resume_checkpoint_2.pt"]
+    state = torch.load(resume / "resume_checkpoint_2.pt", map_location="cpu", weights_only=True)
+    assert state["trainer"]["iteration"] == 2 and len(state["rng"]["ranks"]) == 1
+    state["model"]["mask_token"] = torch.zeros(1, 1, 3)
+    torch.save(state, resume / "resume_checkpoint_9.pt")
+    w = _workflow(tiny_cohort, tmp_path, max_epochs=2)
+    w.initialize()
+    with pytest.raises(Exception) as err:
+        w.run()
+    cause = err.value
+    while cause is not None and not isinstance(cause, ValueError):
+        cause = cause.__cause__
+    assert cause is not None, repr(err.value)
+    msg = str(cause)
+    assert "bundle 'image-mae'" in msg and "resume_checkpoint_9.pt does not fit this run" in msg and "mask_token" in msg

@@ -169,15 +169,20 @@ class ResumeCheckpoint:
 
     def attach(self, engine: Engine) -> None:
         self.to_save = {**self.save_dict, "trainer": engine, "rng": RngState(self.data)}
-        if getattr(engine, "scaler", None) is not None:
-            self.to_save["scaler"] = engine.scaler
         saver = DiskSaver(str(self.save_dir), atomic=True, require_empty=False, create_dir=True)
         self.checkpoint = Checkpoint(self.to_save, saver, filename_prefix=PREFIX, n_saved=self.n_saved,
                                      global_step_transform=lambda e, _: e.state.iteration, include_self=True)  # fmt: skip
         event = Events.EPOCH_COMPLETED if self.unit == "epoch" else Events.ITERATION_COMPLETED
         engine.add_event_handler(event(every=self.interval), self._save)
+        engine.add_event_handler(Events.STARTED, self._add_scaler)
         if self.resume:
             engine.add_event_handler(Events.STARTED, self._load)
+
+    def _add_scaler(self, engine: Engine) -> None:
+        """MONAI's trainer makes its AMP ``GradScaler`` in ``run()``, after the handlers are attached; Ignite's
+        ``Checkpoint`` keeps a reference to ``to_save``, so adding the scaler here saves it too."""
+        if getattr(engine, "scaler", None) is not None:
+            self.to_save["scaler"] = engine.scaler
 
     def _save(self, engine: Engine) -> None:
         for name, obj in self.save_dict.items():
