@@ -193,4 +193,5 @@ def test_iteration_interval_and_a_resume_file_that_does_not_fit(tiny_cohort, tmp
         cause = cause.__cause__
     assert cause is not None, repr(err.value)
     msg = str(cause)
-    assert "bundle 'image-mae'" in msg and "resume_checkpoint_9.pt does not fit this run" in msg and "mask_token" in msg
+    assert "bundle 'image-mae'" in msg and "resume_checkpoint_9.pt does not fit this run" in msg
+    assert "set resume false" in msg and "mask_token" in msg

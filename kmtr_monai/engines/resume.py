@@ -207,12 +207,14 @@ class ResumeCheckpoint:
         missing = [k for k in wanted if k not in state]
         if missing:
             raise ValueError(f"bundle {self.bundle!r}: resume checkpoint {path} lacks entries {missing} "
-                             f"(has {sorted(state)}); it was written by another bundle or version")  # fmt: skip
+                             f"(has {sorted(state)}); it was written by another bundle or version (set resume false or remove "
+                             f"{self.save_dir} to start afresh)")  # fmt: skip
         max_epochs = engine.state.max_epochs
         try:
             Checkpoint.load_objects({k: v for k, v in self.to_save.items()}, state)
         except (RuntimeError, ValueError, KeyError) as err:
-            raise ValueError(f"bundle {self.bundle!r}: resume checkpoint {path} does not fit this run: {err}") from err
+            raise ValueError(f"bundle {self.bundle!r}: resume checkpoint {path} does not fit this run (to start afresh "
+                             f"instead, set resume false or remove {self.save_dir}): {err}") from err  # fmt: skip
         saved = [(p, f) for p, f in state["checkpointer"]["_saved"] if (self.save_dir / f).is_file()]
         self.checkpoint.load_state_dict({"_saved": saved})  # so the oldest files are rotated out as before
         if max_epochs is not None:  # the configured value wins; one at or below the saved epoch ends the run at once
