@@ -195,3 +195,32 @@ def test_iteration_interval_and_a_resume_file_that_does_not_fit(tiny_cohort, tmp
     msg = str(cause)
     assert "bundle 'image-mae'" in msg and "resume_checkpoint_9.pt does not fit this run" in msg
     assert "set resume false" in msg and "mask_token" in msg
+
+
+def test_rng_state_round_trip_covers_every_generator_and_the_transforms():
+    """After ``load_state_dict`` torch, numpy, random and each random transform of the data chain (inside a Compose
+    inside a dataset) draw the same numbers again; a chain with another number of random transforms is refused."""
+    import random
+
+    import numpy as np
+    from monai.data import Dataset
+    from monai.transforms import Compose, RandGaussianNoised, RandFlipd
+
+    from kmtr_monai.engines import RngState
+
+    chain = Compose([RandFlipd("x", prob=0.5), Compose([RandGaussianNoised("x", prob=1.0)])])
+    data = Dataset([{"x": np.zeros((1, 4))}], transform=chain)
+    rng = RngState(data)
+    saved = rng.state_dict()
+
+    def draw():
+        flips = [chain.transforms[0].R.rand() for _ in range(3)]
+        noise = chain.transforms[1].transforms[0].R.rand()
+        return torch.rand(3).tolist(), np.random.rand(3).tolist(), random.random(), flips, noise
+
+    first = draw()
+    rng.load_state_dict(saved)
+    assert draw() == first
+    assert len(saved["ranks"]) == 1 and len(saved["ranks"][0]["transforms"]) == 4  # 2 Composes + 2 transforms
+    with pytest.raises(ValueError, match="random transform"):
+        RngState(Dataset([], transform=Compose([RandFlipd("x")]))).load_state_dict(saved)
