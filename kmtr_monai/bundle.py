@@ -22,7 +22,6 @@ import sys
 from pathlib import Path
 
 OVERRIDES = ("evaluate", "multi_gpu_train")
-WORKFLOWS = ("train", *OVERRIDES, "inference")
 
 
 def default_bundles_dir() -> Path:

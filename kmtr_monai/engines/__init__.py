@@ -19,4 +19,5 @@ def metric_improved(mode: str):
 
 
 __all__ = ["PrepareKeys", "UnpackTarget", "BestCheckpoint", "LoadCheckpoint", "ResumeCheckpoint", "RngState",
-           "GradientClipping", "StopOnNonFiniteLoss", "MaskedReconstructionError", "OutputLoss", "SavePredictions", "metric_improved"]
+           "GradientClipping", "StopOnNonFiniteLoss", "MaskedReconstructionError", "OutputLoss", "SavePredictions",
+           "metric_improved"]
