@@ -2,7 +2,7 @@
 
 1. Pixel ridge: R² on a held-out split of a ridge regression (RidgeCV, sklearn) from 2×-downsampled raw pixels, as
    the pipeline sees them (``kmtr_monai.data.cohort.LoadCohortSubjectd`` with the cohort's ``DATA_PRESETS``: views,
-   frames, heart-centred crop, per-subject min-max normalisation), to each phenotype. Reported, not a target: the
+   frames, motion-centred label-free crop, per-subject min-max normalisation), to each phenotype. Reported, not a target: the
    earlier "< 0.6" target is retired (DESIGN §6); it rises in cohort v2, whose views have their standard orientation.
 2. Phenotype -> disease: AUC on the same split of a logistic regression from the true phenotypes (all of
    ``ALL_PHENOTYPES``, standardised) to each disease. Target: 0.65 ... 0.9.
