@@ -117,14 +117,15 @@ class MagnitudeMSELoss(nn.Module):
     directly (nn.MSELoss underneath; this wrapper only checks shapes and accepts a target with or without the
     channel axis).
 
-    ``forward(pred (B, 1, S, T, H, W), target (B, S, T, H, W) or (B, 1, S, T, H, W)) -> scalar``.
+    ``forward(pred (B, 1, S, T, H, W), target (B, S, T, H, W) or (B, 1, S, T, H, W), view_valid (B, S) | None)
+    -> scalar``; views with ``view_valid`` 0 (missing from the subject) are left out of the mean.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.mse = nn.MSELoss()
 
-    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, pred: torch.Tensor, target: torch.Tensor, view_valid: torch.Tensor | None = None) -> torch.Tensor:
         if pred.ndim != 6 or pred.shape[1] != 1:
             raise ValueError(f"pred: expected (B, 1, S, T, H, W), got {tuple(pred.shape)}")
         if target.ndim == 5:
@@ -132,4 +133,9 @@ class MagnitudeMSELoss(nn.Module):
         if target.shape != pred.shape:
             raise ValueError(f"target: expected (B, S, T, H, W) = {(pred.shape[0], *pred.shape[2:])}, "
                              f"got {tuple(target.shape)}")  # fmt: skip
-        return self.mse(pred, target.to(pred.dtype))
+        if view_valid is None:
+            return self.mse(pred, target.to(pred.dtype))
+        if tuple(view_valid.shape) != (pred.shape[0], pred.shape[2]):
+            raise ValueError(f"view_valid: expected (B, S) = {(pred.shape[0], pred.shape[2])}, got {tuple(view_valid.shape)}")
+        w = view_valid.to(pred.dtype)[:, None, :, None, None, None].expand_as(pred)
+        return ((pred - target.to(pred.dtype)).square() * w).sum() / w.sum().clamp_min(1.0)

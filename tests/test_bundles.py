@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigWorkflow, verify_metadata
@@ -319,3 +320,24 @@ def test_regress_two_process_gloo(stage_outputs, tiny_cohort):
     metrics = dict(r.split(",") for r in (run / "eval" / "metrics.csv").read_text().split())
     saved = torch.load(run / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert float(metrics["val_mean_mae"]) == pytest.approx(saved["metrics"]["val_mean_mae"])  # all 8 subjects scored
+
+
+@pytest.mark.parametrize("name", ["image-mae", "recon"])
+def test_cohort_with_a_missing_view_trains_with_the_view_masked(stage_outputs, tiny_cohort, tmp_path, name):
+    """`--missing_views invalid`: a subject without its 2-chamber files trains and validates (the view is zeros with
+    view_valid 0, weighted out of the loss) instead of crashing inside a network."""
+    import shutil
+
+    from kmtr_monai.data.datalist import write_datalist
+
+    out, _ = stage_outputs
+    cohort = tmp_path / "cohort"
+    shutil.copytree(tiny_cohort, cohort)
+    subject = sorted(p for p in cohort.iterdir() if p.is_dir())[0]
+    for f in ("la_2ch.nii.gz", "seg_la_2ch.nii.gz"):
+        (subject / f).unlink()
+    write_datalist(str(cohort), val_fraction=0.5, test_fraction=0.0, seed=0, missing_views="invalid")
+    assert subject.name in (cohort / "datalist.json").read_text()
+    run_bundle(name, cohort, tmp_path, missing_views="invalid", align_ckpt=str(out / "align/models/model.pt"))
+    metrics = dict(r.split(",") for r in (tmp_path / name / "eval" / "metrics.csv").read_text().split())
+    assert all(np.isfinite(float(v)) for v in metrics.values())

@@ -355,3 +355,21 @@ def test_cli_kspace(cohort):
     assert res.returncode == 0, res.stderr
     assert "lines / frame             4.00 of 32" in res.stdout
     assert "effective_acceleration: 8.0" in res.stdout  # fire prints the returned figures as key: value lines
+
+
+def test_loader_is_thread_safe(tiny_cohort):
+    """CacheDataset fills its cache from a thread pool with one shared transform: no per-call state may live on the
+    instance (a shared subject folder once mixed one subject's segmentation with another's image)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from kmtr_monai.data.cohort import LoadCohortSubjectd
+
+    load = LoadCohortSubjectd(str(tiny_cohort), n_sax=2, n_frames=4, crop=32, load_seg=True, return_geometry=True)
+    eids = sorted(p.name for p in tiny_cohort.iterdir() if p.is_dir())
+    alone = [load({"eid": e}) for e in eids]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda e: load({"eid": e}), eids * 3))
+    for i, d in enumerate(together):
+        ref = alone[i % len(eids)]
+        for key in ("image", "seg", "crop_centre", "source_slice"):
+            assert torch.equal(d[key], ref[key]), (d["eid"], key)

@@ -430,3 +430,40 @@ def test_image_mae_eval_masks_are_repeatable():
     mae.train()
     w = [mae(img)["weight"] for _ in range(3)]
     assert not (torch.equal(w[0], w[1]) and torch.equal(w[1], w[2]))
+
+
+@pytest.mark.parametrize("which", ["image", "kspace"])
+def test_missing_view_counts_in_neither_loss_nor_metrics(which):
+    """A view flagged invalid (loader ``missing_views="invalid"``: zeros, view_valid 0) has weight 0: changing its
+    target changes nothing, while changing a valid view's target does."""
+    torch.manual_seed(0)
+    if which == "image":
+        m = build_image_mae("tiny").eval()
+        x = torch.rand(2, m.grid[0], 4, 32, 32)
+        valid = torch.ones(2, m.grid[0])
+        valid[0, 1] = 0
+        out = m(x, valid)
+        base = m.loss(out)
+        views = out["target"].view(2, m.grid[0], -1, out["target"].shape[-1])
+        for view, changes in ((1, False), (2, True)):  # subject 0's view 1 is invalid, its view 2 valid
+            shifted = views.clone()
+            shifted[0, view] += 5.0
+            moved = dict(out, target=shifted.view_as(out["target"]))
+            assert (abs(m.loss(moved).item() - base.item()) > 1e-3) == changes
+        assert out["weight"].view(2, m.grid[0], -1)[0, 1].sum() == 0 and out["weight"][1].sum() > 0
+    else:
+        m = build_kspace_mae("tiny", tokenizer="patch").eval()
+        s = m.shape[1]
+        full = torch.randn(2, *m.shape)
+        mask = torch.rand(2, *m.shape[1:4]) < 0.3
+        valid = torch.ones(2, s)
+        valid[1, 0] = 0
+        with torch.no_grad():
+            out = m(full * mask[:, None, ..., None], mask, full, valid)
+        base = m.loss(out)
+        for view, changes in ((0, False), (3, True)):
+            moved = dict(out, target_norm=out["target_norm"].clone())
+            moved["target_norm"][1, :, view] += 5.0
+            assert (abs(m.loss(moved).item() - base.item()) > 1e-3) == changes
+        with pytest.raises(ValueError, match="view_valid"):
+            m(full * mask[:, None, ..., None], mask, full, valid[:, :2])

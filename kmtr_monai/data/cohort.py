@@ -118,7 +118,7 @@ class LoadCohortSubjectd(MapTransform):
         the subset ``views`` in that order); H = NIfTI X axis, W = NIfTI Y axis; frames subsampled with
         ``frame_indices``; min–max normalised to [0, 1] over the whole stack (zero padding stays 0).
         ``seg`` int64 (S, T, H, W) in unified labels and ``seg_valid`` float32 (S,) (0 for la_3ch) when ``load_seg``.
-        ``view_valid`` float32 (S,) when ``missing_views="invalid"`` (1 = the view's image file exists).
+        ``view_valid`` float32 (S,): 1 when the view's image file exists (0 only under ``missing_views="invalid"``).
         ``crop_centre`` int64 (S, 2) and ``source_slice`` int64 (S,) when ``return_geometry``: the (x, y) voxel of
         the source file at the crop centre (the crop starts at centre − crop // 2) and the source Z index of each
         view (0 for LAX); −1 for a missing view. With the file's affine they place a prediction back on the source
@@ -178,25 +178,26 @@ class LoadCohortSubjectd(MapTransform):
         self.return_geometry = bool(return_geometry)
 
     # -- file access -------------------------------------------------------------------------------------------
-    def _read(self, subject: str, files: Mapping[str, str], key: str):
+    def _read(self, folder: str, subject: str, files: Mapping[str, str], key: str):
         """(X, Y, Z, T) data and affine of one file, with header, geometry and value checks."""
-        path = os.path.join(self._folder, files[key])
+        path = os.path.join(folder, files[key])
         data, _, affine = read_nifti(path, subject, return_affine=True)
         check_geometry(data.shape, key, subject, files[key], self.n_frames, self.n_sax if key == "sa" else 0)
         return data, affine
 
-    def _exists(self, subject: str, file: str) -> bool:
-        return os.path.isfile(os.path.join(self._folder, file))
+    def _exists(self, folder: str, file: str) -> bool:
+        return os.path.isfile(os.path.join(folder, file))
 
-    def _view_stack(self, subject: str, key: str) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int]]:
+    def _view_stack(self, folder: str, subject: str, key: str
+                    ) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int], list[int]]:  # fmt: skip
         """Image and unified seg (None when unavailable) of one file as (n, K, X, Y), n = 1 (LAX) or the SAX views,
         and the crop centre (x, y) from the image alone (``crop_centre`` rule, all slices and frames of the file)."""
-        image, affine = self._read(subject, IMAGE_FILES, key)
+        image, affine = self._read(folder, subject, IMAGE_FILES, key)
         check_finite(image, subject, IMAGE_FILES[key])
         seg = None
         want_seg = self.load_seg and key in SEG_FILES
-        if want_seg and (self.missing_views == "fail" or self._exists(subject, SEG_FILES[key])):
-            seg, seg_affine = self._read(subject, SEG_FILES, key)
+        if want_seg and (self.missing_views == "fail" or self._exists(folder, SEG_FILES[key])):
+            seg, seg_affine = self._read(folder, subject, SEG_FILES, key)
             check_pair(image.shape, seg.shape, affine, seg_affine, key, subject)
             seg = check_labels(seg, key, subject)  # the whole file, not only the loaded slices and frames
         centre = motion_centre(image) if self.crop_centre == "motion" else (image.shape[0] // 2, image.shape[1] // 2)
@@ -206,8 +207,7 @@ class LoadCohortSubjectd(MapTransform):
         if seg is not None:
             seg = remap_labels(seg[:, :, slices][..., t], UKBB_LABEL_MAPS[key], subject, SEG_FILES[key])
             seg = seg.transpose(2, 3, 0, 1)
-        self._last_slices = slices
-        return image, seg, centre
+        return image, seg, centre, slices
 
     def _sax_slices(self, image: np.ndarray, seg: np.ndarray | None) -> list[int]:
         """Z indices of the requested sax_i views (``sax_start`` + i); raw UK Biobank labels, LV = 1."""
@@ -229,15 +229,15 @@ class LoadCohortSubjectd(MapTransform):
         subject = os.path.basename(given)
         d[self.eid_key] = subject  # a subject-folder path (load_decathlon_datalist resolves eids) -> the eid
         # an existing folder path is read where it is (inference on one subject folder); an id is read under root
-        self._folder = given if os.path.isabs(given) and os.path.isdir(given) else os.path.join(self.root, subject)
-        if not os.path.isdir(self._folder):
-            raise FileNotFoundError(f"subject {subject!r}: folder {self._folder} does not exist")
+        folder = given if os.path.isabs(given) and os.path.isdir(given) else os.path.join(self.root, subject)
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"subject {subject!r}: folder {folder} does not exist")
 
         files = [v for v in self.views if is_lax(v)] + (["sa"] if any(not is_lax(v) for v in self.views) else [])
         images, segs, valid, present, centres, source_z = [], [], [], [], [], []
         for key in files:  # one file per iteration; all its slices and frames are cropped in one op
             n_views = 1 if key != "sa" else sum(not is_lax(v) for v in self.views)
-            if self.missing_views == "invalid" and not self._exists(subject, IMAGE_FILES[key]):
+            if self.missing_views == "invalid" and not self._exists(folder, IMAGE_FILES[key]):
                 shape = (n_views, self.n_frames, self.crop, self.crop)
                 images.append(np.full(shape, np.nan, dtype=np.float32))  # becomes 0 after normalisation
                 segs.append(np.zeros(shape, dtype=np.int64))
@@ -246,7 +246,7 @@ class LoadCohortSubjectd(MapTransform):
                 centres += [(-1, -1)] * n_views
                 source_z += [-1] * n_views
                 continue
-            image, seg, centre = self._view_stack(subject, key)
+            image, seg, centre, slices = self._view_stack(folder, subject, key)
             shift = self._shift()
             centre = (centre[0] + shift[0], centre[1] + shift[1])
             images.append(crop_centred(image, centre, self.crop, fill=np.nan))
@@ -255,7 +255,7 @@ class LoadCohortSubjectd(MapTransform):
             valid += [float(seg is not None)] * n_views
             present += [1.0] * n_views
             centres += [centre] * n_views
-            source_z += list(self._last_slices)
+            source_z += list(slices)
         if not any(present):
             names = sorted({IMAGE_FILES[k] for k in files})
             raise MissingFileError(subject, IMAGE_FILES[files[0]],
@@ -267,8 +267,7 @@ class LoadCohortSubjectd(MapTransform):
         if self.load_seg:
             d["seg"] = torch.from_numpy(np.concatenate(segs, axis=0))
             d["seg_valid"] = torch.tensor(valid, dtype=torch.float32)
-        if self.missing_views == "invalid":
-            d["view_valid"] = torch.tensor(present, dtype=torch.float32)
+        d["view_valid"] = torch.tensor(present, dtype=torch.float32)
         if self.return_geometry:
             d["crop_centre"] = torch.tensor(centres, dtype=torch.int64)
             d["source_slice"] = torch.tensor(source_z, dtype=torch.int64)

@@ -51,6 +51,15 @@ def _check_finite(name: str, x: torch.Tensor) -> None:
         raise ValueError(f"{name}: contains NaN values")
 
 
+def _token_view_weight(view_valid: torch.Tensor | None, batch: int, grid: tuple, like: torch.Tensor) -> torch.Tensor:
+    """(B, N) per-token weight from ``view_valid`` (B, S) for tokens ordered (S, T', H', W') (1 when None)."""
+    if view_valid is None:
+        return like.new_ones(())
+    if tuple(view_valid.shape) != (batch, grid[0]):
+        raise ValueError(f"view_valid: expected (B, S) = {(batch, grid[0])}, got {tuple(view_valid.shape)}")
+    return view_valid.to(like.dtype).repeat_interleave(math.prod(grid[1:]), dim=1)
+
+
 def pool_tokens(
     tokens: torch.Tensor, pool: str, valid: torch.Tensor | None = None, cells: Sequence[int] | None = None
 ) -> torch.Tensor:
@@ -186,8 +195,11 @@ class ImageMAE(_MAEBase):
         masked = torch.ones(batch, n, dtype=torch.bool, device=device).scatter(1, keep, False)
         return keep, masked
 
-    def forward(self, image: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """In eval mode without a ``generator`` the masks come from a fixed seed, so validation is repeatable."""
+    def forward(self, image: torch.Tensor, view_valid: torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+        """In eval mode without a ``generator`` the masks come from a fixed seed, so validation is repeatable.
+        ``view_valid`` (B, S): 0 for a view missing from the subject (loader ``missing_views="invalid"``); its patches
+        get weight 0, so they count in neither the loss nor the metrics."""
         self._require_decoder()
         if generator is None and not self.training:
             generator = torch.Generator(device=image.device).manual_seed(0)
@@ -201,7 +213,8 @@ class ImageMAE(_MAEBase):
             1, keep[..., None].expand(-1, -1, vis.shape[-1]), vis
         )
         pred = self.head(self._decode(enc, hidden + self.dec_pos))
-        return {"pred": pred, "target": patchify(image[:, None], self.patch), "weight": masked.to(pred.dtype)}
+        weight = masked.to(pred.dtype) * _token_view_weight(view_valid, b, self.grid, pred)
+        return {"pred": pred, "target": patchify(image[:, None], self.patch), "weight": weight}
 
     @staticmethod
     def loss(out: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -355,7 +368,8 @@ class KspaceMAE(_MAEBase):
         return self.encoder(tokens, valid), valid, index
 
     def forward(
-        self, kspace: torch.Tensor, mask: torch.Tensor, kspace_full: torch.Tensor | None = None
+        self, kspace: torch.Tensor, mask: torch.Tensor, kspace_full: torch.Tensor | None = None,
+        view_valid: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         self._require_decoder()
         m = self._check_inputs(kspace, mask)
@@ -381,6 +395,9 @@ class KspaceMAE(_MAEBase):
         if self.reference == "view_sharing":
             pred_norm = pred_norm + ref_norm
         weight = torch.where(m, self.sampled_weight, 1.0).to(pred_norm.dtype)
+        if view_valid is not None:  # (B, S): a missing view's lines count in neither the loss nor the metrics
+            check_shape("view_valid", view_valid, self.shape[1:2], "B, S")
+            weight = weight * view_valid.to(weight.dtype)[:, :, None, None]
         out = {"pred": self.invert_norm(pred_norm, scale), "pred_norm": pred_norm, "ref_norm": ref_norm,
                "weight": weight, "scale": scale}  # fmt: skip
         if kspace_full is not None:
