@@ -11,8 +11,9 @@ prints one table:
 - recon: PSNR / SSIM against zero-filled and view-sharing reconstructions of the same k-space.
 
 Usage: python benchmarks/stage3_small.py --run RUN --preset small [--runs regress classify seg-query ...]
-(``RUN/cohort`` holds the cohort and its datalist; each run folder's bundle is read from ``RUN/<name>/bundle``,
-default: the run name with a ``seg-`` prefix meaning ``segment-unetr``).
+(``RUN/cohort`` holds the cohort and its datalist; the bundle of run ``<name>`` is the name before its first ``-``,
+with ``seg`` meaning ``segment-unetr``; ``RUN/<name>.overrides.json``, when present, holds the config overrides the
+run was trained with, e.g. ``{"decoder": "query"}``, which evaluation must repeat to build the same network).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from kmtr_monai.bundle import bundle_command
+from kmtr_monai.constants import DISEASES, PHENOTYPES
 from kmtr_monai.data.targets import target_array
 from kmtr_monai.evaluation import mean_predictor_mae, prevalence_predictor_metrics
 
@@ -36,8 +38,9 @@ def bundle_of(name: str) -> str:
 
 def evaluate(run: Path, name: str, preset: str) -> dict[str, float]:
     out = run / name / "test"
-    overrides = {"dataset_dir": run / "cohort", "ckpt_dir": run / name / "models", "output_dir": out,
-                 "eval_split": "test"}  # fmt: skip
+    trained_with = run / f"{name}.overrides.json"
+    overrides = json.loads(trained_with.read_text()) if trained_with.is_file() else {}
+    overrides.update(dataset_dir=run / "cohort", ckpt_dir=run / name / "models", output_dir=out, eval_split="test")
     log = run / name / "test.log"
     with open(log, "w") as f:
         code = subprocess.run(bundle_command(bundle_of(name), preset, overrides, "evaluate"), stdout=f, stderr=f)
@@ -45,6 +48,19 @@ def evaluate(run: Path, name: str, preset: str) -> dict[str, float]:
         raise RuntimeError(f"evaluation of {name} failed; see {log}")
     with open(out / "metrics.csv") as f:
         return {row[0]: float(row[1]) for row in csv.reader(f) if len(row) >= 2}
+
+
+def read_csv_columns(path: Path, names) -> np.ndarray:
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    return np.array([[float(r[n]) if r[n] != "" else np.nan for n in names] for r in rows])
+
+
+def bootstrap_interval(stat, n: int, draws: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile interval of ``stat(rows)`` over subjects resampled with replacement."""
+    rng = np.random.default_rng(seed)
+    values = [stat(rng.integers(0, n, n)) for _ in range(draws)]
+    return tuple(np.nanpercentile(values, [2.5, 97.5]))
 
 
 def main() -> None:
@@ -62,13 +78,30 @@ def main() -> None:
         if bundle == "regress":
             ref = mean_predictor_mae(target_array(datalist, "training", "phenotypes"),
                                      target_array(datalist, "test", "phenotypes"))  # fmt: skip
+            pred = read_csv_columns(args.run / name / "test" / "phenotypes.csv", PHENOTYPES)
+            true = read_csv_columns(args.run / name / "test" / "targets.csv", PHENOTYPES)
+            mean = np.nanmean(target_array(datalist, "training", "phenotypes"), axis=0)
+            gap = bootstrap_interval(lambda i: np.nanmean(np.abs(pred[i] - true[i])) - np.nanmean(np.abs(mean - true[i])),
+                                     len(true))  # fmt: skip
             rows.append((name, f"MAE {m['val_mean_mae']:.2f}, R² {m['val_mean_r2']:.3f}, "
                                f"90% interval coverage {m['val_interval_coverage']:.3f}",
-                         f"mean predictor MAE {np.nanmean(ref):.2f}, R² ≤ 0"))  # fmt: skip
+                         f"mean predictor MAE {np.nanmean(ref):.2f}, R² ≤ 0; MAE difference 95% interval "
+                         f"[{gap[0]:+.2f}, {gap[1]:+.2f}]"))  # fmt: skip
         elif bundle == "classify":
             ref = prevalence_predictor_metrics(target_array(datalist, "training", "diseases"),
                                                target_array(datalist, "test", "diseases"))  # fmt: skip
-            rows.append((name, f"AUC {m['val_mean_auc']:.3f}, AP {m['val_ap']:.3f}, F1 {m['val_f1']:.3f}",
+            from sklearn.metrics import roc_auc_score
+
+            prob = read_csv_columns(args.run / name / "test" / "diseases.csv", [f"{d}_probability" for d in DISEASES])
+            true = read_csv_columns(args.run / name / "test" / "targets.csv", DISEASES)
+
+            def mean_auc(i):
+                aucs = [roc_auc_score(true[i, k], prob[i, k]) for k in range(true.shape[1]) if len(set(true[i, k])) == 2]
+                return np.mean(aucs) if aucs else np.nan
+
+            lo, hi = bootstrap_interval(mean_auc, len(true))
+            rows.append((name, f"AUC {m['val_mean_auc']:.3f} (95% interval [{lo:.3f}, {hi:.3f}]), AP {m['val_ap']:.3f}, "
+                               f"F1 {m['val_f1']:.3f}",
                          f"chance AUC 0.5, AP {ref['mean']['ap']:.3f} (prevalence)"))  # fmt: skip
         elif bundle == "segment-unetr":
             rows.append((name, f"mean foreground Dice {m['val_mean_dice']:.3f}", "all-background 0"))
