@@ -373,3 +373,16 @@ def test_loader_is_thread_safe(tiny_cohort):
         ref = alone[i % len(eids)]
         for key in ("image", "seg", "crop_centre", "source_slice"):
             assert torch.equal(d[key], ref[key]), (d["eid"], key)
+
+
+def test_label_centred_crop_reference_centres_on_the_labels(tiny_cohort):
+    """``crop_centre="label"`` (the old training rule, kept as a reference) centres each file's crop on its labelled
+    voxels at frame 0; it needs segmentations."""
+    from kmtr_monai.data.cohort import LoadCohortSubjectd
+
+    eid = sorted(p.name for p in tiny_cohort.iterdir() if p.is_dir())[0]
+    d = LoadCohortSubjectd(str(tiny_cohort), n_sax=2, n_frames=4, crop=32, crop_centre="label",
+                           return_geometry=True)({"eid": eid})  # fmt: skip
+    seg = nib.load(tiny_cohort / eid / "seg_la_4ch.nii.gz").get_fdata()
+    xs, ys = np.nonzero((seg[..., 0] > 0).any(axis=2))
+    assert d["crop_centre"][2].tolist() == [int(round(xs.mean())), int(round(ys.mean()))]  # la_4ch is view 2

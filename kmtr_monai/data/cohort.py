@@ -66,7 +66,7 @@ def crop_centred(arr: np.ndarray, centre: Sequence[int], crop: int, fill: float 
     return out
 
 
-CROP_CENTRES = ("motion", "image")
+CROP_CENTRES = ("motion", "image", "label")
 
 
 def motion_centre(image: np.ndarray, quantile: float = 0.75, sigma: float = 2.0) -> tuple[int, int]:
@@ -133,8 +133,9 @@ class LoadCohortSubjectd(MapTransform):
     SAX range is centred in the stack when ``load_seg`` is False or there is no LV label. Crop: ``crop``×``crop``
     around a centre found from the image alone, the same rule with or without labels, so training and inference
     see the same field of view: ``crop_centre="motion"`` (default) the centroid of the cine's temporal SD
-    (``motion_centre``: where the heart beats), ``"image"`` the image centre. One centre per file (the SAX slices
-    stay aligned). ``RandLoadCohortSubjectd`` adds a random shift for training. ``benchmarks/crop_rule.py``
+    (``motion_centre``: where the heart beats), ``"image"`` the image centre. ``"label"`` (a reference only: it needs
+    segmentations, so inference cannot use it) centres on the labelled heart at frame 0, the rule training used
+    before. One centre per file (the SAX slices stay aligned). ``RandLoadCohortSubjectd`` adds a random shift for training. ``benchmarks/crop_rule.py``
     measures how much of the labelled heart each rule keeps.
 
     Missing view files (``missing_views``): ``"fail"`` raises FileNotFoundError naming the file; ``"invalid"``
@@ -200,7 +201,12 @@ class LoadCohortSubjectd(MapTransform):
             seg, seg_affine = self._read(folder, subject, SEG_FILES, key)
             check_pair(image.shape, seg.shape, affine, seg_affine, key, subject)
             seg = check_labels(seg, key, subject)  # the whole file, not only the loaded slices and frames
-        centre = motion_centre(image) if self.crop_centre == "motion" else (image.shape[0] // 2, image.shape[1] // 2)
+        centre = (image.shape[0] // 2, image.shape[1] // 2)
+        if self.crop_centre == "motion":
+            centre = motion_centre(image)
+        elif self.crop_centre == "label" and seg is not None and (seg[..., 0] > 0).any():
+            xs, ys = np.nonzero((seg[..., 0] > 0).any(axis=2))  # labelled voxels of any slice at frame 0
+            centre = (int(round(xs.mean())), int(round(ys.mean())))
         slices = [0] if key != "sa" else self._sax_slices(image, seg)
         t = frame_indices(image.shape[3], self.n_frames)
         image = np.asarray(image[:, :, slices][..., t], dtype=np.float32).transpose(2, 3, 0, 1)  # (n, K, X, Y)
