@@ -341,3 +341,21 @@ def test_cohort_with_a_missing_view_trains_with_the_view_masked(stage_outputs, t
     run_bundle(name, cohort, tmp_path, missing_views="invalid", align_ckpt=str(out / "align/models/model.pt"))
     metrics = dict(r.split(",") for r in (tmp_path / name / "eval" / "metrics.csv").read_text().split())
     assert all(np.isfinite(float(v)) for v in metrics.values())
+
+
+def test_regress_any_subset_of_the_ukbb_cardiac_columns(stage_outputs, tiny_cohort, tmp_path):
+    """`--phenotype_names` picks any ukbb_cardiac columns (LVESV is not among the paper's 12) from phenotypes.csv;
+    the model, its statistics and the written CSVs follow."""
+    import csv
+
+    out, _ = stage_outputs
+    names = ["LVESV (mL)", "LVEF (%)"]
+    run_bundle("regress", tiny_cohort, tmp_path, phenotype_names=names, align_ckpt=str(out / "align/models/model.pt"))
+    state = torch.load(tmp_path / "regress" / "models" / "model.pt", map_location="cpu", weights_only=True)["model"]
+    table = {r["eid"]: r for r in csv.DictReader(open(tiny_cohort / "phenotypes.csv"))}
+    train = [table[i["eid"]] for i in json.loads((tiny_cohort / "datalist.json").read_text())["training"]]
+    expected = [np.mean([float(r[n]) for r in train]) for n in names]
+    np.testing.assert_allclose(state["head.target_mean"].numpy(), expected, rtol=1e-5)
+    run_bundle("regress", tiny_cohort, tmp_path, workflow="evaluate", phenotype_names=names)
+    header = next(csv.reader(open(tmp_path / "regress" / "eval" / "phenotypes.csv")))
+    assert header[:3] == ["eid", *names]
