@@ -40,8 +40,9 @@ def input_items(path: str | os.PathLike) -> list[dict]:
         subjects = sorted(c for c in p.iterdir() if c.is_dir() and _is_subject(c))
         if subjects:
             return [{"subject_dir": str(s)} for s in subjects]
-    raise FileNotFoundError(f"inference input {p}: expected an HDF5 k-space file ({', '.join(H5_SUFFIXES)}), a subject "
-                            f"folder holding {sorted(IMAGE_FILES.values())}, or a folder of such subject folders")  # fmt: skip
+    raise FileNotFoundError(f"inference input {p}: expected an HDF5 k-space file ({', '.join(H5_SUFFIXES)}), a "
+                            f"subject folder holding {sorted(IMAGE_FILES.values())}, or a folder of such "
+                            "subject folders")  # fmt: skip
 
 
 def is_h5(path: str | os.PathLike) -> bool:
@@ -69,7 +70,8 @@ class ViewGeometryd(MapTransform):
         d = dict(data)
         for key in ("crop_centre", "source_slice"):
             if key not in d:
-                raise KeyError(f"ViewGeometryd needs {key!r}: load the subject with LoadCohortSubjectd(return_geometry=True)")
+                raise KeyError(f"ViewGeometryd needs {key!r}: load the subject with "
+                               "LoadCohortSubjectd(return_geometry=True)")  # fmt: skip
         affines, intervals = [], []
         for i, view in enumerate(self.views):
             file = os.path.join(str(d[self.first_key(d)]), IMAGE_FILES[view if is_lax(view) else "sa"])
@@ -126,5 +128,5 @@ class SaveViewNiftis:
         if not is_main_process():
             return
         for i, eid in enumerate(batch["eid"]):
-            write_view_niftis(self.save_dir, str(eid), self.views, volumes[i].numpy(),
-                              batch["view_affine"][i].numpy(), float(batch["frame_interval_ms"][i]), kind=self.kind)  # fmt: skip
+            affine, interval = batch["view_affine"][i].numpy(), float(batch["frame_interval_ms"][i])
+            write_view_niftis(self.save_dir, str(eid), self.views, volumes[i].numpy(), affine, interval, kind=self.kind)

@@ -136,6 +136,7 @@ class MagnitudeMSELoss(nn.Module):
         if view_valid is None:
             return self.mse(pred, target.to(pred.dtype))
         if tuple(view_valid.shape) != (pred.shape[0], pred.shape[2]):
-            raise ValueError(f"view_valid: expected (B, S) = {(pred.shape[0], pred.shape[2])}, got {tuple(view_valid.shape)}")
+            raise ValueError(f"view_valid: expected (B, S) = {(pred.shape[0], pred.shape[2])}, "
+                             f"got {tuple(view_valid.shape)}")  # fmt: skip
         w = view_valid.to(pred.dtype)[:, None, :, None, None, None].expand_as(pred)
         return ((pred - target.to(pred.dtype)).square() * w).sum() / w.sum().clamp_min(1.0)
