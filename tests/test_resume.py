@@ -149,14 +149,19 @@ def test_evaluate_refuses_checkpoint_of_another_preset(tiny_cohort, tmp_path):
     w.initialize()
     with pytest.raises(Exception) as err:  # MONAI wraps it in "Failed to evaluate ..."; ours is the cause
         w.run()
-    cause = err.value
-    while cause is not None and not isinstance(cause, ValueError):
-        cause = cause.__cause__
-    assert cause is not None, repr(err.value)
-    msg = str(cause)
+    msg = _value_error_message(err.value)
     assert "bundle 'image-mae'" in msg and str(tmp_path / "models" / "model.pt") in msg and "key='model'" in msg
     assert "shape mismatches" in msg and "checkpoint (" in msg and "vs model (" in msg
     assert "tokenizer.proj.weight: checkpoint (192, 1, 2, 8, 8) vs model (64, 1, 2, 8, 8)" in msg  # key and shapes
+
+
+def _value_error_message(err: BaseException) -> str:
+    """The message of the ValueError MONAI's "Failed to evaluate ..." wraps (followed through ``__cause__``)."""
+    cause = err
+    while cause is not None and not isinstance(cause, ValueError):
+        cause = cause.__cause__
+    assert cause is not None, repr(err)
+    return str(cause)
 
 
 def test_every_torch_load_in_the_package_is_weights_only():
@@ -188,11 +193,7 @@ def test_iteration_interval_and_a_resume_file_that_does_not_fit(tiny_cohort, tmp
     w.initialize()
     with pytest.raises(Exception) as err:
         w.run()
-    cause = err.value
-    while cause is not None and not isinstance(cause, ValueError):
-        cause = cause.__cause__
-    assert cause is not None, repr(err.value)
-    msg = str(cause)
+    msg = _value_error_message(err.value)
     assert "bundle 'image-mae'" in msg and "resume_checkpoint_9.pt does not fit this run" in msg
     assert "set resume false" in msg and "mask_token" in msg
 
