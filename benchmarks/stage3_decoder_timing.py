@@ -19,7 +19,7 @@ import torch
 from kmtr_monai.losses_stage3 import MaskedDiceCELoss
 from kmtr_monai.networks import (
     ImageQueryDecoder,
-    KspaceTaskModel,
+    TaskModel,
     TokenGridUNETRDecoder,
     build_kspace_encoder,
     build_kspace_mae,
@@ -66,7 +66,7 @@ def main() -> None:
             "query": ImageQueryDecoder(dim, grid, patch, 6, n_lax=3, feature_size=args.feature_size),
         }
         for name, dec in decoders.items():
-            model = KspaceTaskModel(enc, dec)
+            model = TaskModel(enc, dec)
             extra = (hidden,) if getattr(dec, "hidden_layers", None) else ()
 
             def dec_fwd():

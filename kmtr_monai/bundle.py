@@ -79,16 +79,21 @@ def config_files(bundle: str | Path, workflow: str = "train", preset: str = "sma
     return [str(f) for f in files]
 
 
+def bundle_run_args(bundle: str | Path, preset: str, overrides: dict, workflow: str = "train",
+                    multi_gpu: bool = False) -> dict:  # fmt: skip
+    """The keyword arguments of ``monai.bundle.run`` for one bundle, preset and workflow (overrides included)."""
+    bundle = _bundle_dir(bundle)
+    return {"config_file": config_files(bundle, workflow, preset, multi_gpu),
+            "meta_file": str(bundle / "configs" / "metadata.json"), "logging_file": str(_logging_conf(bundle)),
+            "bundle_root": str(bundle), **overrides}  # fmt: skip
+
+
 def bundle_command(bundle: str | Path, preset: str, overrides: dict, workflow: str = "train",
                    multi_gpu: bool = False) -> list[str]:  # fmt: skip
     """The ``python -m monai.bundle run`` command line for one bundle, preset and workflow."""
-    bundle = _bundle_dir(bundle)
-    cmd = [sys.executable, "-m", "monai.bundle", "run",
-           "--config_file", repr(config_files(bundle, workflow, preset, multi_gpu)),
-           "--meta_file", str(bundle / "configs" / "metadata.json"),
-           "--logging_file", str(_logging_conf(bundle)), "--bundle_root", str(bundle)]  # fmt: skip
-    for key, value in overrides.items():
-        cmd += [f"--{key}", str(value)]
+    cmd = [sys.executable, "-m", "monai.bundle", "run"]
+    for key, value in bundle_run_args(bundle, preset, overrides, workflow, multi_gpu).items():
+        cmd += [f"--{key}", repr(value) if key == "config_file" else str(value)]
     return cmd
 
 

@@ -64,12 +64,17 @@ def kspace(root: str, preset: str = "tiny", acceleration: int = 4, pattern: str 
                           on_bad_subject=on_bad_subject, missing_views=missing_views)  # fmt: skip
 
 
-def pipeline(out: str = "runs/tiny", preset: str = "tiny", subjects: int | None = None, seed: int = 0, workers: int = 1,
-             epochs: int | None = None):
-    """The main job: simulate a cohort, then train image-mae, kspace-mae and align with their bundles."""
+def pipeline(out: str = "runs/tiny", preset: str = "tiny", cohort: str | None = None, accelerations="2,4,8,16",
+             device: str | None = None, nproc: int = 1, force: str | None = None, stages: str | None = None,
+             subjects: int | None = None, seed: int = 0, workers: int = 1):  # fmt: skip
+    """The main job: k-MTR (Stage I, II, III) and its baselines on one cohort, tested on its held-out split, with a
+    report in OUT/report. Re-running skips finished stages; --force STAGE[,STAGE] redoes them; --stages limits the
+    run to some stages or tasks; --cohort uses an existing UK Biobank-layout cohort instead of simulating one;
+    --nproc N trains each stage on N processes with torchrun and the bundles' multi_gpu_train.json."""
     from kmtr_monai.pipeline import run_pipeline
 
-    run_pipeline(out=out, preset=preset, subjects=subjects, seed=seed, workers=workers, max_epochs=epochs)
+    run_pipeline(out=out, preset=preset, cohort=cohort, accelerations=accelerations, device=device, nproc=nproc,
+                 force=force, stages=stages, subjects=subjects, seed=seed, workers=workers)  # fmt: skip
 
 
 def export_bundle(name: str, out: str, preset: str = "small", weights: str | None = None):

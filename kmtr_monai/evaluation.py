@@ -552,8 +552,9 @@ class SegmentationDice(_PerSubjectRows):
     batch keys into their output, so without ``valid`` in the output it is read from ``engine.state.batch
     [valid_key]`` (a collated dict or decollated per-sample dicts); ``valid_key=None``: every view is valid. A dict
     output is read by keys ``"pred"``, ``"label"`` (and ``valid_key`` when present). Same definition as
-    :func:`dice_per_class`; per-class values of the last compute in ``self.per_class``. Written instead of MONAI
-    ``MeanDice`` because that handler cannot drop invalid views.
+    :func:`dice_per_class`; per-class values of the last compute in ``self.per_class``, also put into the engine's
+    metrics as ``<name with "mean_dice" → "dice">_<class>`` (``val_dice_LV``, ...) so ``MetricsSaver`` writes them.
+    Written instead of MONAI ``MeanDice`` because that handler cannot drop invalid views.
     """
 
     required_output_keys = ("pred", "label", "seg_valid")
@@ -598,6 +599,11 @@ class SegmentationDice(_PerSubjectRows):
             per = np.nanmean(rows, axis=0)
         self.per_class = dict(zip(_names(None, self.n_classes - 1, FOREGROUND, "class"), per.tolist()))
         return _nanmean(per)
+
+    def completed(self, engine, name: str) -> None:
+        super().completed(engine, name)
+        for cls, value in (self.per_class or {}).items():
+            engine.state.metrics[f"{name.replace('mean_dice', 'dice')}_{cls}"] = value
 
 
 class MagnitudePSNR(_PerSubjectRows):

@@ -20,7 +20,7 @@ from kmtr_monai.networks import (
     DiseaseClassifier,
     ImageQueryDecoder,
     KspaceMAE,
-    KspaceTaskModel,
+    TaskModel,
     PhenotypeRegressor,
     TemporalMLPHead,
     TokenGridUNETRDecoder,
@@ -86,7 +86,7 @@ def test_task_models_shapes_and_no_leakage(reference):
     ks_other = torch.where(unsampled, 100 * torch.randn(ks.shape, generator=g), ks)  # only unsampled values change
     ks_sampled = ks + (~unsampled) * 0.1 * torch.randn(ks.shape, generator=g)  # sampled values change
     for name, head in heads_for(enc).items():
-        model = KspaceTaskModel(enc, head).eval()
+        model = TaskModel(enc, head).eval()
         with torch.no_grad():
             out, out_other, out_sampled = model(ks, mask), model(ks_other, mask), model(ks_sampled, mask)
         assert tuple(out.shape) == EXPECTED[name], name
@@ -121,7 +121,7 @@ def test_trace_matches_eager_on_new_input():
     """TorchScript tracing (ckpt_export --use_trace) of a task model generalises to another subject and mask."""
     enc = build_kspace_encoder(tiny_mae(), "scratch")
     head = heads_for(enc)["regress"]
-    model = KspaceTaskModel(enc, head).eval()
+    model = TaskModel(enc, head).eval()
     ks, mask, _, _ = make_batch(2, seed=0)
     ks2, mask2, _, _ = make_batch(2, seed=1)
     with warnings.catch_warnings():
@@ -133,7 +133,7 @@ def test_trace_matches_eager_on_new_input():
 
 def test_packed_input_and_grid_check():
     enc = build_kspace_encoder(tiny_mae(), "scratch")
-    model = KspaceTaskModel(enc, heads_for(enc)["seg_query"]).eval()
+    model = TaskModel(enc, heads_for(enc)["seg_query"]).eval()
     ks, mask, _, _ = make_batch(2)
     packed = torch.cat([ks, mask[:, None, ..., None].expand_as(ks[:, :1])], 1)
     with torch.no_grad():
@@ -143,9 +143,9 @@ def test_packed_input_and_grid_check():
     with pytest.raises(ValueError, match=r"expected \(B, 3, S, T, H, W\)"):
         model(ks)
     with pytest.raises(ValueError, match=r"\(view, time\) cells \(S, T'\) \(5, 4\), but the encoder's is \(5, 2\)"):
-        KspaceTaskModel(enc, PhenotypeRegressor(TemporalMLPHead(DIM, 5, 4, 2), [0.0, 0.0], [1.0, 1.0]))
+        TaskModel(enc, PhenotypeRegressor(TemporalMLPHead(DIM, 5, 4, 2), [0.0, 0.0], [1.0, 1.0]))
     with pytest.raises(ValueError, match=r"grid \(S, T', H', W'\) \(5, 2, 2, 2\)"):
-        KspaceTaskModel(enc, ImageQueryDecoder(DIM, (5, 2, 2, 2), (2, 16, 16), 6, n_lax=N_LAX))
+        TaskModel(enc, ImageQueryDecoder(DIM, (5, 2, 2, 2), (2, 16, 16), 6, n_lax=N_LAX))
 
 
 # ------------------------------------------------------------------------------------------------ init switch
@@ -182,14 +182,14 @@ def test_init_switch_loads_the_right_weights(tmp_path):
 
 def test_freeze_encoder_leaves_encoder_grads_none():
     enc = build_kspace_encoder(tiny_mae(), "scratch")
-    model = KspaceTaskModel(enc, heads_for(enc)["classify"], freeze_encoder=True)
+    model = TaskModel(enc, heads_for(enc)["classify"], freeze_encoder=True)
     model.train()
     assert not enc.training and model.head.training
     ks, mask, _, _ = make_batch(2)
     model(ks, mask).square().mean().backward()
     assert all(p.grad is None for p in enc.parameters())
     assert all(p.grad is not None for p in model.head.parameters())
-    unfrozen = KspaceTaskModel(enc.requires_grad_(True), heads_for(enc)["classify"])
+    unfrozen = TaskModel(enc.requires_grad_(True), heads_for(enc)["classify"])
     unfrozen(ks, mask).square().mean().backward()
     assert enc.encoder.blocks[0].attn.qkv.weight.grad is not None
 
@@ -334,7 +334,7 @@ def test_dense_decoders_overfit_a_tiny_batch(decoder, feature_size, lr):
     for head, steps, loss_fn in ((heads[0], 60, lambda out: seg_loss(out, seg, valid)),
                                  (heads[1], 30, lambda out: recon_loss(out, img))):  # fmt: skip
         torch.manual_seed(0)
-        model = KspaceTaskModel(build_kspace_encoder(tiny_mae(), "scratch"), head)
+        model = TaskModel(build_kspace_encoder(tiny_mae(), "scratch"), head)
         opt = torch.optim.Adam(model.parameters(), lr)
         losses = []
         for _ in range(steps):

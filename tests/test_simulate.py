@@ -48,7 +48,7 @@ def test_layout_files_shapes_and_headers(cohort):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     meta = json.load(open(os.path.join(cohort, "cohort.json")))
     assert meta["seed"] == 0 and meta["preset"] == "tiny" and len(meta["subjects"]) == N_SUBJECTS
-    assert meta["version"] == "2.0.0"
+    assert meta["version"] == "2.1.0"
     for eid, latent in zip(eids, meta["subjects"]):
         files = set(os.listdir(os.path.join(cohort, eid)))
         assert files == set(IMAGE_FILES.values()) | set(SEG_FILES.values())
@@ -300,3 +300,27 @@ def test_rendered_volumes_match_analytic_shapes():
     # bSSFP contrast: blood / myocardium mean intensity 2-3 (DESIGN §6), eroded labels avoid partial volume
     ratio = img[ndimage.binary_erosion(blood)].mean() / img[ndimage.binary_erosion(s == 2)].mean()
     assert 2.0 <= ratio <= 3.0
+
+
+def test_long_axis_anatomy_v21():
+    """v2.1: atria sit on the (non-flat) AV plane, the aortic root leaves the LV base beside the mitral annulus and
+    points to the base, and the AV leaflets are closed in systole and open in diastole."""
+    from kmtr_monai.simulate.geometry import av_offset
+    from kmtr_monai.simulate.render import aortic_root
+
+    for index in range(4):
+        p = sample_subject(7, index)
+        shapes = cardiac_shapes(p, 50)
+        lv, rv, la, ra = shapes["lv"], shapes["rv"], shapes["la"], shapes["ra"]
+        k_la, k_ra = p["atrial_truncation"]
+        for at, k in ((la, k_la), (ra, k_ra)):  # the atrial cut is the AV plane at the atrial axis, every frame
+            plane = lv["b"] + av_offset(at["x1"], at["x2"], p, lv["r_ed"])
+            assert np.allclose(at["x3"] + k * at["c"], plane)
+        # the tricuspid annulus (RV side) lies apical to the mitral annulus
+        assert av_offset(ra["x1"], ra["x2"], p, lv["r_ed"]) > av_offset(la["x1"], la["x2"], p, lv["r_ed"])
+        start, up = aortic_root(p, shapes)
+        assert start[2] == pytest.approx(lv["b"][0] + av_offset(start[0], start[1], p, lv["r_ed"]))
+        assert np.hypot(start[0], start[1]) < lv["r_ed"] and up[2] < -0.5  # from inside the base, towards the base
+        es = int(np.argmax(lv["b"]))
+        assert la["leaflet_deg"][0] == la["leaflet_deg"][es] == pytest.approx(12.0)
+        assert la["leaflet_deg"].max() > 60.0 and np.argmax(la["leaflet_deg"]) > es

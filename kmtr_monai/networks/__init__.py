@@ -2,7 +2,7 @@
 Stage III task models, heads and dense decoders."""
 
 from .dense_decoders import ImageQueryDecoder, TokenGridUNETRDecoder, TokenUnpatchify, evenly_spaced_layers
-from .downstream import INITS, KspaceTaskModel, build_kspace_encoder
+from .downstream import INITS, TaskModel, build_kspace_encoder
 from .heads import DiseaseClassifier, PhenotypeRegressor, TemporalMLPHead
 from .mae import MODEL_PRESETS, ImageMAE, KspaceMAE, build_image_mae, build_kspace_mae, pool_tokens
 from .pos_embed import grid_positions, lax_flag, position_code, sincos_1d, sincos_code, split_dims
@@ -39,7 +39,7 @@ __all__ = [
     "TransformerEncoder",
     # Stage III
     "INITS",
-    "KspaceTaskModel",
+    "TaskModel",
     "build_kspace_encoder",
     "TemporalMLPHead",
     "PhenotypeRegressor",

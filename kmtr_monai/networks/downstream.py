@@ -1,7 +1,9 @@
-"""Stage III task models: the k-space encoder (a ``KspaceMAE`` without decoder) + one task head (issue 13).
+"""Stage III task models: an encoder + one task head (issue 13).
 
-Only ``encoder.encode(kspace, mask)`` touches the input, so the no-leakage property of the encoder carries over
-to every task, and there is no inverse FFT anywhere.
+k-MTR's encoder is a ``KspaceMAE`` without decoder: only ``encoder.encode(kspace, mask)`` touches the input, so
+the no-leakage property of the encoder carries over to every task, and there is no inverse FFT anywhere. The
+baselines' encoders (:mod:`kmtr_monai.networks.baselines`) plug into the same :class:`TaskModel` and heads; those
+with ``input_kind == "image"`` read a magnitude image (fully sampled or zero-filled) instead.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from torch import nn
 from ..engines.checkpoint import load_encoder_weights
 from .mae import KspaceMAE
 
-__all__ = ["INITS", "KspaceTaskModel", "build_kspace_encoder"]
+__all__ = ["INITS", "TaskModel", "build_kspace_encoder"]
 
 INITS = ("aligned", "stage1", "scratch")
 
@@ -62,12 +64,13 @@ def _check_grid(encoder: nn.Module, head: nn.Module) -> None:
                          "(None: line tokens, which are not on a grid; use tokenizer='patch')")  # fmt: skip
 
 
-class KspaceTaskModel(nn.Module):
-    """k-space encoder + task head, tensor in, tensor out.
+class TaskModel(nn.Module):
+    """Encoder + task head, tensor in, tensor out.
 
     Args:
         encoder: module with ``encode(kspace, mask, return_valid=True[, return_hidden=True])``, e.g. from
-            :func:`build_kspace_encoder`.
+            :func:`build_kspace_encoder`; or, when its ``input_kind`` is ``"image"``, with
+            ``encode(image, return_valid=True[, return_hidden=True])`` (image baselines).
         head: ``head(tokens (B, 1+N, C), valid (B, N))`` → tensor; if it has a non-empty ``hidden_layers``
             attribute (:class:`~kmtr_monai.networks.dense_decoders.TokenGridUNETRDecoder`), it is called as
             ``head(tokens, valid, hidden)`` with every encoder block's output.
@@ -76,8 +79,9 @@ class KspaceTaskModel(nn.Module):
 
     ``forward(kspace (B, 2, S, T, H, W), mask (B, S, T, H)) -> head output``, or ``forward(packed)`` with one
     tensor (B, 3, S, T, H, W): channels real, imaginary and the ky–t mask broadcast along W
-    (:class:`kmtr_monai.transforms.PackKspaced`), the single-tensor input MONAI's bundle tools and MONAI Label pass; (phenotypes (B, K), logits (B, 3) or
-    dense maps (B, C, S, T, H, W)). No Python branch depends on tensor values here, so it can be traced.
+    (:class:`kmtr_monai.transforms.PackKspaced`), the single-tensor input MONAI's bundle tools and MONAI Label
+    pass; ``forward(image (B, S, T, H, W))`` for an image encoder. Returns phenotypes (B, K), logits (B, 3) or
+    dense maps (B, C, S, T, H, W). No Python branch depends on tensor values here, so it can be traced.
     """
 
     def __init__(self, encoder: nn.Module, head: nn.Module, freeze_encoder: bool = False) -> None:
@@ -92,7 +96,7 @@ class KspaceTaskModel(nn.Module):
             self.encoder.requires_grad_(False)
             self.encoder.eval()
 
-    def train(self, mode: bool = True) -> KspaceTaskModel:
+    def train(self, mode: bool = True) -> TaskModel:
         """Switch mode but keep a frozen encoder in eval."""
         super().train(mode)
         if self.freeze_encoder:
@@ -100,13 +104,17 @@ class KspaceTaskModel(nn.Module):
         return self
 
     def forward(self, kspace: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        if mask is None:  # one packed tensor (MONAI bundle tooling: verify_net_in_out, inferers, MONAI Label)
+        if getattr(self.encoder, "input_kind", "kspace") == "image":  # an image baseline: kspace is (B, S, T, H, W)
+            inputs = (kspace,)
+        elif mask is None:  # one packed tensor (MONAI bundle tooling: verify_net_in_out, inferers, MONAI Label)
             if kspace.ndim != 6 or kspace.shape[1] != 3:
                 raise ValueError(f"packed input: expected (B, 3, S, T, H, W) with channels [real, imag, mask], got "
                                  f"{tuple(kspace.shape)}")  # fmt: skip
-            kspace, mask = kspace[:, :2], kspace[:, 2, ..., 0]
+            inputs = (kspace[:, :2], kspace[:, 2, ..., 0])
+        else:
+            inputs = (kspace, mask)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
-            out = self.encoder.encode(kspace, mask, return_valid=True, return_hidden=self.use_hidden)
+            out = self.encoder.encode(*inputs, return_valid=True, return_hidden=self.use_hidden)
         tokens, valid = out[0], out[2]
         if self.use_hidden:
             return self.head(tokens, valid, out[3])

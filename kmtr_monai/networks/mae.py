@@ -5,7 +5,7 @@ for variable token counts, no way to take the mask from the data (k-space), and 
 the standard MAE one (He et al. 2022): encode visible tokens (+ class token), map to the decoder width, put a
 shared learned mask token at every hidden position, add the decoder's fixed position code, decode, predict.
 
-k-space normalisation (inside :class:`KspaceMAE`, from SAMPLED values only, so no leakage):
+k-space normalisation (:func:`normalise_sampled`, used by :class:`KspaceMAE`; from SAMPLED values only, so no leakage):
     ``RMS_b`` = root-mean-square of the sampled real/imag values of subject b, ``c_b = alpha · RMS_b``;
     ``y = asinh(k / c_b) / asinh(1 / alpha)`` (``norm="asinh"``, default) or ``y = k / RMS_b`` (``norm="scale"``).
 asinh is a signed log: linear for |k| << c_b (the ~1e-3 edges of k-space) and logarithmic for the large centre
@@ -40,7 +40,16 @@ from .tokenizers import (
 from ..view_sharing import view_share
 from .transformer import TransformerEncoder, init_vit_weights
 
-__all__ = ["MODEL_PRESETS", "ImageMAE", "KspaceMAE", "build_image_mae", "build_kspace_mae", "pool_tokens"]
+__all__ = [
+    "MODEL_PRESETS",
+    "ImageMAE",
+    "KspaceMAE",
+    "apply_norm",
+    "build_image_mae",
+    "build_kspace_mae",
+    "normalise_sampled",
+    "pool_tokens",
+]
 
 
 _POOLS = ("cls", "mean", "view_time")
@@ -92,6 +101,31 @@ def pool_tokens(
     return pooled.flatten(1)
 
 
+def apply_norm(k: torch.Tensor, scale: torch.Tensor, norm: str = "asinh", alpha: float = 0.05) -> torch.Tensor:
+    """k (B, C, S, T, H, W) in original units → normalised with per-subject ``scale`` (B,) (module docstring):
+    ``asinh(k / (alpha·scale)) / asinh(1/alpha)`` (``norm="asinh"``) or ``k / scale`` (``norm="scale"``)."""
+    s = scale.view(-1, 1, 1, 1, 1, 1)
+    if norm == "scale":
+        return k / s
+    return torch.asinh(k / (alpha * s)) / math.asinh(1.0 / alpha)
+
+
+def normalise_sampled(
+    kspace: torch.Tensor, mask: torch.Tensor, norm: str = "asinh", alpha: float = 0.05
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-filled, normalised k-space from SAMPLED values only (no leakage; module docstring).
+
+    kspace (B, 2, S, T, H, W) real/imag, mask (B, S, T, H) (bool, or > 0 = sampled) → (y (B, 2, S, T, H, W),
+    zero on unsampled lines (``torch.where``, so even inf/NaN there cannot propagate), scale (B,) = the RMS of the
+    sampled real/imag values). Shared by :class:`KspaceMAE` and the k-space ResNet baseline.
+    """
+    mask = mask if mask.dtype == torch.bool else mask > 0
+    ks = torch.where(mask[:, None, ..., None], kspace, torch.zeros((), dtype=kspace.dtype, device=kspace.device))
+    count = mask.flatten(1).sum(1).to(kspace.dtype) * (2 * kspace.shape[-1])
+    scale = (ks.square().flatten(1).sum(1) / count.clamp_min(1.0)).sqrt().clamp_min(1e-12)
+    return apply_norm(ks, scale, norm, alpha), scale
+
+
 def _check_pool(pool: str) -> str:
     if pool not in _POOLS:
         raise ValueError(f"pool must be one of {_POOLS}, got {pool!r}")
@@ -103,6 +137,7 @@ class _MAEBase(nn.Module):
 
     def _build(self, dim, depth, heads, dec_dim, dec_depth, dec_heads, mlp_ratio, grad_checkpoint, pool):
         self.pool = _check_pool(pool)
+        self.dim = dim  # token width, exposed by every encoder as ``.dim``
         self.encoder = TransformerEncoder(dim, depth, heads, mlp_ratio, cls_token=True, grad_checkpoint=grad_checkpoint)
         self.dec_embed = nn.Linear(dim, dec_dim)
         self.mask_token = nn.Parameter(torch.randn(1, 1, dec_dim) * 0.02)
@@ -326,18 +361,11 @@ class KspaceMAE(_MAEBase):
 
     def normalise(self, kspace: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Zero-filled, normalised k-space from sampled values only → (y (B,2,S,T,H,W), scale (B,) = sampled RMS)."""
-        m6 = mask[:, None, ..., None]
-        ks = torch.where(m6, kspace, torch.zeros((), dtype=kspace.dtype, device=kspace.device))
-        count = mask.flatten(1).sum(1).to(kspace.dtype) * (2 * kspace.shape[-1])
-        scale = (ks.square().flatten(1).sum(1) / count.clamp_min(1.0)).sqrt().clamp_min(1e-12)
-        return self.apply_norm(ks, scale), scale
+        return normalise_sampled(kspace, mask, self.norm, self.alpha)
 
     def apply_norm(self, k: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """Original units → normalised, with per-subject ``scale`` (B,)."""
-        s = scale.view(-1, 1, 1, 1, 1, 1)
-        if self.norm == "scale":
-            return k / s
-        return torch.asinh(k / (self.alpha * s)) / math.asinh(1.0 / self.alpha)
+        return apply_norm(k, scale, self.norm, self.alpha)
 
     def invert_norm(self, y: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """Exact inverse of :meth:`apply_norm`."""

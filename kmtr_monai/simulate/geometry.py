@@ -15,7 +15,13 @@ Chambers (all frames at once, parameters carry a leading frame axis ``(T, 1, 1)`
 * RV: flattened, apically tapering body (``rv_form``: elliptic in SAX, triangular in 4ch) offset along ``e1``
   minus the LV epicardium (a crescent that wraps the septum), per-frame size solved so the crescent follows the RV
   volume curve.
-* LA / RA: prolate ellipsoids above the base plane, following the atrial volume curves (filling in systole).
+* AV (valve) plane: not flat. ``av_offset`` lowers it towards the apex on the RV side (the tricuspid annulus sits
+  apical to the mitral annulus) and adds a saddle over the mitral annulus; every chamber is cut by it, so the
+  ventricles open into the atria (and the LV into the aortic root) at the annuli.
+* LA / RA: pear-shaped truncated ellipsoids of revolution sitting on the AV plane (cut near their lower pole, wider
+  at the roof), the LA over the posterior LV base, away from the aortic root, the RA over the RV. Their size follows
+  the atrial volume curves (filling in systole), calibrated so that the biplane / single-plane area-length volume of
+  their long-axis section equals the target.
 
 Signed distances are first-order approximations ``f (f - 1) / |∇(f²)/2|`` of ellipsoid implicits (exact on the
 surface, good within a few mm), which is all partial-volume rendering needs.
@@ -103,17 +109,48 @@ def _wall_thickness(r: np.ndarray, lz: np.ndarray, c: np.ndarray, myo_mm3: float
     return w
 
 
-def truncated_sd(rho2, z, r, lz, c):
+def truncated_sd(rho2, z, r, lz, c, plane=None):
     """Approximate signed distance (mm) to the LV bullet: ellipsoid ``rho²/r² + (z - c)²/lz² = 1`` cut at ``z = 0``.
 
     ``rho2`` squared distance to the long axis, ``z`` height below the base plane (towards the apex); ``r``, ``lz``,
-    ``c`` broadcast against them (e.g. per-frame (T, 1, 1) with points (S, N)). Negative inside.
+    ``c`` broadcast against them (e.g. per-frame (T, 1, 1) with points (S, N)). Negative inside. ``plane``: height
+    below the (non-flat) cut surface used instead of ``z`` for the cut (``z - av_offset``).
     """
     u = z - c
     inv_r2, inv_l2 = 1.0 / (r * r), 1.0 / (lz * lz)
     f2 = rho2 * inv_r2 + u * u * inv_l2
     grad = np.sqrt(rho2 * (inv_r2 * inv_r2) + u * u * (inv_l2 * inv_l2)) + 1e-12
-    return np.maximum((f2 - np.sqrt(f2)) / grad, -z)
+    return np.maximum((f2 - np.sqrt(f2)) / grad, -(z if plane is None else plane))
+
+
+def av_offset(x1, x2, p: dict, r_ed: float):
+    """Height (mm, towards the apex) of the AV valve plane above the flat base plane at heart-local ``(x1, x2)``.
+
+    A tilt along ``e1`` (the tricuspid annulus, on the RV side, lies apical to the mitral annulus; zero on the LV
+    axis) plus a saddle of the mitral annulus (high at the aortic / posterior ends, low at the commissures), both
+    zero-mean over the LV base disc so the LV volume is unchanged to first order; clipped to ±8 mm.
+    """
+    tilt = p.get("av_tilt", 0.0)
+    inv_r2 = 1.0 / (r_ed * r_ed)
+    # saddle ∝ cos 2θ, confined to the mitral annulus (peak ±mitral_saddle_mm at ρ = r_ed, fading beyond)
+    saddle = p.get("mitral_saddle_mm", 0.0) * np.e * inv_r2 * (x2 * x2 - x1 * x1)
+    saddle = saddle * np.exp(-(x1 * x1 + x2 * x2) * inv_r2)
+    return np.clip(tilt * x1 + saddle, -8.0, 8.0)
+
+
+def _atrium_section(kappa: float, pear: float) -> tuple[float, float, float, float]:
+    """Long-axis section of a unit pear atrium: area, mean, variance along the axis and across it.
+
+    The section is ``|x| <= (1 + pear·u)·sqrt(1 - u²)`` for ``u`` in ``[-kappa, 1]`` (``u`` along the axis, towards
+    the roof, in units of the long semi-axis; ``x`` in units of the short one).
+    """
+    u = np.linspace(-kappa, 1.0, 801)
+    s = (1.0 + pear * u) * np.sqrt(np.clip(1.0 - u * u, 0.0, None))
+    du = u[1] - u[0]
+    integ = lambda y: float(np.sum(0.5 * (y[1:] + y[:-1])) * du)  # noqa: E731  trapezoid
+    area = integ(2.0 * s)
+    mu = integ(2.0 * s * u) / area
+    return area, mu, integ(2.0 * s * u * u) / area - mu * mu, integ(2.0 * s**3 / 3.0) / area
 
 
 def ellipsoid_sd(dx, dy, dz, a, b, c):
@@ -210,26 +247,50 @@ def cardiac_shapes(p: dict, n_frames: int) -> dict:
     # q < lam, with q its size form (rv_form): the crescent volume is cell × #{q < lam}, so lam is read off the
     # sorted q of the eligible points
     z = x3[None] - lv_k["b"][:, None]  # (knots, N)
+    zp = z - av_offset(x1, x2, p, lv["r_ed"])[None]  # height below the (non-flat) AV plane
     col = lambda v: np.asarray(v)[:, None]  # noqa: E731
     epi = truncated_sd(x1 * x1 + x2 * x2, z, col(lv_k["r"] + lv_k["w"]), col(lv_k["Lz"] + APEX_WALL * lv_k["w"]),
-                       col(lv_k["c"]))  # fmt: skip
+                       col(lv_k["c"]), zp)  # fmt: skip
     q = rv_form(x1, x2, z, p_rv["d"], p_rv["a2"], p_rv["L"])[0]
     lam_k = np.empty(g_knots.size)
     for i in range(g_knots.size):
-        qs = np.sort(q[i][(z[i] >= 0) & (epi[i] >= 0)])
+        qs = np.sort(q[i][(zp[i] >= 0) & (epi[i] >= 0)])
         lam_k[i] = qs[min(int(np.ceil(target[i] / cell)), qs.size - 1)]
     lam = np.interp(g, g_knots, lam_k)
     rv = {"d": p_rv["d"], "lam": lam, "a2r": p_rv["a2"], "lr": p_rv["L"], "a1": lam * p_rv["a1"], "a2": lam * p_rv["a2"],
           "L": lam * p_rv["L"], "wall": p["rv_wall_mm"]}  # fmt: skip
 
-    def atrium(v_max, ef, elong=1.25):
+    def atrium(v_max, ef, elong, kappa, pear):
+        # size so the area-length volume of the long-axis section, 8/(3π)·A²/L with L = 4·sqrt(largest section
+        # variance) (kmtr_monai.data.phenotypes), equals the target volume curve
         v = v_max * 1e3 * (1.0 - ef / 100.0 * (1.0 - h))
-        a = (3.0 * v / (4.0 * np.pi * elong)) ** (1.0 / 3.0)
+        area, _, var_u, var_x = _atrium_section(kappa, pear)
+        unit = 8.0 / (3.0 * np.pi) * (elong * area) ** 2 / (4.0 * np.sqrt(max(var_u * elong * elong, var_x)))
+        a = (v / unit) ** (1.0 / 3.0)
         return a, elong * a
 
-    la_a, la_c = atrium(p["la_max_ml"], p["la_ef"], p["atrial_elongation"][0])
-    ra_a, ra_c = atrium(p["ra_max_ml"], p["ra_ef"], p["atrial_elongation"][1])
     r_ed = lv["r_ed"]
-    la = {"x1": -0.1 * r_ed, "x2": -0.1 * r_ed, "x3": lv["b"] - la_c - 1.0, "a": la_a, "c": la_c}
-    ra = {"x1": rv["d"] + 0.75 * float(rv["a1"][0]), "x2": 0.0, "x3": lv["b"] - ra_c - 1.0, "a": ra_a, "c": ra_c}
+    k_la, k_ra = p.get("atrial_truncation", (1.0, 1.0))
+    pear_la, pear_ra = p.get("atrial_pear", (0.0, 0.0))
+    la_a, la_c = atrium(p["la_max_ml"], p["la_ef"], p["atrial_elongation"][0], k_la, pear_la)
+    ra_a, ra_c = atrium(p["ra_max_ml"], p["ra_ef"], p["atrial_elongation"][1], k_ra, pear_ra)
+    # LA over the posterior LV base, opposite the aortic root (3ch direction); RA over the RV
+    a3 = np.deg2rad(p["lax_angles_deg"][1] + 180.0)
+    la_x1, la_x2 = 0.2 * r_ed * np.cos(a3), 0.2 * r_ed * np.sin(a3)
+    ra_x1, ra_x2 = rv["d"] + 0.75 * float(rv["a1"][0]), 0.0
+    la_b = lv["b"] + float(av_offset(la_x1, la_x2, p, r_ed))
+    ra_b = lv["b"] + float(av_offset(ra_x1, ra_x2, p, r_ed))
+    # AV valve leaflets (render.py): hinged at the annulus (the atrial neck radius), closed (slightly tented into the
+    # ventricle) in systole, open towards the apex in diastole, half-closed in diastasis, reopened by the atrial kick
+    phase = np.arange(n_frames) / n_frames
+    f_es = phase[int(np.argmax(g))]
+    open_ = np.interp(phase, [0.0, f_es, f_es + 0.04, f_es + 0.15, 0.55 + 0.45 * f_es, 0.87, 0.95, 1.0],
+                      [0.0, 0.0, 1.0, 1.0, 0.5, 1.0, 0.0, 0.0])  # fmt: skip
+    leaflet_deg = 12.0 + 60.0 * open_
+    neck = lambda k, pear: (1.0 - pear * k) * np.sqrt(1.0 - k * k)  # noqa: E731  annulus / atrial short semi-axis
+    la = {"x1": la_x1, "x2": la_x2, "x3": la_b - k_la * la_c, "a": la_a, "c": la_c, "pear": pear_la}
+    ra = {"x1": ra_x1, "x2": ra_x2, "x3": ra_b - k_ra * ra_c, "a": ra_a, "c": ra_c, "pear": pear_ra}
+    if k_la < 1.0:
+        la |= {"annulus": la_a * neck(k_la, pear_la), "leaflet_deg": leaflet_deg}
+        ra |= {"annulus": ra_a * neck(k_ra, pear_ra), "leaflet_deg": leaflet_deg}
     return {"lv": lv, "rv": rv, "la": la, "ra": ra, "dt_ms": dt_ms}

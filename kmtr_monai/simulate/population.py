@@ -29,7 +29,7 @@ import numpy as np
 
 from kmtr_monai.constants import DISEASE_PREVALENCE, DISEASES
 
-GENERATOR_VERSION = "2.0.0"
+GENERATOR_VERSION = "2.1.0"
 _SALT = 0x6B4D5452  # "kMTR"
 _THRESHOLD = {d: NormalDist().inv_cdf(1.0 - p) for d, p in DISEASE_PREVALENCE.items()}
 
@@ -154,4 +154,12 @@ def sample_subject(seed: int, index: int) -> dict:
         "atrial_signal": float(rng.uniform(0.75, 1.0)),
         "atrial_elongation": [float(rng.uniform(1.0, 1.6)), float(rng.uniform(0.95, 1.45))],
         "appearance_seed": int(rng.integers(0, 2**31 - 1)),
+        # v2.1 long-axis anatomy (drawn last, so every earlier draw is unchanged): non-flat AV plane (tricuspid side
+        # apical, mm per mm along e1; mitral saddle height), pear-shaped atria cut by it (cut at this fraction of
+        # the long semi-axis below the centre; roof widening), aortic root radius, moderator band, epicardial fat
+        "av_tilt": float(rng.uniform(0.08, 0.16)), "mitral_saddle_mm": float(rng.uniform(1.5, 4.0)),
+        "atrial_truncation": [float(rng.uniform(0.55, 0.8)), float(rng.uniform(0.55, 0.8))],
+        "atrial_pear": [float(rng.uniform(0.1, 0.25)), float(rng.uniform(0.05, 0.2))],
+        "aortic_root_mm": float(rng.uniform(10.5, 13.5)), "moderator_band_mm": float(rng.uniform(2.0, 3.0)),
+        "moderator_band_pos": float(rng.uniform(0.45, 0.6)), "fat_phase": float(rng.uniform(0.0, 2 * np.pi)),
     }  # fmt: skip

@@ -7,6 +7,11 @@ frame axis). Soft occupancies ``clip(0.5 - sd / pixel, 0, 1)`` give in-plane par
 through-slice samples gives the slice-profile partial volume. Labels are those of the slice centre (the mean of the two
 sample distances, exact for locally planar surfaces). Then a smooth bias field, a tissue texture and Rician noise are applied, all defined in world
 coordinates, so every view sees the same field. Written from scratch: MONAI has no phantom renderer.
+
+Long-axis anatomy (v2.1): chambers are cut by the non-flat AV plane (``geometry.av_offset``); the ventricular blood is
+painted 1.5 mm past it so the atria open into the ventricles without a seam; the aortic root (``aortic_root``) leaves
+the LV base beside the mitral annulus; AV leaflets, the RV moderator band and papillary muscles / trabeculae are
+dark structures inside the cavities that keep their blood-pool labels; epicardial fat follows the grooves.
 """
 
 from __future__ import annotations
@@ -14,8 +19,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from kmtr_monai.simulate.geometry import (APEX_WALL, cardiac_shapes, ellipsoid_sd, heart_frame, rotation_matrix,
-                                          rv_form, truncated_sd)
+from kmtr_monai.simulate.geometry import (APEX_WALL, av_offset, cardiac_shapes, ellipsoid_sd, heart_frame,
+                                          rotation_matrix, rv_form, truncated_sd)
 
 _F = np.float32
 SUBSAMPLES = (-0.25, 0.25)  # through-slice sample offsets (fraction of the slice thickness): midpoint rule on halves
@@ -113,6 +118,13 @@ class _Appearance:
         self.tex_k = rng.normal(size=(8, 3))
         self.tex_k *= (2 * np.pi / rng.uniform(5.0, 25.0, (8, 1))) / np.linalg.norm(self.tex_k, axis=1, keepdims=True)
         self.tex_phase, self.tex_amp = rng.uniform(0, 2 * np.pi, 8), p["texture"] / 2.0
+        # v2.1: a finer grain (wavelengths 2.5-8 mm) so tissues are not flat; drawn after the v2.0 fields
+        fine = rng.normal(size=(12, 3))
+        fine *= (2 * np.pi / rng.uniform(2.5, 8.0, (12, 1))) / np.linalg.norm(fine, axis=1, keepdims=True)
+        self.tex_k = np.concatenate([self.tex_k, fine])
+        self.tex_phase = np.concatenate([self.tex_phase, rng.uniform(0, 2 * np.pi, 12)])
+        self.tex_w = np.concatenate([np.full(8, self.tex_amp / np.sqrt(8.0)),
+                                     np.full(12, 0.6 * self.tex_amp / np.sqrt(12.0))])
 
     def field(self, pts: np.ndarray) -> np.ndarray:
         """Multiplicative bias × texture at world points (..., 3) -> (...) float32."""
@@ -120,8 +132,7 @@ class _Appearance:
         bias = np.cos(pts @ self.bias_k.T.astype(_F) + self.bias_phase.astype(_F)) @ self.bias_amp.astype(_F)
         arg = pts @ self.tex_k.T.astype(_F)
         arg += self.tex_phase.astype(_F)
-        tex = np.cos(arg, out=arg).sum(-1)
-        tex *= _F(self.tex_amp / np.sqrt(8.0))
+        tex = np.cos(arg, out=arg) @ self.tex_w.astype(_F)
         tex += _F(1.0)
         tex *= np.exp(bias)
         y = pts[..., 1]
@@ -140,9 +151,20 @@ def _cylinder_sd(pts, a, direction, radius, length=None):
     return np.linalg.norm(d - t[..., None] * direction, axis=-1) - radius
 
 
-def _static_background(pts: np.ndarray, p: dict, origin, axes, pixel: float) -> np.ndarray:
+def aortic_root(p: dict, shapes: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Heart-local centre of the aortic annulus (3,) on the AV plane, beside the mitral annulus in the 3ch plane
+    (the LA is on the other side), and the unit direction (3,) of the aortic root and ascending aorta."""
+    r_ed = shapes["lv"]["r_ed"]
+    a = np.deg2rad(p["lax_angles_deg"][1])
+    x1, x2 = 0.6 * r_ed * np.cos(a), 0.6 * r_ed * np.sin(a)
+    start = np.array([x1, x2, float(shapes["lv"]["b"][0]) + float(av_offset(x1, x2, p, r_ed))])
+    up = np.array([0.8 * np.cos(a), 0.8 * np.sin(a), -1.0])  # towards the base, leaning away from the LA
+    return start, up / np.linalg.norm(up)
+
+
+def _static_background(pts: np.ndarray, p: dict, origin, axes, pixel: float, aorta=None) -> np.ndarray:
     """Torso intensity (before bias/noise) at world points (..., 3): air, fat, chest wall, lungs, liver, spine,
-    descending and ascending aorta."""
+    descending and ascending aorta (from ``aorta = (world start, world direction)`` of the aortic root when given)."""
     x, y, z = pts[..., 0], pts[..., 1], pts[..., 2]
     fat_sc = p["subcutaneous_fat_mm"]
     ax = 118.0 * (p["height_cm"] / 170.0) + fat_sc
@@ -166,10 +188,17 @@ def _static_background(pts: np.ndarray, p: dict, origin, axes, pixel: float) -> 
     _paint(img, _occ(np.hypot(x, y - spine_y + 26.0) - 6.0, pixel), 0.9 * p["blood"])
     _paint(img, _occ(np.hypot(x + 22.0, y - spine_y - 22.0) - 11.0, pixel), 0.95 * p["blood"])  # descending aorta
     e1, e2, e3 = axes.T
-    u3 = np.cos(np.deg2rad(p["lax_angles_deg"][1])) * e1 + np.sin(np.deg2rad(p["lax_angles_deg"][1])) * e2
-    root = origin + 0.8 * 26.0 * u3 - 4.0 * e3
-    up = -e3 + np.array([0.0, -0.2, 0.9])
-    up /= np.linalg.norm(up)
+    if aorta is None:
+        u3 = np.cos(np.deg2rad(p["lax_angles_deg"][1])) * e1 + np.sin(np.deg2rad(p["lax_angles_deg"][1])) * e2
+        root, up = origin + 0.8 * 26.0 * u3 - 4.0 * e3, -e3 + np.array([0.0, -0.2, 0.9])
+        up /= np.linalg.norm(up)
+    else:  # ascending aorta continuing the aortic root drawn with the heart; the arch turns back and to the left
+        start, up = aorta
+        root = start + 18.0 * up
+        _paint(img, _occ(_cylinder_sd(pts, root, up, 13.0, 30.0), pixel), 0.95 * p["blood"])
+        root = root + 30.0 * up
+        up = up + np.array([0.0, -0.2, 0.9]).astype(up.dtype)
+        up /= np.linalg.norm(up)
     _paint(img, _occ(_cylinder_sd(pts, root, up, 13.0, 75.0), pixel), 0.95 * p["blood"])
     # pulmonary trunk: from the RV outflow (anterior, towards the RV) up, leftwards and back, in front of the aorta
     pa_root = origin + 24.0 * e1 - 14.0 * e2 - 6.0 * e3
@@ -196,12 +225,14 @@ def _heart_fields(x1, x2, x3, shapes: dict, p: dict, with_atria: bool) -> dict:
     """Signed distances (T, S, N) of the chambers at heart-local points (S, N) each.
 
     Keys: lv (cavity), epi (LV epicardium), rv (RV blood crescent), rv_out (RV free-wall outer surface), z (height
-    above the base plane) and, when ``with_atria``, la and ra.
+    below the flat base plane, towards the apex), zp (height below the non-flat AV plane), mb (moderator band, or
+    None), pap (papillary muscles / trabeculae, or None) and, when ``with_atria``, la, ra and root (aortic root).
     """
     lv, rv = shapes["lv"], shapes["rv"]
     col = lambda v: np.asarray(v, _F).reshape(-1, 1, 1)  # noqa: E731  (T,) -> (T, 1, 1)
     rho2 = x1 * x1 + x2 * x2
     z = x3 - col(lv["b"])
+    zp = z - av_offset(x1, x2, p, lv["r_ed"]).astype(_F)  # cut by the AV plane: the annuli are not flat
     r, w, lz, c = col(lv["r"]), col(lv["w"]), col(lv["Lz"]), col(lv["c"])
     if p["hypokinesis"] > 0:  # sector that keeps ED radius and thickness
         theta = np.arctan2(x2, x1)
@@ -209,12 +240,21 @@ def _heart_fields(x1, x2, x3, shapes: dict, p: dict, with_atria: bool) -> dict:
         s = (p["hypokinesis"] * np.exp(-0.5 * (dth / np.deg2rad(p["hypokinesis_width_deg"] / 2.355)) ** 2)).astype(_F)
         r = r + s * (_F(lv["r_ed"]) - r)
         w = w + s * (_F(lv["w_ed"]) - w)
-    out = {"z": z, "lv": truncated_sd(rho2, z, r, lz, c)}
-    out["epi"] = truncated_sd(rho2, z, r + w, lz + _F(APEX_WALL) * w, c)
+    cav = truncated_sd(rho2, z, r, lz, c, _F(np.inf))  # uncut cavity ellipsoid
+    out = {"z": z, "zp": zp, "lv": np.maximum(cav, -zp), "lv_open": np.maximum(cav, -zp - _F(1.5))}
+    out["epi"] = truncated_sd(rho2, z, r + w, lz + _F(APEX_WALL) * w, c, zp)
     n, grad = rv_form(x1, x2, z, _F(rv["d"]), _F(rv["a2r"]), _F(rv["lr"]))
     rv_ell = (n - col(rv["lam"])) / grad
-    out["rv_out"] = np.maximum(rv_ell - _F(rv["wall"]), -z)  # free wall, open at the tricuspid (base) plane
-    out["rv"] = np.maximum(np.maximum(rv_ell, -z), -out["epi"])
+    out["rv_out"] = np.maximum(rv_ell - _F(rv["wall"]), -zp)  # free wall, open at the tricuspid annulus
+    out["rv"] = np.maximum(np.maximum(rv_ell, -zp), -out["epi"])
+    out["rv_open"] = np.maximum(np.maximum(rv_ell, -zp - _F(1.5)), -out["epi"])  # painted: open at the annulus
+    # moderator band: a muscle rod across the RV cavity from the apical septum to the anterior free wall, near the
+    # 4ch plane (x2 = 0), drawn inside the RV blood only (labelled RV blood pool, like the trabeculae)
+    out["mb"] = None
+    zm = _F(p.get("moderator_band_pos", 0.0)) * col(lv["L"])
+    if p.get("moderator_band_mm", 0.0) > 0 and float(z.max()) > float(zm.min()) - 10.0:
+        dz = z - zm - _F(0.25) * (x1 - _F(rv["d"]))  # slopes towards the apex at the free wall
+        out["mb"] = np.maximum(np.sqrt(dz * dz + x2 * x2) - _F(p["moderator_band_mm"]), out["rv"])
     # papillary muscles (two rods opposite the septum) and trabeculae (thin rods along the free wall in the apical
     # half): dark myocardium inside the cavity, labelled LV blood pool as in UK Biobank
     length = col(lv["L"])
@@ -250,11 +290,49 @@ def _heart_fields(x1, x2, x3, shapes: dict, p: dict, with_atria: bool) -> dict:
             d = z_band(d, 0.45, 0.95)
             pap = d if pap is None else np.minimum(pap, d)
     out["pap"] = pap
-    if with_atria:
+    if with_atria:  # mitral and tricuspid leaflets: thin hinged sheets at the annuli, open in diastole
+        out["leaf"] = None
         for key in ("la", "ra"):
             at = shapes[key]
-            out[key] = ellipsoid_sd(x1 - _F(at["x1"]), x2 - _F(at["x2"]), x3 - col(at["x3"]), col(at["a"]),
-                                    col(at["a"]), col(at["c"]))  # fmt: skip
+            if "annulus" not in at:
+                continue
+            dx, dy = x1 - _F(at["x1"]), x2 - _F(at["x2"])
+            rho_a = np.sqrt(dx * dx + dy * dy)  # (S, N) distance to the atrial axis
+            ann, ang = col(at["annulus"]), col(np.deg2rad(at["leaflet_deg"]))
+            # only points (columns) near the valve in some frame: within the annulus, at most a leaflet below it
+            zp_lo, zp_hi = zp.min(axis=0), zp.max(axis=0)  # (S, N) over frames
+            near = ((zp_hi > -3.0) & (zp_lo < 0.85 * float(ann.max()) + 3.0) & (rho_a < float(ann.max()) + 3.0))
+            cols = np.flatnonzero(near.any(axis=0))
+            if cols.size == 0:
+                continue
+            length = _F(0.85) * ann
+            cos_a, sin_a = np.cos(ang), np.sin(ang)
+            # meridional half-plane: hinge at (ann, 0), free edge at (ann - length·cos, length·sin) below the plane
+            u, v = rho_a[:, cols] - ann, zp[:, :, cols]
+            s_ = np.clip(-(u * cos_a) + v * sin_a, _F(0.0), length)  # projection onto the leaflet direction
+            du, dv = u + s_ * cos_a, v - s_ * sin_a
+            if out["leaf"] is None:
+                out["leaf"] = np.full(zp.shape, 1e3, _F)
+            leaf = out["leaf"][:, :, cols]
+            out["leaf"][:, :, cols] = np.minimum(leaf, np.sqrt(du * du + dv * dv) - _F(0.8))
+    if with_atria:
+        for key in ("la", "ra"):  # pear-shaped (wider towards the roof), cut by the AV plane
+            at = shapes[key]
+            dz = x3 - col(at["x3"])
+            a = col(at["a"]) * np.clip(_F(1.0) - _F(at["pear"]) * dz / col(at["c"]), _F(0.3), None)
+            # cut 1.5 mm inside the ventricles (painted over them): the atrial blood meets the ventricular blood at
+            # the annulus without a partial-volume seam (labels exclude the ventricles anyway)
+            out[key] = np.maximum(ellipsoid_sd(x1 - _F(at["x1"]), x2 - _F(at["x2"]), dz, a, a, col(at["c"])),
+                                  zp - _F(1.5))  # fmt: skip
+        # aortic root: leaves the LV base beside the mitral annulus, sinus of Valsalva bulge, then the ascending
+        # aorta (continued by the static background)
+        start, up = aortic_root(p, shapes)
+        d = np.stack([x1 - _F(start[0]), x2 - _F(start[1]), x3 - _F(start[2])], axis=-1)
+        t = d @ up.astype(_F)
+        radial = np.sqrt(np.maximum(np.einsum("...i,...i->...", d, d) - t * t, 0.0))
+        rad = _F(p.get("aortic_root_mm", 12.0)) * (_F(1.0) + _F(0.22) * np.exp(-np.square((t - _F(10.0)) / _F(7.0))))
+        root = np.maximum(radial - rad, np.maximum(t - _F(60.0), -t - _F(20.0)))  # reaches the ES base too
+        out["root"] = np.maximum(root[None], zp - _F(1.5))  # opens into the LV at the AV plane
     return out
 
 
@@ -272,14 +350,16 @@ def render_subject(p: dict, preset: dict) -> tuple[dict, float]:
     fat_mm = p["epicardial_fat_mm"]
     # local-coordinate bounding box of everything that moves (all frames)
     x3_lo = min(float(np.min(la["x3"] - la["c"])), float(np.min(ra["x3"] - ra["c"]))) - 4.0
+    root_start, root_up = aortic_root(p, shapes)
+    aorta_world = (origin + axes @ root_start, axes @ root_up)
     x3_hi = lv["L_ed"] + lv["w_ed"] + fat_mm + 4.0  # the apex does not move
     margin = fat_mm + 10.0
     r_epi = lv["r_ed"] + lv["w_ed"]
-    x1_lo = -max(r_epi, -la["x1"] + float(la["a"].max())) - margin
-    x1_hi = max(rv["d"] + float(rv["a1"].max()) + rv["wall"], ra["x1"] + float(ra["a"].max())) + margin
-    x2_hi = max(r_epi, float(rv["a2"].max()) + rv["wall"], abs(la["x2"]) + float(la["a"].max()),
-                float(ra["a"].max())) + margin  # fmt: skip
-    atria_x3_hi = float(np.max(lv["b"])) + 2.0
+    la_w, ra_w = float(la["a"].max()) * (1 + la["pear"]), float(ra["a"].max()) * (1 + ra["pear"])
+    x1_lo = -max(r_epi, -la["x1"] + la_w) - margin
+    x1_hi = max(rv["d"] + float(rv["a1"].max()) + rv["wall"], ra["x1"] + ra_w) + margin
+    x2_hi = max(r_epi, float(rv["a2"].max()) + rv["wall"], abs(la["x2"]) + la_w, ra_w) + margin
+    atria_x3_hi = float(np.max(lv["b"])) + 10.0  # the AV plane dips up to 8 mm below the flat base plane
     sub = np.asarray(SUBSAMPLES, np.float64) * thick
     out = {}
     ii, jj = np.meshgrid(np.arange(m, dtype=np.float64), np.arange(m, dtype=np.float64), indexing="ij")
@@ -289,7 +369,7 @@ def render_subject(p: dict, preset: dict) -> tuple[dict, float]:
         base_pts = pl["origin"] + (ii[..., None] * px) * pl["ex"] + (jj[..., None] * px) * pl["ey"]
         k_off = np.arange(nz)[:, None] * pl["spacing"] + sub[None, :]  # (Z, S)
         pts = (base_pts[None, None] + k_off[..., None, None, None] * pl["normal"]).astype(_F)  # float32 from here
-        bg = _static_background(pts, p, origin.astype(_F), axes.astype(_F), px)  # (Z, S, X, Y)
+        bg = _static_background(pts, p, origin.astype(_F), axes.astype(_F), px, aorta_world)  # (Z, S, X, Y)
         img = np.broadcast_to(bg.mean(axis=1)[:, None], (nz, n_t, m, m)).copy()  # (Z, T, X, Y)
         labelled = view != "la_3ch"
         seg = np.zeros((nz, n_t, m, m), np.int16) if labelled else None
@@ -309,22 +389,40 @@ def render_subject(p: dict, preset: dict) -> tuple[dict, float]:
             f = _heart_fields(x1, x2, x3, shapes, p, with_atria)
             tile = np.broadcast_to(bg[k][:, sl[0], sl[1]].reshape(len(sub), -1), f["lv"].shape).copy()
             vent = np.minimum(f["epi"], f["rv_out"])
-            fat_th = np.abs(f["z"]) * _F(-4.0 / 20.0)  # thicker fat in the atrioventricular groove
+            # epicardial fat: thick in the AV groove, over the RV free wall, in the interventricular grooves and at
+            # the apex, thin and patchy over the LV free wall (no uniform bright rim)
+            fat_th = np.abs(f["zp"]) * _F(-4.0 / 12.0)  # atrioventricular groove
             fat_th += _F(4.0)
             np.maximum(fat_th, 0.0, out=fat_th)
-            fat_th += _F(fat_mm)
+            side = f["epi"] - f["rv_out"]  # > 0 where the RV is the nearer ventricle
+            over = np.clip(side * _F(0.125) + _F(0.25), 0.0, 0.5)
+            over += _F(0.6) * np.exp(-np.square(side * _F(0.2)))  # interventricular grooves
+            over += np.clip(f["z"] / _F(lv["L_ed"]) * _F(1.5) - _F(1.0), 0.0, 0.5)  # apical fat pad
+            theta = np.arctan2(x2, x1)
+            over += _F(0.3) * np.cos(_F(3.0) * theta + x3 * _F(0.12) + _F(p.get("fat_phase", 0.0)))  # patches
+            over += _F(0.25)
+            np.maximum(over, 0.0, out=over)
+            over *= _F(fat_mm)
+            fat_th += over
             _paint(tile, _occ(vent - fat_th, px), p["fat"])
-            if with_atria:
+            if with_atria:  # aortic root first: the LA behind it indents it (the LA keeps its full label)
+                _paint(tile, _occ(f["root"] - _F(1.5), px), p["myocardium"])  # aortic wall
+                _paint(tile, _occ(f["root"], px), p["blood"])
                 for key in ("la", "ra"):
                     _paint(tile, _occ(f[key] - _F(2.0), px), p["myocardium"])
                     _paint(tile, _occ(f[key], px), p["blood"] * p["atrial_signal"])  # slower atrial inflow
             _paint(tile, _occ(f["rv_out"], px), p["myocardium"])
-            _paint(tile, _occ(f["rv"], px), p["blood"])
+            _paint(tile, _occ(f["rv_open"], px), p["blood"])
+            if f["mb"] is not None:
+                _paint(tile, _occ(f["mb"], px), p["myocardium"])
             _paint(tile, _occ(f["epi"], px), p["myocardium"])
             slow = _F(p["blood"]) * (1 - _F(p["apical_slow_flow"]) * np.clip(f["z"] / _F(lv["L_ed"]), 0, 1) ** 2)
-            _paint(tile, _occ(f["lv"], px), slow)
+            _paint(tile, _occ(f["lv_open"], px), slow)
             if f["pap"] is not None:
                 _paint(tile, _occ(np.maximum(f["pap"], f["lv"]), px), p["myocardium"])
+            if f.get("leaf") is not None:  # inside the ventricular cavities only
+                cav = np.minimum(f["lv_open"], f["rv_open"])
+                _paint(tile, _occ(np.maximum(f["leaf"], cav), px), _F(0.8) * _F(p["myocardium"]))
             img[k][:, sl[0], sl[1]] = tile.mean(axis=1).reshape(n_t, hb, wb)
             if labelled:  # slice-centre labels: the mean of the two sample distances is the centre distance
                 is_in = lambda key: f[key].sum(axis=1) < 0  # noqa: E731  (T, N)

@@ -245,7 +245,7 @@ class ReferenceReconsd(MapTransform):
 class PackKspaced(MapTransform):
     """One network input tensor from k-space and mask: ``d[output_key]`` (3, S, T, H, W) = [real, imag, mask broadcast
     along the readout W], from ``d[key]`` (2, S, T, H, W) real channels (after :class:`ComplexToChanneld`) and
-    ``d[mask_key]`` (S, T, H). :class:`kmtr_monai.networks.downstream.KspaceTaskModel` takes it as its only input.
+    ``d[mask_key]`` (S, T, H). :class:`kmtr_monai.networks.downstream.TaskModel` takes it as its only input.
     """
 
     def __init__(self, keys: KeysCollection = "kspace", mask_key: str = "mask", output_key: str = "image") -> None:

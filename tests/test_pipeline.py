@@ -1,0 +1,150 @@
+"""The main job end to end at the tiny preset: every stage through its bundle, test evaluations, the report, resume,
+--force and --cohort. One pipeline run is shared by the module (about ten minutes on two cores)."""
+
+import json
+import math
+import shutil
+import subprocess
+
+import pytest
+
+from kmtr_monai.pipeline import (
+    PipelineRun,
+    all_stages,
+    parse_accelerations,
+    run_pipeline,
+    select_stages,
+)
+from kmtr_monai.presets import PRESETS
+
+ACCELERATIONS = "4,8"  # two test accelerations keep the CI run short; the default is 2,4,8,16
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pipeline") / "run"
+    results = run_pipeline(out=str(out), preset="tiny", accelerations=ACCELERATIONS)
+    return out, results
+
+
+def _finite_numbers(tree):
+    if isinstance(tree, dict):
+        for v in tree.values():
+            yield from _finite_numbers(v)
+    elif isinstance(tree, list):
+        for v in tree:
+            yield from _finite_numbers(v)
+    elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
+        yield tree
+
+
+def test_tiny_pipeline_writes_the_report_with_every_method(tiny_run):
+    out, _ = tiny_run
+    report = out / "report"
+    for name in ("results.json", "report.md"):
+        assert (report / name).is_file()
+    text = (report / "report.md").read_text()
+    figures = [line.split("](")[1].split(")")[0] for line in text.splitlines() if "![" in line]
+    assert len(figures) >= 5 and all((report / f).is_file() for f in figures)
+    stages = json.loads((out / "pipeline.json").read_text())["stages"]
+    assert {s["name"] for s in stages} == {s.name for s in all_stages()}
+    assert all(s["status"] == "done" for s in stages)
+    for stage in all_stages():
+        if stage.task == "pretrain":
+            continue
+        for r, folder in json.loads((out / stage.name / "stage.json").read_text())["tests"].items():
+            metrics = (out / folder / "metrics.csv").read_text().splitlines()
+            values = [float(line.split(",")[1]) for line in metrics if "," in line]
+            assert values and all(math.isfinite(v) for v in values if not math.isinf(v)), (stage.name, r)
+
+
+def test_results_json_holds_every_method_and_metric_as_finite_numbers(tiny_run):
+    out, _ = tiny_run
+    results = json.loads((out / "report" / "results.json").read_text())
+    text = json.dumps(results)
+    for stage in all_stages():
+        if stage.task != "pretrain":
+            assert stage.label in text or stage.method in text, stage.name
+    numbers = list(_finite_numbers(results))
+    assert len(numbers) > 100 and all(math.isfinite(v) for v in numbers)
+    for key in ("mean MAE", "AUC", "Dice", "PSNR", "SSIM", "coverage"):
+        assert key.lower() in text.lower(), key
+
+
+def test_rerun_skips_finished_stages_and_force_redoes_one(tiny_run, monkeypatch, capsys):
+    out, _ = tiny_run
+    before = {s.name: json.loads((out / s.name / "stage.json").read_text())["finished"] for s in all_stages()}
+    real_popen = subprocess.Popen
+    launched = []
+
+    def spy(cmd, *args, **kwargs):
+        launched.append(cmd)
+        return real_popen(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", spy)
+    run_pipeline(out=str(out), preset="tiny", accelerations=ACCELERATIONS, stages="recon")
+    assert launched == [] and "recon-kgin: done before, skipped" in capsys.readouterr().out
+
+    run_pipeline(out=str(out), preset="tiny", accelerations=ACCELERATIONS, force="recon-kgin", stages="recon",
+                 report=False)  # fmt: skip
+    assert len(launched) == 1 and "recon" in " ".join(launched[0])
+    after = {s.name: json.loads((out / s.name / "stage.json").read_text())["finished"] for s in all_stages()}
+    assert after["recon-kgin"] > before["recon-kgin"]
+    assert {k for k in before if after[k] != before[k]} == {"recon-kgin"}
+
+
+def test_a_redone_upstream_stage_makes_its_dependents_stale(tiny_run):
+    out, _ = tiny_run
+    run = PipelineRun(out, "tiny", out / "cohort", parse_accelerations(ACCELERATIONS),
+                      epochs=dict(PRESETS["tiny"]["pipeline"]["epochs"]))  # fmt: skip
+    stages = {s.name: s for s in all_stages()}
+    assert run.is_done(stages["regress-kmtr"]) and run.is_done(stages["regress-scratch"])
+    state = out / "align" / "stage.json"
+    record = json.loads(state.read_text())
+    try:
+        state.write_text(json.dumps({**record, "finished": record["finished"] + 1}))
+        assert not run.is_done(stages["regress-kmtr"])  # reads align
+        assert run.is_done(stages["regress-scratch"])  # does not
+    finally:
+        state.write_text(json.dumps(record))
+
+
+def test_cohort_option_uses_an_existing_cohort(tiny_run, tmp_path):
+    out, _ = tiny_run
+    cohort = tmp_path / "my cohort"
+    shutil.copytree(out / "cohort", cohort, ignore=shutil.ignore_patterns("datalist.json"))
+    new = tmp_path / "run"
+    run_pipeline(out=str(new), preset="tiny", cohort=str(cohort), stages="image-mae", report=False)
+    assert not (new / "cohort").exists()
+    assert (cohort / "datalist.json").is_file()
+    assert (new / "image-mae" / "models" / "model.pt").is_file()
+    state = json.loads((new / "image-mae" / "stage.json").read_text())
+    assert state["status"] == "done" and str(cohort) in json.dumps(state["fingerprint"])
+
+
+def test_bad_arguments_name_what_was_expected(tmp_path):
+    with pytest.raises(ValueError, match="accelerations"):
+        parse_accelerations("4,x")
+    with pytest.raises(ValueError, match=">= 1"):
+        parse_accelerations("0,4")
+    assert parse_accelerations((16, 2, 4, 4)) == [2, 4, 16]
+    with pytest.raises(ValueError, match="unknown stage"):
+        select_stages(all_stages(), "regress-nope")
+    assert {s.task for s in select_stages(all_stages(), "pretrain")} == {"pretrain"}
+    with pytest.raises(FileNotFoundError, match="phenotypes.csv"):
+        run_pipeline(out=str(tmp_path / "r"), preset="tiny", cohort=str(tmp_path))
+    with pytest.raises(ValueError, match="preset"):
+        run_pipeline(out=str(tmp_path / "r"), preset="huge")
+
+
+def test_stage_table_is_the_papers_comparison():
+    stages = all_stages()
+    names = [s.name for s in stages]
+    assert names[:3] == ["image-mae", "kspace-mae", "align"]
+    for task in ("regress", "classify"):
+        methods = [s.method for s in stages if s.task == task]
+        assert methods == ["resnet50-image", "vit-image", "imagemae-image", "resnet50-zf", "resnet50-kspace",
+                           "scratch", "stage1", "kmtr"]  # fmt: skip
+    assert [s.method for s in stages if s.task == "segment"] == ["dynunet-image", "dynunet-zf", "kmtr"]
+    assert [s.method for s in stages if s.task == "recon"] == ["kgin", "kmtr"]
+    assert all(s.upstream == ("align",) for s in stages if s.method == "kmtr")
