@@ -83,7 +83,8 @@ def all_stages() -> list[Stage]:
     """Stage I, Stage II, then every Stage III task with k-MTR and its baselines, in run order."""
     stages = [Stage("image-mae", "image-mae", "pretrain", "image-mae", "Image MAE (Stage I)"),
               Stage("kspace-mae", "kspace-mae", "pretrain", "kspace-mae", "k-space MAE (Stage I)"),
-              Stage("align", "align", "pretrain", "align", "Alignment (Stage II)", upstream=("image-mae", "kspace-mae"))]
+              Stage("align", "align", "pretrain", "align", "Alignment (Stage II)",
+                    upstream=("image-mae", "kspace-mae"))]
     for task, methods in (("regress", VECTOR_METHODS), ("classify", VECTOR_METHODS), ("segment", SEGMENT_METHODS),
                           ("recon", RECON_METHODS)):  # fmt: skip
         for method, label, overrides, upstream in methods:

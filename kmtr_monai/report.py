@@ -38,8 +38,8 @@ Any stage or file may be missing (a partial run): what exists is rendered and wh
 
 Intervals are 95 % percentile bootstrap intervals over test subjects (2,000 draws, seed 0); comparisons between
 methods are paired (the same resampled subjects for both, aligned by eid). Segmentation and reconstruction test
-folders hold only means, so their comparisons are point estimates. The F1 / recall / precision of a classifier use
-the threshold recovered from its stored 0/1 labels (the smallest probability labelled 1).
+folders hold only means, so their comparisons are point estimates. The F1 / recall / precision of a classifier are
+those of its stored 0/1 labels (made at the thresholds the model stored on validation).
 """
 
 from __future__ import annotations
@@ -63,20 +63,14 @@ from kmtr_monai.evaluation import (
     prevalence_predictor_metrics,
     regression_metrics,
 )
+from kmtr_monai.pipeline import all_stages
 
 __all__ = ["write_report", "summary_text", "METHOD_ORDER", "bootstrap_weights", "weighted_auc", "weighted_mae"]
 
-VECTOR_ORDER = ("resnet50-image", "vit-image", "imagemae-image", "resnet50-zf", "resnet50-kspace", "scratch",
-                "stage1", "kmtr")  # fmt: skip
-METHOD_ORDER = {"regress": VECTOR_ORDER, "classify": VECTOR_ORDER, "segment": ("dynunet-image", "dynunet-zf", "kmtr"),
-                "recon": ("kgin", "kmtr"), "pretrain": ("image-mae", "kspace-mae", "align")}  # fmt: skip
-DEFAULT_LABELS = {
-    "resnet50-image": "ResNet-50 (fully-sampled image)", "vit-image": "ViT (fully-sampled image)",
-    "imagemae-image": "Image MAE fine-tuned (fully-sampled image)", "resnet50-zf": "ResNet-50 (zero-filled image)",
-    "resnet50-kspace": "ResNet-50 (k-space)", "scratch": "k-space ViT from scratch",
-    "stage1": "k-space MAE, unaligned", "kmtr": "k-MTR", "dynunet-image": "DynUNet (fully-sampled image)",
-    "dynunet-zf": "DynUNet (zero-filled image)", "kgin": "k-GIN-style line interpolator",
-}  # fmt: skip
+_STAGES = all_stages()  # the pipeline's stage table: the paper's method order and labels
+METHOD_ORDER = {task: tuple(s.method for s in _STAGES if s.task == task)
+                for task in dict.fromkeys(s.task for s in _STAGES)}
+DEFAULT_LABELS = {s.method: s.label for s in _STAGES}
 MEAN_LABEL, CHANCE_LABEL = "Training-mean predictor", "Chance / prevalence"
 DRAWS, SEED = 2000, 0
 SMOKE_PRESETS = ("tiny",)
@@ -177,12 +171,6 @@ def load_regress(folder: Path | None) -> dict | None:
     return out
 
 
-def recovered_thresholds(prob: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """(K,) thresholds reproducing stored 0/1 labels: the smallest probability labelled 1 (inf when none is)."""
-    return np.array([prob[labels[:, k] == 1, k].min() if (labels[:, k] == 1).any() else np.inf
-                     for k in range(prob.shape[1])])  # fmt: skip
-
-
 def load_classify(folder: Path | None) -> dict | None:
     """Probabilities, stored labels and targets of a classify test folder; None when files are missing."""
     if folder is None or not (folder / "diseases.csv").is_file() or not (folder / "targets.csv").is_file():
@@ -192,7 +180,7 @@ def load_classify(folder: Path | None) -> dict | None:
     names = list(true)
     prob, labels = _stack(table, [f"{n}_probability" for n in names]), _stack(table, names)
     return {"eid": eids, "names": names, "prob": prob, "labels": labels,
-            "true": _reindex(eids, t_eids, _stack(true, names)), "thresholds": recovered_thresholds(prob, labels)}
+            "true": _reindex(eids, t_eids, _stack(true, names))}
 
 
 def training_targets(cfg: dict, key: str, names: list[str]) -> np.ndarray:
@@ -369,7 +357,13 @@ def regress_section(cfg: dict, ctx: dict, missing: list[str]) -> dict:
 # ----------------------------------------------------------------------------------------------- classification
 def classify_method(d: dict, metrics: dict) -> dict:
     """AUC, AP, F1, recall, precision per disease and mean, with the bootstrap interval of the mean AUC."""
-    res = classification_metrics(d["true"], d["prob"], d["thresholds"], d["names"])
+    half = np.full(len(d["names"]), 0.5)
+    res = classification_metrics(d["true"], d["prob"], half, d["names"])  # AUC and AP: threshold-free
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        stored = classification_metrics(d["true"], d["labels"].astype(float), half, d["names"])
+    for name in [*d["names"], "mean"]:  # F1, recall, precision of the stored 0/1 labels
+        res[name].update({k: stored[name][k] for k in ("f1", "recall", "precision")})
     boot = bootstrap(lambda w: weighted_mean_auc(d["true"], d["prob"], w), len(d["eid"]))
     return {"per_disease": {n: res[n] for n in d["names"]}, "mean": res["mean"], "mean_auc_ci": boot["ci"],
             "n": boot["n"], "metrics_csv": metrics}  # fmt: skip
@@ -545,7 +539,7 @@ def _point_item(question: str, comparison: str, diff: float) -> dict:
 
 
 def evidence_point(results: dict) -> list[dict]:
-    """(4) Dice k-MTR − DynUNet (zero-filled) at seg_acceleration; (5) PSNR k-MTR − view sharing at the default R."""
+    """(4) Dice k-MTR − DynUNet (zero-filled) at seg_acceleration; (5) PSNR k-MTR − view sharing (default R)."""
     out, seg, rec = [], results["segment"], results["recon"]
     r = str(seg["R"])
     k, z = (seg["methods"].get(m, {}).get("tests", {}).get(r) for m in (KMTR, "dynunet-zf"))
