@@ -111,3 +111,31 @@ class ClipLoss(nn.Module):
         dist.all_reduce(total)  # sum_r l_r = L
         scaled = world * local
         return scaled + (total - scaled).detach()
+
+
+class CellAlignmentLoss(nn.Module):
+    """Token-level alignment: mean over subjects and (view, time) cells of ``1 - cos(pred, target)``.
+
+    ``forward(pred (B, N, C), target (B, N, C)) -> scalar`` in [0, 2]; the target (the image encoder's cell
+    features from :class:`kmtr_monai.networks.dual.DualEncoder` with ``cell_align``) carries no gradient, so the
+    k-space side is pulled towards it without the two collapsing onto a constant. Used next to :class:`ClipLoss`.
+    """
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if pred.ndim != 3 or pred.shape != target.shape:
+            raise ValueError(f"pred and target: expected equal (B, N, C) shapes, got {tuple(pred.shape)} and "
+                             f"{tuple(target.shape)}")  # fmt: skip
+        return (1.0 - F.cosine_similarity(pred, target.detach(), dim=-1)).mean()
+
+
+class WeightedSum:
+    """``loss_function(pred, target)`` = sum of ``weight * term(pred, target)`` over the terms with a non-zero
+    weight (a zero-weight term is not called, so its outputs need not exist)."""
+
+    def __init__(self, terms, weights) -> None:
+        if len(terms) != len(weights) or not terms:
+            raise ValueError(f"WeightedSum: need as many weights as terms (> 0), got {len(terms)} and {len(weights)}")
+        self.terms = [(float(w), t) for t, w in zip(terms, weights)]
+
+    def __call__(self, pred, target=None) -> torch.Tensor:
+        return sum(w * t(pred, target) for w, t in self.terms if w != 0.0)

@@ -147,3 +147,47 @@ def test_bad_inputs():
         loss(torch.randn(4, 8, 1), torch.randn(4, 8, 1))
     with pytest.raises(TypeError):
         loss(np.zeros((4, 8)), torch.randn(4, 8))
+
+
+def test_cell_alignment_loss_values_and_gradient_only_to_prediction():
+    from kmtr_monai.losses import CellAlignmentLoss, WeightedSum
+
+    target = torch.randn(2, 6, 5, requires_grad=True)
+    loss = CellAlignmentLoss()
+    assert loss(target.detach().clone() * 3.0, target).item() == pytest.approx(0.0, abs=1e-6)  # same direction
+    assert loss(-target.detach().clone(), target).item() == pytest.approx(2.0, abs=1e-6)  # opposite
+    pred = torch.randn(2, 6, 5, requires_grad=True)
+    expected = (1 - torch.nn.functional.cosine_similarity(pred, target, dim=-1)).mean()
+    out = loss(pred, target)
+    torch.testing.assert_close(out, expected)
+    out.backward()
+    assert pred.grad is not None and target.grad is None
+    with pytest.raises(ValueError, match="equal"):
+        loss(pred, target[:, :3])
+    calls = []
+    total = WeightedSum([lambda p, t: torch.tensor(2.0), lambda p, t: calls.append(1)], [0.5, 0.0])
+    assert total({}, None).item() == 1.0 and calls == []  # a zero-weight term is not called
+
+
+def test_dual_encoder_cell_alignment_on_tiny_maes():
+    from kmtr_monai.losses import CellAlignmentLoss
+    from kmtr_monai.networks.dual import DualEncoder
+    from kmtr_monai.networks.mae import build_image_mae, build_kspace_mae
+
+    torch.manual_seed(0)
+    image_mae, kspace_mae = build_image_mae("tiny"), build_kspace_mae("tiny", tokenizer="patch")
+    model = DualEncoder(image_mae.drop_decoder(), kspace_mae.drop_decoder(), embed_dim=8, pooling="view_time",
+                        cell_align=True)  # fmt: skip
+    _, s, t, h, w = kspace_mae.shape
+    image = torch.rand(2, s, t, h, w)
+    kspace, mask = torch.randn(2, 2, s, t, h, w), torch.rand(2, s, t, h) > 0.5
+    out = model(image, kspace, mask)
+    cells = kspace_mae.view_time_cells[0] * kspace_mae.view_time_cells[1]
+    assert out["cells_kspace"].shape == out["cells_image"].shape == (2, cells, image_mae.dim)
+    CellAlignmentLoss()(out["cells_kspace"], out["cells_image"]).backward()
+    assert all(p.grad is None for p in model.image_encoder.parameters())  # the image side is the target
+    assert model.cell_predictor.weight.grad is not None
+    assert any(p.grad is not None for p in model.kspace_encoder.parameters())
+    with pytest.raises(ValueError, match="cell_align"):
+        DualEncoder(build_image_mae("tiny").drop_decoder(), build_kspace_mae("tiny", tokenizer="patch").drop_decoder(),
+                    pooling="mean", cell_align=True)  # fmt: skip

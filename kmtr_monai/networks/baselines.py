@@ -8,7 +8,7 @@
 * :class:`KspaceInterpolationRecon`: a k-GIN-style line-token k-space interpolator with data consistency, the
   reconstruction baseline.
 
-The encoders follow the interface of :class:`~kmtr_monai.networks.downstream.KspaceTaskModel`: ``input_kind``
+The encoders follow the interface of :class:`~kmtr_monai.networks.downstream.TaskModel`: ``input_kind``
 (``"image"`` or ``"kspace"``), ``dim`` (token width), ``view_time_cells`` (S, T') and
 ``encode(x, mask=None, return_valid=False, return_hidden=False) -> (tokens (B, 1+N, dim) class token first,
 pooled (B, dim)[, valid (B, N)][, hidden])``, with N tokens in (view, time) order, so the same heads

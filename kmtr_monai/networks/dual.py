@@ -131,6 +131,12 @@ class DualEncoder(nn.Module):
         proj_batch_norm: batch norm in the projectors' hidden layer (see :class:`Projector`).
         temperature, learnable_temperature: CLIP's temperature, owned here as a :class:`LogitScale`
             (a parameter when learnable) so that DDP, which wraps this module, keeps it identical on every rank.
+        cell_align: token-level alignment next to CLIP (needs ``"view_time"`` pooling and the same (S, T') cells in
+            both encoders): a linear ``cell_predictor`` maps each k-space (view, time) cell feature to the image
+            encoder's feature of the same cell, and the output gains ``cells_kspace`` (B, S·T', C_image), the
+            prediction, and ``cells_image`` (B, S·T', C_image), the image cells with gradients stopped (the
+            target; :class:`kmtr_monai.losses.CellAlignmentLoss`). Each subject then gives S·T' regression targets
+            instead of one contrastive row, and the target is what the image encoder already knows per cell.
 
     ``forward(image, kspace, mask)`` returns ``{"z_image": (B, embed_dim), "z_kspace": (B, embed_dim),
     "h_kspace": (B, C), "logit_scale": 0-dim 1/tau}`` (embeddings not normalised; :class:`kmtr_monai.losses.ClipLoss`
@@ -151,6 +157,7 @@ class DualEncoder(nn.Module):
         proj_batch_norm: bool = True,
         temperature: float = 0.07,
         learnable_temperature: bool = True,
+        cell_align: bool = False,
     ) -> None:
         super().__init__()
         if pooling not in POOLINGS:
@@ -172,6 +179,12 @@ class DualEncoder(nn.Module):
         self.kspace_proj = Projector(kspace_dim * math.prod(self._kspace_cells or ()), proj_hidden_dim or kspace_dim,
                                      embed_dim, batch_norm=proj_batch_norm)  # fmt: skip
         self.logit_scale = LogitScale(temperature, learnable=learnable_temperature)
+        self.cell_align = bool(cell_align)
+        if self.cell_align:
+            if self._image_cells is None or self._image_cells != self._kspace_cells:
+                raise ValueError(f"cell_align needs pooling 'view_time' and equal (view, time) cells in both encoders; "
+                                 f"got pooling {pooling!r}, image {self._image_cells}, k-space {self._kspace_cells}")
+            self.cell_predictor = nn.Linear(kspace_dim, image_dim)
         self._image_valid = _accepts_return_valid(image_encoder)
         self._kspace_valid = _accepts_return_valid(kspace_encoder)
         for frozen, enc in ((self.freeze_image, image_encoder), (self.freeze_kspace, kspace_encoder)):
@@ -211,12 +224,15 @@ class DualEncoder(nn.Module):
             )
         return pool_tokens(tokens, self.pooling, valid, cells)
 
-    def embed_image(self, image: torch.Tensor) -> torch.Tensor:
-        """image (B, S, T, H, W) (whatever the image encoder takes) -> z_image (B, embed_dim)."""
+    def image_features(self, image: torch.Tensor) -> torch.Tensor:
+        """image (B, S, T, H, W) (whatever the image encoder takes) -> pooled features (B, C'), pre-projector."""
         kw = {"return_valid": True} if self._image_valid else {}
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_image):
-            feat = self._pooled(self.image_encoder.encode(image, **kw), "image_encoder", self._image_cells)
-        return self.image_proj(feat)
+            return self._pooled(self.image_encoder.encode(image, **kw), "image_encoder", self._image_cells)
+
+    def embed_image(self, image: torch.Tensor) -> torch.Tensor:
+        """image (B, S, T, H, W) -> z_image (B, embed_dim)."""
+        return self.image_proj(self.image_features(image))
 
     def kspace_features(self, kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """kspace (B, 2, S, T, H, W) + mask (B, S, T, H) -> pooled encoder features h_kspace (B, C), pre-projector.
@@ -234,7 +250,12 @@ class DualEncoder(nn.Module):
 
     def forward(self, image: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """-> {"z_image", "z_kspace"}: (B, embed_dim) projections; "h_kspace": (B, C) pooled k-space features;
-        "logit_scale": 0-dim 1/tau for the CLIP loss."""
-        h_kspace = self.kspace_features(kspace, mask)
-        return {"z_image": self.embed_image(image), "z_kspace": self.kspace_proj(h_kspace), "h_kspace": h_kspace,
-                "logit_scale": self.logit_scale()}  # fmt: skip
+        "logit_scale": 0-dim 1/tau for the CLIP loss; with ``cell_align`` also "cells_kspace", "cells_image"."""
+        h_kspace, h_image = self.kspace_features(kspace, mask), self.image_features(image)
+        out = {"z_image": self.image_proj(h_image), "z_kspace": self.kspace_proj(h_kspace), "h_kspace": h_kspace,
+               "logit_scale": self.logit_scale()}  # fmt: skip
+        if self.cell_align:
+            n = math.prod(self._kspace_cells)
+            out["cells_kspace"] = self.cell_predictor(h_kspace.view(h_kspace.shape[0], n, -1))
+            out["cells_image"] = h_image.detach().view(h_image.shape[0], n, -1)
+        return out
