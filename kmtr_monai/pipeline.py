@@ -258,15 +258,15 @@ class PipelineRun:
         return over
 
     def test_accelerations(self, stage: Stage) -> list[str]:
-        """Folder keys of the test evaluations: ``full`` for image-domain models; the segmentation and
-        reconstruction bundles' own evaluation R; every requested R for the vector tasks."""
+        """Folder keys of the test evaluations: ``full`` for image-domain models; every requested R for phenotype
+        regression (the report's MAE-against-R figure); the bundle's own evaluation R otherwise."""
         if stage.task == "pretrain":
             return []
         if stage.image_domain:
             return ["full"]
-        if stage.task in ("segment", "recon"):
-            return [str(_config_value(self.bundles / stage.bundle, "val_acceleration"))]
-        return [str(r) for r in self.accelerations]
+        if stage.task == "regress":
+            return [str(r) for r in self.accelerations]
+        return [str(_config_value(self.bundles / stage.bundle, "val_acceleration"))]
 
     def fingerprint(self, stage: Stage) -> dict:
         finished = {}
