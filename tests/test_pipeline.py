@@ -148,3 +148,21 @@ def test_stage_table_is_the_papers_comparison():
     assert [s.method for s in stages if s.task == "segment"] == ["dynunet-image", "dynunet-zf", "kmtr"]
     assert [s.method for s in stages if s.task == "recon"] == ["kgin", "kmtr"]
     assert all(s.upstream == ("align",) for s in stages if s.method == "kmtr")
+
+
+def test_progress_line_reads_epoch_and_iteration_from_the_stage_log(tmp_path):
+    import io
+    import time
+
+    from kmtr_monai.pipeline import Progress
+
+    log = tmp_path / "log.txt"
+    progress = Progress(total=24, stream=io.StringIO())
+    assert progress.position(log) is None  # no log yet
+    log.write_text("2026-12-02 00:40:49,348 - INFO - Epoch: 1/4, Iter: 17/17 -- train_loss: 0.1\n"
+                   "2026-12-02 00:41:49,348 - INFO - Epoch: 2/4, Iter: 5/17 -- train_loss: 0.05\n")  # fmt: skip
+    assert progress.position(log) == (2, 4, 5, 17)
+    line = progress.line(3, "regress-kmtr (train)", log, time.perf_counter() - 60)
+    assert line.startswith("[3/24] regress-kmtr (train)  epoch 2/4  iter 5/17") and "ETA" in line
+    progress.done("[3/24] regress-kmtr: 1.0 min")
+    assert progress.stream.getvalue() == "[3/24] regress-kmtr: 1.0 min\n"  # not a terminal: one line per stage
