@@ -166,3 +166,13 @@ def test_progress_line_reads_epoch_and_iteration_from_the_stage_log(tmp_path):
     assert line.startswith("[3/24] regress-kmtr (train)  epoch 2/4  iter 5/17") and "ETA" in line
     progress.done("[3/24] regress-kmtr: 1.0 min")
     assert progress.stream.getvalue() == "[3/24] regress-kmtr: 1.0 min\n"  # not a terminal: one line per stage
+
+
+def test_run_order_puts_kmtr_and_the_main_comparisons_first():
+    from kmtr_monai.pipeline import run_order
+
+    names = [s.name for s in run_order(all_stages())]
+    assert names[:7] == ["image-mae", "kspace-mae", "align", "regress-kmtr", "classify-kmtr", "segment-kmtr",
+                         "recon-kmtr"]  # fmt: skip
+    assert names.index("regress-stage1") < names.index("regress-resnet50-image") < names.index("regress-vit-image")
+    assert sorted(names) == sorted(s.name for s in all_stages())
