@@ -183,10 +183,17 @@ def _clock(seconds: float) -> str:
 @contextlib.contextmanager
 def output_to(log: Path):
     """Send this process's stdout, stderr, warnings and logging to ``log`` (appended) for the duration, and undo
-    what a bundle's ``logging.conf`` (``logging.config.fileConfig``) does to the process's logging."""
-    root, loggers = logging.getLogger(), logging.Logger.manager.loggerDict.values()
-    saved = root.handlers[:], root.level, {lg: lg.disabled for lg in loggers if isinstance(lg, logging.Logger)}
+    what a bundle's ``logging.conf`` (``logging.config.fileConfig``) does to the process's logging. Loggers that
+    already write to the terminal (MONAI's own, set up at import) are pointed at ``log`` meanwhile."""
+    root, loggers = logging.getLogger(), [lg for lg in logging.Logger.manager.loggerDict.values()
+                                          if isinstance(lg, logging.Logger)]  # fmt: skip
+    saved = root.handlers[:], root.level, {lg: lg.disabled for lg in loggers}
+    terminal = (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
+    streams = {h: h.stream for lg in [root, *loggers] for h in lg.handlers
+               if isinstance(h, logging.StreamHandler) and h.stream in terminal}  # fmt: skip
     with open(log, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        for handler in streams:
+            handler.setStream(f)
         try:
             yield f
         finally:
@@ -194,6 +201,8 @@ def output_to(log: Path):
             root.setLevel(saved[1])
             for lg, disabled in saved[2].items():
                 lg.disabled = disabled
+            for handler, stream in streams.items():
+                handler.setStream(stream)
 
 
 def _evaluate_logged(args: dict, log: Path, progress: Progress, k: int, what: str) -> float:
