@@ -58,12 +58,10 @@ def make_parser(run: Path, preset: str, acceleration: int, bundles: Path = BUNDL
     """``ConfigParser`` of the align bundle at ``preset`` with the run's cohort and Stage I checkpoints."""
     from monai.bundle import ConfigParser
 
-    files = [bundles / "align" / "configs" / "train.json", bundles / "presets" / f"{preset}.json"]
-    for f in files:
-        if not f.is_file():
-            raise FileNotFoundError(f"bundle config {f} not found (preset {preset!r})")
+    from kmtr_monai.bundle import config_files
+
     parser = ConfigParser()
-    parser.read_config([str(f) for f in files])
+    parser.read_config(config_files(bundles / "align", "train", preset))
     overrides = {
         "bundle_root": str(bundles / "align"),
         "dataset_dir": str(run / "cohort"),
