@@ -167,9 +167,14 @@ def probe(train_x, train_y, test_x, test_y) -> tuple[np.ndarray, np.ndarray, lis
 def main(argv=None) -> dict:
     ap = run_arguments(__doc__)
     ap.add_argument("--bundles", default=str(BUNDLES), help="bundles/ folder")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=JSON",
+                    help="align config overrides the run was trained with, e.g. cell_align_weight=1.0")
     args, run = open_run(ap, argv)
     start = time.perf_counter()
     parser = make_parser(run, args.preset, args.acceleration, Path(args.bundles).resolve())
+    for item in args.set:
+        key, _, value = item.partition("=")
+        parser[key] = json.loads(value)
     device = parser.get_parsed_content("device")
     pooling, seed, bs = (parser.get_parsed_content(k) for k in ("pooling", "seed", "batch_size"))
     train, test = load_split(parser, "training"), load_split(parser, args.split)
