@@ -41,7 +41,8 @@ def main(out: str, cohort: str, image_ckpt: str, kspace_ckpt: str) -> None:
         return value.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     reference = copy.deepcopy(net.module).eval()
-    ref_loss, ref_grads = step(reference, items, OutputLoss(ClipLoss(gather=False), loss_fn.keys))
+    clip_keys = loss_fn.terms[0][1].keys  # WeightedSum: the CLIP term first (token-level alignment off: weight 0)
+    ref_loss, ref_grads = step(reference, items, OutputLoss(ClipLoss(gather=False), clip_keys))
     net.eval()
     loss, grads = step(net, items[2 * rank: 2 * rank + 2], loss_fn)
     net.zero_grad(set_to_none=True)
