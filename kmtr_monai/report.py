@@ -336,18 +336,25 @@ def mae_vs_r(cfg: dict) -> dict:
     return out
 
 
-def regress_section(cfg: dict, ctx: dict, missing: list[str]) -> dict:
-    """Table 1 numbers at the default R; fills ``ctx["regress"]`` with the loaded predictions."""
+def _task_methods(cfg: dict, ctx: dict, missing: list[str], task: str, load, summarise) -> dict:
+    """``{method: {label, test, **summarise(predictions, metrics)}}`` of one vector task at the default R; the
+    loaded predictions go to ``ctx[task]`` and a method without them to ``missing``."""
     r, methods = cfg["acceleration"], {}
-    for stage in stages_of(cfg, "regress"):
+    for stage in stages_of(cfg, task):
         key = test_key(stage, r)
         folder = test_folder(cfg, stage, key)
-        d = load_regress(folder)
+        d = load(folder)
         if d is None:
-            missing.append(f"regress {stage['name']}: no predictions at R={r}")
+            missing.append(f"{task} {stage['name']}: no predictions at R={r}")
             continue
-        ctx["regress"][method_key(stage)] = d
-        methods[method_key(stage)] = {"label": label_of(stage), "test": key, **regress_method(d, read_metrics(folder))}
+        ctx[task][method_key(stage)] = d
+        methods[method_key(stage)] = {"label": label_of(stage), "test": key, **summarise(d, read_metrics(folder))}
+    return methods
+
+
+def regress_section(cfg: dict, ctx: dict, missing: list[str]) -> dict:
+    """Table 1 numbers at the default R; fills ``ctx["regress"]`` with the loaded predictions."""
+    r, methods = cfg["acceleration"], _task_methods(cfg, ctx, missing, "regress", load_regress, regress_method)
     names = next(iter(ctx["regress"].values()))["names"] if ctx["regress"] else list(PHENOTYPES)
     ctx["mean_predictor"] = mean_predictor(cfg, names)
     return {"R": r, "phenotypes": names, "methods": methods, "mean_predictor": ctx["mean_predictor"],
@@ -371,16 +378,7 @@ def classify_method(d: dict, metrics: dict) -> dict:
 
 def classify_section(cfg: dict, ctx: dict, missing: list[str]) -> dict:
     """Table 2 numbers at the default R with the prevalence (chance) reference; fills ``ctx["classify"]``."""
-    r, methods = cfg["acceleration"], {}
-    for stage in stages_of(cfg, "classify"):
-        key = test_key(stage, r)
-        folder = test_folder(cfg, stage, key)
-        d = load_classify(folder)
-        if d is None:
-            missing.append(f"classify {stage['name']}: no predictions at R={r}")
-            continue
-        ctx["classify"][method_key(stage)] = d
-        methods[method_key(stage)] = {"label": label_of(stage), "test": key, **classify_method(d, read_metrics(folder))}
+    r, methods = cfg["acceleration"], _task_methods(cfg, ctx, missing, "classify", load_classify, classify_method)
     names = next(iter(ctx["classify"].values()))["names"] if ctx["classify"] else list(DISEASES)
     ref = prevalence_predictor_metrics(training_targets(cfg, "diseases", names), _test_targets(cfg, "diseases", names),
                                        names)  # fmt: skip
