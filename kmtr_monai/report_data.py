@@ -16,7 +16,7 @@ import torch
 
 from kmtr_monai.bundle import config_files
 from kmtr_monai.constants import LAX_VIEWS
-from kmtr_monai.pipeline import output_to
+from kmtr_monai.pipeline import all_stages, output_to
 
 EXAMPLE_SUBJECTS = 2
 
@@ -106,8 +106,6 @@ def examples(run, stages: dict) -> dict[str, np.ndarray]:
 def collect_report_data(run) -> Path:
     """Write ``DIR/report/data/embeddings.npz`` and ``examples.npz`` from the stages that are done; returns the
     folder. A stage that is not done is left out (the report says what is missing)."""
-    from kmtr_monai.pipeline import all_stages
-
     data = run.out / "report" / "data"
     data.mkdir(parents=True, exist_ok=True)
     done = {s.name: s for s in all_stages() if run.is_done(s)}
