@@ -16,3 +16,20 @@ def tiny_cohort(tmp_path_factory):
     simulate_cohort(str(root), subjects=16, preset="tiny", seed=7)
     write_datalist(str(root), val_fraction=0.5, test_fraction=0.0, seed=0)
     return root
+
+
+def _leaves(tree):
+    """Every leaf value of nested dicts and lists (e.g. a loaded results.json)."""
+    if isinstance(tree, dict):
+        tree = list(tree.values())
+    if isinstance(tree, list):
+        for v in tree:
+            yield from _leaves(v)
+    else:
+        yield tree
+
+
+@pytest.fixture(scope="session")
+def json_leaves():
+    """The function yielding every leaf of nested dicts and lists."""
+    return _leaves

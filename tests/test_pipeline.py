@@ -27,17 +27,6 @@ def tiny_run(tmp_path_factory):
     return out, results
 
 
-def _finite_numbers(tree):
-    if isinstance(tree, dict):
-        for v in tree.values():
-            yield from _finite_numbers(v)
-    elif isinstance(tree, list):
-        for v in tree:
-            yield from _finite_numbers(v)
-    elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
-        yield tree
-
-
 def test_tiny_pipeline_writes_the_report_with_every_method(tiny_run):
     out, _ = tiny_run
     report = out / "report"
@@ -58,14 +47,14 @@ def test_tiny_pipeline_writes_the_report_with_every_method(tiny_run):
             assert values and all(math.isfinite(v) for v in values if not math.isinf(v)), (stage.name, r)
 
 
-def test_results_json_holds_every_method_and_metric_as_finite_numbers(tiny_run):
+def test_results_json_holds_every_method_and_metric_as_finite_numbers(tiny_run, json_leaves):
     out, _ = tiny_run
     results = json.loads((out / "report" / "results.json").read_text())
     text = json.dumps(results)
     for stage in all_stages():
         if stage.task != "pretrain":
             assert stage.label in text or stage.method in text, stage.name
-    numbers = list(_finite_numbers(results))
+    numbers = [v for v in json_leaves(results) if isinstance(v, (int, float)) and not isinstance(v, bool)]
     assert len(numbers) > 100 and all(math.isfinite(v) for v in numbers)
     for key in ("mean MAE", "AUC", "Dice", "PSNR", "SSIM", "coverage"):
         assert key.lower() in text.lower(), key

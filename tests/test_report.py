@@ -114,17 +114,6 @@ def results(run_dir):
     return write_report(run_dir)
 
 
-def _finite_leaves(obj):
-    if isinstance(obj, dict):
-        for v in obj.values():
-            yield from _finite_leaves(v)
-    elif isinstance(obj, list):
-        for v in obj:
-            yield from _finite_leaves(v)
-    else:
-        yield obj
-
-
 def test_files_and_figures(run_dir, results):
     out = run_dir / "report"
     assert (out / "results.json").is_file() and (out / "report.md").is_file()
@@ -135,7 +124,7 @@ def test_files_and_figures(run_dir, results):
     assert json.loads((out / "results.json").read_text()) == results
 
 
-def test_numbers_finite_where_inputs_exist(results):
+def test_numbers_finite_where_inputs_exist(results, json_leaves):
     reg, cl = results["regress"], results["classify"]
     for v in [*reg["methods"].values(), reg["mean_predictor"]]:
         assert all(isinstance(x, float) and math.isfinite(x) for x in [v["mean_mae"], *v["mean_mae_ci"]])
@@ -147,7 +136,7 @@ def test_numbers_finite_where_inputs_exist(results):
     assert set(reg["mae_vs_R"]["kmtr"]) == {"2", "4", "8", "16"}
     assert results["segment"]["methods"]["kmtr"]["tests"]["8"]["dice"]["LV"] == pytest.approx(0.8)
     assert results["recon"]["references"]["view-sharing"]["tests"]["4"]["psnr"] == pytest.approx(26.0)
-    assert all(x is None or isinstance(x, (str, int, float, bool)) for x in _finite_leaves(results))
+    assert all(x is None or isinstance(x, (str, int, float, bool)) for x in json_leaves(results))
 
 
 def test_perfect_method(results):
