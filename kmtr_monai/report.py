@@ -156,15 +156,24 @@ def _reindex(eids: list[str], ref_eids: list[str], arr: np.ndarray) -> np.ndarra
     return arr[[where[e] for e in eids]]
 
 
-def load_regress(folder: Path | None) -> dict | None:
-    """Predictions, bounds and targets of a regress test folder, aligned by eid; None when files are missing."""
-    if folder is None or not (folder / "phenotypes.csv").is_file() or not (folder / "targets.csv").is_file():
+def read_predictions(folder: Path | None, file: str) -> tuple | None:
+    """(eids, prediction columns, target names, targets aligned to eids) of ``folder/file`` and
+    ``folder/targets.csv``; None when either is missing."""
+    if folder is None or not (folder / file).is_file() or not (folder / "targets.csv").is_file():
         return None
-    eids, pred = read_table(folder / "phenotypes.csv")
+    eids, table = read_table(folder / file)
     t_eids, true = read_table(folder / "targets.csv")
     names = list(true)
-    out = {"eid": eids, "names": names, "pred": _stack(pred, names),
-           "true": _reindex(eids, t_eids, _stack(true, names))}  # fmt: skip
+    return eids, table, names, _reindex(eids, t_eids, _stack(true, names))
+
+
+def load_regress(folder: Path | None) -> dict | None:
+    """Predictions, bounds and targets of a regress test folder, aligned by eid; None when files are missing."""
+    found = read_predictions(folder, "phenotypes.csv")
+    if found is None:
+        return None
+    eids, pred, names, true = found
+    out = {"eid": eids, "names": names, "pred": _stack(pred, names), "true": true}
     if all(f"{n} lower" in pred and f"{n} upper" in pred for n in names):
         out["lower"] = _stack(pred, [f"{n} lower" for n in names])
         out["upper"] = _stack(pred, [f"{n} upper" for n in names])
@@ -173,14 +182,12 @@ def load_regress(folder: Path | None) -> dict | None:
 
 def load_classify(folder: Path | None) -> dict | None:
     """Probabilities, stored labels and targets of a classify test folder; None when files are missing."""
-    if folder is None or not (folder / "diseases.csv").is_file() or not (folder / "targets.csv").is_file():
+    found = read_predictions(folder, "diseases.csv")
+    if found is None:
         return None
-    eids, table = read_table(folder / "diseases.csv")
-    t_eids, true = read_table(folder / "targets.csv")
-    names = list(true)
+    eids, table, names, true = found
     prob, labels = _stack(table, [f"{n}_probability" for n in names]), _stack(table, names)
-    return {"eid": eids, "names": names, "prob": prob, "labels": labels,
-            "true": _reindex(eids, t_eids, _stack(true, names))}
+    return {"eid": eids, "names": names, "prob": prob, "labels": labels, "true": true}
 
 
 def training_targets(cfg: dict, key: str, names: list[str]) -> np.ndarray:
