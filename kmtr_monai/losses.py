@@ -46,13 +46,26 @@ class ClipLoss(nn.Module):
         temperature: the fixed tau used when ``forward`` gets no ``logit_scale``.
         lambda_: weight of the k->i direction, in [0, 1]; 0.5 gives the symmetric loss.
         gather: gather negatives across ranks when distributed; False uses only the local batch.
+        queue_size: keep the last ``queue_size`` global batches' embeddings (detached, both modalities) and add them
+            as extra negatives (MoCo's queue, for CLIP with small batches on CPU): row b of ``logits`` is scored
+            against the N current image embeddings and the queued ones. Entries are pushed only when gradients are
+            enabled (training steps, not ``torch.no_grad`` evaluation), are the same on every rank (pushed after
+            the gather), are not checkpointed (they refill within ``queue_size / N`` steps after a resume), and
+            come from encoders up to ``queue_size / N`` steps old. A subject can meet its own queued embedding as a
+            negative across an epoch boundary; keep ``queue_size`` well below the training subjects per epoch.
 
     The loss has no trainable parameters: a learnable temperature is a
     :class:`kmtr_monai.networks.dual.LogitScale` owned by the network, passed in as ``logit_scale``.
     """
 
-    def __init__(self, temperature: float = 0.07, lambda_: float = 0.5, gather: bool = True) -> None:
+    def __init__(self, temperature: float = 0.07, lambda_: float = 0.5, gather: bool = True, queue_size: int = 0
+                 ) -> None:  # fmt: skip
         super().__init__()
+        if not isinstance(queue_size, int) or queue_size < 0:
+            raise ValueError(f"queue_size must be an int >= 0, got {queue_size!r}")
+        self.queue_size = queue_size
+        self.queue_kspace: torch.Tensor | None = None  # (Q, D) unit rows, newest first
+        self.queue_image: torch.Tensor | None = None
         if not 0.0 <= lambda_ <= 1.0:
             raise ValueError(f"lambda_ must be in [0, 1], got {lambda_}")
         self.lambda_ = float(lambda_)
@@ -96,8 +109,9 @@ class ClipLoss(nn.Module):
             zk_all, zi_all, offset = zk, zi, 0
         n_global = zk_all.shape[0]
         target = torch.arange(offset, offset + zk.shape[0], device=zk.device)
-        logits_k2i = scale * zk @ zi_all.T  # (B_r, N): this rank's rows of logits
-        logits_i2k = scale * zi @ zk_all.T  # (B_r, N): this rank's rows of logits.T
+        columns_i, columns_k = self._with_queue(zi_all, zk_all)
+        logits_k2i = scale * zk @ columns_i.T  # (B_r, N + Q): this rank's rows of logits
+        logits_i2k = scale * zi @ columns_k.T  # (B_r, N + Q): this rank's rows of logits.T
         local = (
             self.lambda_ * F.cross_entropy(logits_k2i, target, reduction="sum")
             + (1.0 - self.lambda_) * F.cross_entropy(logits_i2k, target, reduction="sum")
@@ -111,6 +125,20 @@ class ClipLoss(nn.Module):
         dist.all_reduce(total)  # sum_r l_r = L
         scaled = world * local
         return scaled + (total - scaled).detach()
+
+    def _with_queue(self, zi_all: torch.Tensor, zk_all: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The columns to score against, (N + Q, D) each: the global batch, then the queue as it was before this
+        batch. Pushes the detached global batch when gradients are enabled."""
+        if self.queue_size == 0:
+            return zi_all, zk_all
+        queued = [q for q in (self.queue_image, self.queue_kspace) if q is not None]
+        if queued and (queued[0].shape[1] != zi_all.shape[1] or queued[0].device != zi_all.device):
+            queued = []  # embedding width or device changed: start a new queue
+        columns_i, columns_k = (torch.cat([zi_all, queued[0]]), torch.cat([zk_all, queued[1]])) if queued else (zi_all, zk_all)
+        if torch.is_grad_enabled():
+            self.queue_image = torch.cat([zi_all.detach(), *queued[:1]])[: self.queue_size]  # newest first
+            self.queue_kspace = torch.cat([zk_all.detach(), *queued[1:]])[: self.queue_size]
+        return columns_i, columns_k
 
 
 class CellAlignmentLoss(nn.Module):

@@ -3,7 +3,8 @@
 1. One step on a fixed global batch split over the ranks, against a single-process step of an unwrapped copy on the
    whole batch: loss and every parameter gradient (the learnable temperature included). The network is in eval
    mode for this step so batch norm uses running statistics (on CPU/gloo its batch statistics are per rank).
-2. Train, then save every rank's parameters for the test to compare.
+2. The same with a queue of negatives (``queue_size``): two steps, the second scored against the first's queue.
+3. Train, then save every rank's parameters for the test to compare.
 Usage: python -m torch.distributed.run --nproc_per_node=2 tests/ddp_align_worker.py OUT COHORT IMAGE_CKPT KSPACE_CKPT
 """
 
@@ -45,10 +46,17 @@ def main(out: str, cohort: str, image_ckpt: str, kspace_ckpt: str) -> None:
     ref_loss, ref_grads = step(reference, items, OutputLoss(ClipLoss(gather=False), clip_keys))
     net.eval()
     loss, grads = step(net, items[2 * rank: 2 * rank + 2], loss_fn)
-    net.zero_grad(set_to_none=True)
     report = {"loss": loss, "ref_loss": ref_loss, "n_grads": len(grads), "n_ref_grads": len(ref_grads),
               "max_grad_diff": max((grads["module." + n] - g).abs().max().item() for n, g in ref_grads.items()),
               "temperature_grad": ref_grads["logit_scale.log_logit_scale"].item()}  # fmt: skip
+    queued_ref, queued = (OutputLoss(ClipLoss(gather=g, queue_size=8), clip_keys) for g in (False, True))
+    for _ in range(2):
+        reference.zero_grad(set_to_none=True), net.zero_grad(set_to_none=True)
+        q_ref_loss, q_ref_grads = step(reference, items, queued_ref)
+        q_loss, q_grads = step(net, items[2 * rank: 2 * rank + 2], queued)
+    report.update(queue_loss=q_loss, queue_ref_loss=q_ref_loss, queue_length=len(queued.fn.queue_image),
+                  queue_max_grad_diff=max((q_grads["module." + n] - g).abs().max().item() for n, g in q_ref_grads.items()))  # fmt: skip
+    net.zero_grad(set_to_none=True)
     temperature_before = net.module.logit_scale.temperature.item()
     workflow.run()
     report["temperature_moved"] = abs(net.module.logit_scale.temperature.item() - temperature_before)

@@ -100,6 +100,8 @@ def test_align_two_process_gloo_keeps_ranks_identical(stage_outputs, tiny_cohort
         assert report["loss"] == pytest.approx(report["ref_loss"], abs=1e-5)
         assert report["n_grads"] == report["n_ref_grads"] > 0 and report["max_grad_diff"] < 1e-5
         assert abs(report["temperature_grad"]) > 1e-6 and report["temperature_moved"] > 1e-6  # it is trained
+        assert report["queue_length"] == 8 and report["queue_loss"] == pytest.approx(report["queue_ref_loss"], abs=1e-5)
+        assert report["queue_loss"] > report["ref_loss"] and report["queue_max_grad_diff"] < 1e-5  # 4 more negatives
     states = [torch.load(run / f"rank{r}.pt", map_location="cpu", weights_only=True) for r in range(2)]
     assert states[0].keys() == states[1].keys() and "logit_scale.log_logit_scale" in states[0]
     for key in states[0]:

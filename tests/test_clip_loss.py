@@ -125,6 +125,54 @@ def test_float32_under_autocast():
     assert out.item() == pytest.approx(ref.item(), rel=1e-6)
 
 
+def _numpy_clip_with_negatives(zk, zi, qk, qi, tau, lam):
+    """Reference with extra negative columns: row b of k->i against [zi; qi], row b of i->k against [zk; qk]."""
+    unit = lambda m: m / np.linalg.norm(m, axis=1, keepdims=True)  # noqa: E731
+    zk, zi = unit(zk), unit(zi)
+
+    def ce(queries, columns):
+        m = queries @ columns.T / tau
+        m = m - m.max(1, keepdims=True)
+        logp = m - np.log(np.exp(m).sum(1, keepdims=True))
+        return -np.mean(np.diag(logp[:, : len(queries)]))
+
+    return lam * ce(zk, np.concatenate([zi, unit(qi)])) + (1 - lam) * ce(zi, np.concatenate([zk, unit(qk)]))
+
+
+def test_queue_adds_the_previous_batches_as_negatives():
+    g = torch.Generator().manual_seed(3)
+    batches = [(torch.randn(4, 8, generator=g), torch.randn(4, 8, generator=g)) for _ in range(4)]
+    loss = ClipLoss(temperature=0.3, lambda_=0.7, queue_size=6)
+    as_np = lambda t: t.double().numpy()  # noqa: E731
+    # step 0: empty queue, the plain loss
+    assert loss(*batches[0]).item() == pytest.approx(_numpy_clip(*map(as_np, batches[0]), 0.3, 0.7), rel=1e-5)
+    # step 1: negatives = batch 0; step 2: batch 1 then the first 2 rows of batch 0 (6 kept, newest first)
+    for step, queued in ((1, [0]), (2, [1, 0])):
+        qk = np.concatenate([as_np(batches[i][0]) for i in queued])[:6]
+        qi = np.concatenate([as_np(batches[i][1]) for i in queued])[:6]
+        ref = _numpy_clip_with_negatives(*map(as_np, batches[step]), qk, qi, 0.3, 0.7)
+        assert loss(*batches[step]).item() == pytest.approx(ref, rel=1e-5)
+    assert loss.queue_image.shape == (6, 8)
+    # evaluation (no_grad) reads the queue but does not push to it
+    before = loss.queue_image.clone()
+    with torch.no_grad():
+        loss(*batches[3])
+    assert torch.equal(loss.queue_image, before)
+    # the queue carries no gradient: only the current batch's embeddings get one
+    zk, zi = (t.clone().requires_grad_() for t in batches[3])
+    loss(zk, zi).backward()
+    assert zk.grad.abs().sum() > 0 and not loss.queue_kspace.requires_grad
+
+
+def test_queue_size_zero_is_the_plain_loss():
+    g = torch.Generator().manual_seed(4)
+    zk, zi = torch.randn(5, 8, generator=g), torch.randn(5, 8, generator=g)
+    plain, unqueued = ClipLoss(), ClipLoss(queue_size=0)
+    for _ in range(2):
+        assert unqueued(zk, zi).item() == pytest.approx(plain(zk, zi).item(), rel=1e-7)
+    assert unqueued.queue_image is None
+
+
 @pytest.mark.parametrize(
     "kwargs", [dict(lambda_=1.5), dict(temperature=0.0), dict(temperature=2.0)]
 )
