@@ -184,7 +184,9 @@ def _clock(seconds: float) -> str:
 def output_to(log: Path):
     """Send this process's stdout, stderr, warnings and logging to ``log`` (appended) for the duration, and undo
     what a bundle's ``logging.conf`` (``logging.config.fileConfig``) does to the process's logging. Loggers that
-    already write to the terminal (MONAI's own, set up at import) are pointed at ``log`` meanwhile."""
+    already write to the terminal (MONAI's own, set up at import) are pointed at ``log`` meanwhile; handlers added
+    meanwhile that write to ``log`` (e.g. an Ignite engine's, made on the redirected stderr) are removed after, so
+    that a later evaluation does not write to the closed file."""
     root, loggers = logging.getLogger(), [lg for lg in logging.Logger.manager.loggerDict.values()
                                           if isinstance(lg, logging.Logger)]  # fmt: skip
     saved = root.handlers[:], root.level, {lg: lg.disabled for lg in loggers}
@@ -203,6 +205,10 @@ def output_to(log: Path):
                 lg.disabled = disabled
             for handler, stream in streams.items():
                 handler.setStream(stream)
+            for lg in [root, *logging.Logger.manager.loggerDict.values()]:
+                for handler in getattr(lg, "handlers", [])[:]:
+                    if getattr(handler, "stream", None) is f:
+                        lg.removeHandler(handler)
 
 
 def _evaluate_logged(args: dict, log: Path, progress: Progress, k: int, what: str) -> float:

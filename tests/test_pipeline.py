@@ -165,3 +165,24 @@ def test_run_order_puts_kmtr_and_the_main_comparisons_first():
                          "recon-kmtr"]  # fmt: skip
     assert names.index("regress-stage1") < names.index("regress-resnet50-image") < names.index("regress-vit-image")
     assert sorted(names) == sorted(s.name for s in all_stages())
+
+
+def test_output_to_leaves_no_handler_on_the_closed_log(tmp_path):
+    """A handler made during one redirected evaluation (on the redirected stderr) must not outlive it: the next
+    evaluation's messages reach its own log, with no 'I/O operation on closed file' logging error."""
+    import logging
+    import sys
+
+    from kmtr_monai.pipeline import output_to
+
+    name = "kmtr-test-engine-logger"
+    for k in range(2):
+        with output_to(tmp_path / f"log{k}.txt"):
+            logger = logging.getLogger(name)
+            logger.setLevel(logging.INFO)
+            if not logger.handlers:  # as an engine's logger is set up on first use
+                logger.addHandler(logging.StreamHandler(sys.stderr))
+            logger.info("evaluation %d", k)
+    texts = [(tmp_path / f"log{k}.txt").read_text() for k in range(2)]
+    assert "evaluation 0" in texts[0] and "evaluation 1" in texts[1]
+    assert "Logging error" not in texts[1] and not logging.getLogger(name).handlers
