@@ -48,7 +48,7 @@ def test_layout_files_shapes_and_headers(cohort):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     meta = json.load(open(os.path.join(cohort, "cohort.json")))
     assert meta["seed"] == 0 and meta["preset"] == "tiny" and len(meta["subjects"]) == N_SUBJECTS
-    assert meta["version"] == "2.1.0"
+    assert meta["version"] == "2.2.0"
     for eid, latent in zip(eids, meta["subjects"]):
         files = set(os.listdir(os.path.join(cohort, eid)))
         assert files == set(IMAGE_FILES.values()) | set(SEG_FILES.values())
@@ -324,3 +324,25 @@ def test_long_axis_anatomy_v21():
         es = int(np.argmax(lv["b"]))
         assert la["leaflet_deg"][0] == la["leaflet_deg"][es] == pytest.approx(12.0)
         assert la["leaflet_deg"].max() > 60.0 and np.argmax(la["leaflet_deg"]) > es
+
+
+def test_rv_crescent_and_long_axis_extras_v22():
+    """v2.2: the RV crescent meets the LV epicardium within 85° of the septum at mid-ventricle (no RV band beside the
+    LV in 2ch), and the LA appendage / pulmonary veins are blood without a label (atrial volumes exclude them)."""
+    from kmtr_monai.simulate.geometry import rv_form
+    from kmtr_monai.simulate.render import _la_extras
+
+    for index in range(6):
+        p = sample_subject(9, index)
+        shapes = cardiac_shapes(p, 2)
+        lv, rv = shapes["lv"], shapes["rv"]
+        r_epi = lv["r_ed"] + lv["w_ed"]
+        th = np.deg2rad(np.arange(0.0, 180.0, 0.5))
+        n, _ = rv_form(r_epi * np.cos(th), r_epi * np.sin(th), np.full_like(th, 0.4 * lv["L_ed"]), rv["d"], rv["a2r"],
+                       rv["lr"], rv["sep"])  # fmt: skip
+        inside = n < rv["lam"][0]
+        assert inside[0] and not inside[th > np.deg2rad(85.0)].any()
+        caps = _la_extras(p, shapes)
+        assert len(caps) == 5 and all(abs(np.linalg.norm(c[1]) - 1.0) < 1e-9 for c in caps)
+    views, _ = render_subject(sample_subject(9, 0), COHORT_PRESETS["tiny"])
+    assert set(np.unique(views["la_2ch"][1])) == {0, 1}

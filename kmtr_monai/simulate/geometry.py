@@ -12,9 +12,9 @@ Chambers (all frames at once, parameters carry a leading frame axis ``(T, 1, 1)`
 * LV myocardium: the shell up to the epicardial truncated ellipsoid ``(r + w, Lz + APEX_WALL·w)`` with the same
   centre (the apex is thinner than the mid wall); ``w(t)`` solves the conserved myocardial volume, so the wall
   thickens in systole. A hypokinetic sector keeps ED radius and thickness.
-* RV: flattened, apically tapering body (``rv_form``: elliptic in SAX, triangular in 4ch) offset along ``e1``
-  minus the LV epicardium (a crescent that wraps the septum), per-frame size solved so the crescent follows the RV
-  volume curve.
+* RV: flattened, apically tapering body (``rv_form``: an egg in SAX, blunt towards the septum; triangular in 4ch)
+  offset along ``e1`` minus the LV epicardium (a crescent that wraps the septum to insertions ~65-75° either side),
+  per-frame size solved so the crescent follows the RV volume curve.
 * AV (valve) plane: not flat. ``av_offset`` lowers it towards the apex on the RV side (the tricuspid annulus sits
   apical to the mitral annulus) and adds a saddle over the mitral annulus; every chamber is cut by it, so the
   ventricles open into the atria (and the LV into the aortic root) at the annuli.
@@ -183,15 +183,21 @@ def ellipsoid_sd(dx, dy, dz, a, b, c):
 RV_P = 1.5  # RV profile exponent: 2 is a half ellipsoid, 1 a cone; 1.5 gives the triangular 4ch RV (DESIGN §6)
 
 
-def rv_form(x1, x2, z, d, a2r, lr):
-    """Size form ``N = (ρ^p + (z/lr)^p)^(1/p)`` of the RV (``ρ² = (x1 - d)² + (x2/a2r)²``, ``z >= 0``) and ``|∇N|``.
+def rv_form(x1, x2, z, d, a2r, lr, sep=1.0):
+    """Size form ``N = (ρ^p + (z/lr)^p)^(1/p)`` of the RV (``ρ² = (s(x1 - d))² + (x2/a2r)²``, ``z >= 0``), ``|∇N|``.
 
-    The RV of size ``lam`` (radial semi-axis ``lam``, tangential ``a2r·lam``, long ``lr·lam``) is ``N < lam``, so
-    ``(N - lam) / |∇N|`` approximates its signed distance. ``x1, x2`` (S, N) and ``z`` (T, S, N) or (K, N).
+    The RV of size ``lam`` (radial semi-axis ``lam`` towards the free wall and ``lam/sep`` towards the septum,
+    tangential ``a2r·lam``, long ``lr·lam``) is ``N < lam``; ``(N - lam) / |∇N|`` approximates its signed distance.
+    ``s`` is 1 on the free-wall side (``x1 > d``) and ``sep`` on the septal side: with ``sep > 1`` the section is an
+    egg whose blunt end is pulled in towards the septum, so the crescent (minus the LV) wraps less far round the LV.
+    ``x1, x2`` (S, N) and ``z`` (T, S, N) or (K, N).
     """
     u, v = x1 - d, x2 * (1.0 / a2r)
+    if sep != 1.0:
+        u = np.where(u < 0, u * sep, u)
     rho = np.sqrt(u * u + v * v)
-    grad_rho = np.sqrt(u * u + v * v * (1.0 / (a2r * a2r))) / (rho + 1e-6)  # |∇ρ|, between 1/a2r and 1
+    gu = np.where(x1 < d, sep, 1.0) if sep != 1.0 else 1.0  # |∂u/∂x1|
+    grad_rho = np.sqrt(u * u * gu * gu + v * v * (1.0 / (a2r * a2r))) / (rho + 1e-6)  # |∇ρ|
     zeta = np.maximum(z, 0.0) * (1.0 / lr)
     a = rho * np.sqrt(rho)  # ρ^1.5
     a = a + zeta * np.sqrt(zeta)
@@ -234,6 +240,7 @@ def cardiac_shapes(p: dict, n_frames: int) -> dict:
     r_epi = lv["r_ed"] + lv["w_ed"]
     d_ratio, a2_ratio, l_ratio = p["rv_shape"]
     p_rv = {"d": d_ratio * r_epi, "a1": 1.0, "a2": a2_ratio, "L": l_ratio}  # shape ratios; size = lam
+    sep = float(p.get("rv_septal", 1.0))
     g_knots = np.linspace(0.0, 1.0, 6)
     lv_k = lv_shapes(p, g_knots)
     target = p["rv_edv_ml"] * 1e3 * (1.0 - p["rv_ef"] / 100.0 * g_knots)
@@ -251,14 +258,14 @@ def cardiac_shapes(p: dict, n_frames: int) -> dict:
     col = lambda v: np.asarray(v)[:, None]  # noqa: E731
     epi = truncated_sd(x1 * x1 + x2 * x2, z, col(lv_k["r"] + lv_k["w"]), col(lv_k["Lz"] + APEX_WALL * lv_k["w"]),
                        col(lv_k["c"]), zp)  # fmt: skip
-    q = rv_form(x1, x2, z, p_rv["d"], p_rv["a2"], p_rv["L"])[0]
+    q = rv_form(x1, x2, z, p_rv["d"], p_rv["a2"], p_rv["L"], sep)[0]
     lam_k = np.empty(g_knots.size)
     for i in range(g_knots.size):
         qs = np.sort(q[i][(zp[i] >= 0) & (epi[i] >= 0)])
         lam_k[i] = qs[min(int(np.ceil(target[i] / cell)), qs.size - 1)]
     lam = np.interp(g, g_knots, lam_k)
     rv = {"d": p_rv["d"], "lam": lam, "a2r": p_rv["a2"], "lr": p_rv["L"], "a1": lam * p_rv["a1"], "a2": lam * p_rv["a2"],
-          "L": lam * p_rv["L"], "wall": p["rv_wall_mm"]}  # fmt: skip
+          "L": lam * p_rv["L"], "wall": p["rv_wall_mm"], "sep": sep}  # fmt: skip
 
     def atrium(v_max, ef, elong, kappa, pear):
         # size so the area-length volume of the long-axis section, 8/(3π)·A²/L with L = 4·sqrt(largest section

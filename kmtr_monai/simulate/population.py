@@ -29,7 +29,7 @@ import numpy as np
 
 from kmtr_monai.constants import DISEASE_PREVALENCE, DISEASES
 
-GENERATOR_VERSION = "2.1.0"
+GENERATOR_VERSION = "2.2.0"
 _SALT = 0x6B4D5452  # "kMTR"
 _THRESHOLD = {d: NormalDist().inv_cdf(1.0 - p) for d, p in DISEASE_PREVALENCE.items()}
 
@@ -146,8 +146,10 @@ def sample_subject(seed: int, index: int) -> dict:
         "lung": float(rng.uniform(0.02, 0.06)), "snr_blood": float(rng.uniform(18.0, 45.0)),
         "bias_strength": float(rng.uniform(0.05, 0.3)), "coil_falloff_mm": float(rng.uniform(70.0, 140.0)),
         "texture": float(rng.uniform(0.03, 0.08)), "gain": float(np.exp(rng.normal(0.0, 0.3))),
-        # RV crescent: centre offset (× LV epicardial radius), tangential and long semi-axes (× radial); free wall mm
-        "rv_shape": [float(rng.uniform(0.45, 0.65)), float(rng.uniform(1.5, 1.9)), float(rng.uniform(1.7, 2.2))],
+        # RV crescent: centre offset (× LV epicardial radius), tangential and long semi-axes (× radial); free wall mm.
+        # v2.2: with the septal-side compression ``rv_septal`` (drawn last) the septal insertions sit ~65-75° from the
+        # septum (the v2.1 crescent wrapped ~95-100° and showed as bright bands beside the LV in 2ch and 3ch)
+        "rv_shape": [float(rng.uniform(0.5, 0.65)), float(rng.uniform(0.7, 0.85)), float(rng.uniform(1.2, 1.45))],
         "rv_wall_mm": float(rng.uniform(3.0, 4.0)),
         "papillary_mm": float(rng.uniform(2.5, 5.0)), "papillary_angle_deg": float(rng.normal(0.0, 15.0)),
         "trabeculae": int(rng.integers(4, 9)), "apical_slow_flow": float(rng.uniform(0.0, 0.3)),
@@ -162,4 +164,7 @@ def sample_subject(seed: int, index: int) -> dict:
         "atrial_pear": [float(rng.uniform(0.1, 0.25)), float(rng.uniform(0.05, 0.2))],
         "aortic_root_mm": float(rng.uniform(10.5, 13.5)), "moderator_band_mm": float(rng.uniform(2.0, 3.0)),
         "moderator_band_pos": float(rng.uniform(0.45, 0.6)), "fat_phase": float(rng.uniform(0.0, 2 * np.pi)),
+        # v2.2 (drawn after every v2.1 draw): RV section radial semi-axis towards the septum = 1/rv_septal of the one
+        # towards the free wall (an egg, so the crescent wraps ~65-75° each side of the septum, not ~85-105°)
+        "rv_septal": float(rng.uniform(3.5, 4.5)),
     }  # fmt: skip

@@ -12,6 +12,13 @@ Long-axis anatomy (v2.1): chambers are cut by the non-flat AV plane (``geometry.
 painted 1.5 mm past it so the atria open into the ventricles without a seam; the aortic root (``aortic_root``) leaves
 the LV base beside the mitral annulus; AV leaflets, the RV moderator band and papillary muscles / trabeculae are
 dark structures inside the cavities that keep their blood-pool labels; epicardial fat follows the grooves.
+
+v2.2 (long-axis appearance): the RV crescent wraps the septum only to ~65-75° either side (``geometry.rv_form`` with a
+septal-side compression), so 2ch/3ch no longer show RV blood bands beside the LV and the 4ch RV is wider; the LV
+trabecular rods are replaced by an irregular trabecular layer lining the endocardium (deeper towards the apex and over
+the free wall), which gives the long-axis wall its rough inner border and SAX-like apparent thickness; the LA has an
+appendage and four pulmonary veins (``_la_extras``, unlabelled blood); the lungs carry grey vessels and the spine
+vertebral bodies with brighter discs.
 """
 
 from __future__ import annotations
@@ -162,6 +169,40 @@ def aortic_root(p: dict, shapes: dict) -> tuple[np.ndarray, np.ndarray]:
     return start, up / np.linalg.norm(up)
 
 
+def _la_extras(p: dict, shapes: dict) -> list:
+    """Left atrial appendage and the four pulmonary veins as tapered capsules ``(start (3,), unit direction (3,),
+    length, start radius, end radius)`` in heart-local mm, fixed at their ED position (v2.2).
+
+    The appendage leaves the anterolateral LA wall just above the AV plane, on the side of the 2ch plane, and runs
+    along the AV groove over the LV base; the veins leave the LA roof backwards, two to the right and two to the
+    left. Blood without a label: atrial volumes exclude the appendage and the veins, as in clinical tracing.
+    """
+    la, lv = shapes["la"], shapes["lv"]
+    _, axes = heart_frame(p)
+    a, c = float(la["a"][0]), float(la["c"][0])
+    centre = np.array([la["x1"], la["x2"], float(la["x3"][0])])
+    rng = np.random.default_rng([int(p["appearance_seed"]), 17])
+    u2 = np.deg2rad(p["lax_angles_deg"][0])
+    u2 = np.array([np.cos(u2), np.sin(u2), 0.0])  # 2ch direction (anterior)
+    phi = np.deg2rad(p["lax_angles_deg"][0] + rng.uniform(-8.0, 8.0))  # anterolateral: near the 2ch plane
+    radial = np.array([np.cos(phi), np.sin(phi), 0.0])
+    plane_x3 = float(lv["b"][0]) - rng.uniform(6.0, 10.0)  # above the (ED) AV plane
+    start = (centre @ u2) * u2 + 0.5 * a * radial + np.array([0.0, 0.0, plane_x3])
+    direction = radial + np.array([0.0, 0.0, rng.uniform(0.05, 0.25)])  # along the groove, beyond the LV base
+    caps = [(start, direction / np.linalg.norm(direction), rng.uniform(24.0, 34.0), rng.uniform(7.0, 9.5),
+             rng.uniform(3.5, 5.0))]  # fmt: skip
+    right, post, sup = axes  # rows: world +x (right), +y (anterior), +z (superior) in heart-local coordinates
+    post = -post
+    roof = centre - 0.55 * c * np.array([0.0, 0.0, 1.0])  # towards the roof (away from the AV plane)
+    for side in (1.0, -1.0):
+        for level in (1.0, -1.0):
+            direction = 0.8 * side * right + 0.55 * post + 0.2 * level * sup + rng.normal(0.0, 0.08, 3)
+            direction /= np.linalg.norm(direction)
+            start = roof + 0.35 * a * side * right + 0.3 * a * level * sup
+            caps.append((start, direction, rng.uniform(30.0, 45.0), rng.uniform(6.0, 8.0), rng.uniform(5.0, 6.5)))
+    return caps
+
+
 def _static_background(pts: np.ndarray, p: dict, origin, axes, pixel: float, aorta=None) -> np.ndarray:
     """Torso intensity (before bias/noise) at world points (..., 3): air, fat, chest wall, lungs, liver, spine,
     descending and ascending aorta (from ``aorta = (world start, world direction)`` of the aortic root when given)."""
@@ -174,17 +215,36 @@ def _static_background(pts: np.ndarray, p: dict, origin, axes, pixel: float, aor
     _paint(img, _occ(torso, pixel), p["fat"])
     _paint(img, _occ(torso + fat_sc, pixel), p["muscle"])
     _paint(img, _occ(torso + fat_sc + 14.0, pixel), 0.45 * p["fat"])  # mediastinal / abdominal soft tissue
+    lungs = None
     for cx, a_x, dome in ((70.0, 62.0, -35.0), (-80.0, 55.0, -45.0)):  # right hemidiaphragm higher (liver)
         diaphragm = dome - ((x - cx) ** 2 + (y + 5.0) ** 2) / 250.0 - z  # domes, lowest at the costophrenic angles
         lung = np.maximum(ellipsoid_sd(x - cx, y + 5.0, z - 40.0, a_x, 0.62 * ay, 160.0), diaphragm)
         _paint(img, _occ(lung, pixel), p["lung"])
+        lungs = lung if lungs is None else np.minimum(lungs, lung)
+    # v2.2: pulmonary vessels, grey tubes (near-intersections of the zero sets of two smooth random fields, so a plane
+    # cuts them as dots and short curved segments), larger and brighter towards the hila, fading to the periphery
+    in_lung = lungs < -1.0
+    if in_lung.any():
+        rng = np.random.default_rng([int(p["appearance_seed"]), 16])
+        q = pts[in_lung]
+        k = rng.normal(size=(2, 4, 3))
+        k *= (2 * np.pi / rng.uniform(35.0, 80.0, (2, 4, 1))) / np.linalg.norm(k, axis=2, keepdims=True)
+        ph = rng.uniform(0, 2 * np.pi, (2, 4))
+        f1, f2 = (np.cos(q @ k[i].T.astype(_F) + ph[i].astype(_F)).sum(axis=-1) for i in range(2))
+        hilum = np.exp(-np.hypot(q[..., 0] - _F(origin[0]), q[..., 1] - _F(origin[1]) + _F(20.0)) * _F(1.0 / 70.0))
+        width = _F(0.16) + _F(0.3) * hilum  # in units of the (unit-variance-ish) fields: wider vessels near the hila
+        vessel = np.exp(-(f1 * f1 + f2 * f2) / (width * width))
+        depth = np.clip(-lungs[in_lung] * _F(0.2), 0.0, 1.0)  # no vessels within a few mm of the pleura
+        img[in_lung] += vessel * depth * (_F(0.12) + _F(0.4) * hilum) * _F(p["blood"])
     _paint(img, _occ(ellipsoid_sd(x - 35.0, y + 5.0, z + 120.0, 125.0, 0.8 * ay, 85.0), pixel), p["liver"])
     # stomach under the left hemidiaphragm: soft-tissue wall around a gas bubble
     stomach = ellipsoid_sd(x + 70.0, y - 5.0, z + 85.0, 45.0, 35.0, 35.0)
     _paint(img, _occ(stomach, pixel), p["muscle"])
     _paint(img, _occ(stomach + 4.0, pixel), 0.0)
     spine_y = -ay + fat_sc + 45.0 - 10.0
-    _paint(img, _occ(np.hypot(x, y - spine_y) - 17.0, pixel), 0.55 * p["fat"])
+    # vertebral bodies (fatty marrow, mid-bright) separated by brighter intervertebral discs every ~28 mm
+    disc = np.clip(np.cos((z + _F(p.get("fat_phase", 0.0) * 4.0)) * _F(2 * np.pi / 28.0)) * _F(3.0) - _F(2.0), 0.0, 1.0)
+    _paint(img, _occ(np.hypot(x, y - spine_y) - 17.0, pixel), 0.5 * p["fat"] + disc * _F(0.35 * p["fat"]))
     _paint(img, _occ(np.hypot(x, y - spine_y + 26.0) - 6.0, pixel), 0.9 * p["blood"])
     _paint(img, _occ(np.hypot(x + 22.0, y - spine_y - 22.0) - 11.0, pixel), 0.95 * p["blood"])  # descending aorta
     e1, e2, e3 = axes.T
@@ -243,7 +303,7 @@ def _heart_fields(x1, x2, x3, shapes: dict, p: dict, with_atria: bool) -> dict:
     cav = truncated_sd(rho2, z, r, lz, c, _F(np.inf))  # uncut cavity ellipsoid
     out = {"z": z, "zp": zp, "lv": np.maximum(cav, -zp), "lv_open": np.maximum(cav, -zp - _F(1.5))}
     out["epi"] = truncated_sd(rho2, z, r + w, lz + _F(APEX_WALL) * w, c, zp)
-    n, grad = rv_form(x1, x2, z, _F(rv["d"]), _F(rv["a2r"]), _F(rv["lr"]))
+    n, grad = rv_form(x1, x2, z, _F(rv["d"]), _F(rv["a2r"]), _F(rv["lr"]), _F(rv.get("sep", 1.0)))
     rv_ell = (n - col(rv["lam"])) / grad
     out["rv_out"] = np.maximum(rv_ell - _F(rv["wall"]), -zp)  # free wall, open at the tricuspid annulus
     out["rv"] = np.maximum(np.maximum(rv_ell, -zp), -out["epi"])
@@ -255,40 +315,45 @@ def _heart_fields(x1, x2, x3, shapes: dict, p: dict, with_atria: bool) -> dict:
     if p.get("moderator_band_mm", 0.0) > 0 and float(z.max()) > float(zm.min()) - 10.0:
         dz = z - zm - _F(0.25) * (x1 - _F(rv["d"]))  # slopes towards the apex at the free wall
         out["mb"] = np.maximum(np.sqrt(dz * dz + x2 * x2) - _F(p["moderator_band_mm"]), out["rv"])
-    # papillary muscles (two rods opposite the septum) and trabeculae (thin rods along the free wall in the apical
-    # half): dark myocardium inside the cavity, labelled LV blood pool as in UK Biobank
+    # papillary muscles (two rods opposite the septum) and the trabecular layer (v2.2): dark myocardium inside the
+    # cavity, labelled LV blood pool as in UK Biobank
     length = col(lv["L"])
     z_lo, z_hi = float(x3.min()) - float(np.max(lv["b"])), float(x3.max())
     pap_in = z_hi > 0.3 * float(np.min(lv["L"])) and z_lo < 0.8 * lv["L_ed"]
-    trab_in = z_hi > 0.45 * float(np.min(lv["L"]))
+    trab_in = z_hi > 0.2 * float(np.min(lv["L"]))
     pap = None
-    if pap_in or trab_in:
+    if pap_in:
         # rods follow the tapering cavity: their radial position scales with the local cavity radius
         u = (z - c) / lz
         taper = np.sqrt(np.clip(1.0 - u * u, 0.05, 1.0, out=u), out=u)
         taper *= r
-        theta = np.arctan2(x2, x1)  # (S, N): no frame axis
-        rho = np.sqrt(rho2)
 
         def z_band(d, z0, z1):
             return np.maximum(d, np.abs(z - _F(0.5 * (z0 + z1)) * length) - _F(0.5 * (z1 - z0)) * length)
 
-        if pap_in:
-            for sign in (-1.0, 1.0):
-                ang = np.deg2rad(180.0 + sign * 55.0 + p["papillary_angle_deg"])
-                rr = _F(0.55) * taper
-                d = np.sqrt((x1 - rr * _F(np.cos(ang))) ** 2 + (x2 - rr * _F(np.sin(ang))) ** 2) - _F(p["papillary_mm"])
-                d = z_band(d, 0.30, 0.80)
-                pap = d if pap is None else np.minimum(pap, d)
-        if trab_in:  # n equally spaced thin rods over the free wall (90°..270°), all at once via the nearest rod
-            n_tr = int(p["trabeculae"])
-            step = np.pi / n_tr
-            rel = np.mod(theta - _F(np.deg2rad(90.0 + p["papillary_angle_deg"])), _F(2 * np.pi))
-            k = np.clip(np.floor(rel / _F(step)), 0, n_tr - 1)
-            arc = rho * (rel - (k + _F(0.5)) * _F(step))  # (S, N) tangential distance to the nearest rod
-            d = np.sqrt((rho - _F(0.82) * taper) ** 2 + arc * arc) - _F(1.3)
-            d = z_band(d, 0.45, 0.95)
+        for sign in (-1.0, 1.0):
+            ang = np.deg2rad(180.0 + sign * 55.0 + p["papillary_angle_deg"])
+            rr = _F(0.55) * taper
+            d = np.sqrt((x1 - rr * _F(np.cos(ang))) ** 2 + (x2 - rr * _F(np.sin(ang))) ** 2) - _F(p["papillary_mm"])
+            d = z_band(d, 0.30, 0.80)
             pap = d if pap is None else np.minimum(pap, d)
+    if trab_in:
+        # trabecular (non-compacted) layer lining the endocardium: an irregular depth 0-4.5 mm that grows towards the
+        # apex and is deepest over the free wall (smooth septum), modulated by a fixed random pattern of mostly
+        # longitudinal ridges in (angle, height); in long axis it makes the dark wall look as thick as in SAX with a
+        # rough inner border, instead of a smooth thin line with separate rods
+        rng = np.random.default_rng([int(p["appearance_seed"]), 15])
+        theta = np.arctan2(x2, x1)  # (S, N): no frame axis
+        k_th = rng.integers(int(p["trabeculae"]) + 2, 2 * int(p["trabeculae"]) + 6, 5)
+        k_z = 2 * np.pi / rng.uniform(12.0, 45.0, 5) * rng.choice([-1.0, 1.0], 5)
+        phase = rng.uniform(0.0, 2 * np.pi, 5)
+        m = sum(np.cos(_F(kt) * theta + _F(kz) * x3 + _F(ph)) for kt, kz, ph in zip(k_th, k_z, phase))
+        m *= _F(1.0 / np.sqrt(2.5))  # unit variance
+        ramp = np.clip(x3 * _F(1.0 / (0.35 * lv["L_ed"])) - _F(0.6), 0.0, 1.0)  # from ~20 % of the length
+        free = _F(0.3) + _F(0.35) * (_F(1.0) - np.cos(theta))  # septum 0.3, free wall 1
+        depth = np.clip(m * _F(0.45) + _F(0.55), 0.0, 1.0) * ramp * free * _F(4.5)  # (S, N) mm
+        d = -out["lv"] - depth  # < 0 within ``depth`` inside the endocardium
+        pap = d if pap is None else np.minimum(pap, d)
     out["pap"] = pap
     if with_atria:  # mitral and tricuspid leaflets: thin hinged sheets at the annuli, open in diastole
         out["leaf"] = None
@@ -324,6 +389,15 @@ def _heart_fields(x1, x2, x3, shapes: dict, p: dict, with_atria: bool) -> dict:
             # the annulus without a partial-volume seam (labels exclude the ventricles anyway)
             out[key] = np.maximum(ellipsoid_sd(x1 - _F(at["x1"]), x2 - _F(at["x2"]), dz, a, a, col(at["c"])),
                                   zp - _F(1.5))  # fmt: skip
+        # LA appendage and pulmonary veins (static, unlabelled blood): (S, N), broadcast over frames when painted
+        ext = None
+        for start, direction, cap_len, r0, r1 in _la_extras(p, shapes):
+            d = np.stack([x1 - _F(start[0]), x2 - _F(start[1]), x3 - _F(start[2])], axis=-1)
+            t = np.clip(d @ direction.astype(_F), 0.0, _F(cap_len))  # nearest point on the axis segment
+            d -= t[..., None] * direction.astype(_F)
+            sd = np.sqrt(np.einsum("...i,...i->...", d, d)) - (_F(r0) + _F((r1 - r0) / cap_len) * t)
+            ext = sd if ext is None else np.minimum(ext, sd)
+        out["la_ext"] = ext
         # aortic root: leaves the LV base beside the mitral annulus, sinus of Valsalva bulge, then the ascending
         # aorta (continued by the static background)
         start, up = aortic_root(p, shapes)
@@ -408,6 +482,9 @@ def render_subject(p: dict, preset: dict) -> tuple[dict, float]:
             if with_atria:  # aortic root first: the LA behind it indents it (the LA keeps its full label)
                 _paint(tile, _occ(f["root"] - _F(1.5), px), p["myocardium"])  # aortic wall
                 _paint(tile, _occ(f["root"], px), p["blood"])
+                ext = np.broadcast_to(f["la_ext"], tile.shape)
+                _paint(tile, _occ(ext - _F(1.5), px), p["myocardium"])
+                _paint(tile, _occ(ext, px), p["blood"] * p["atrial_signal"] * 0.9)
                 for key in ("la", "ra"):
                     _paint(tile, _occ(f[key] - _F(2.0), px), p["myocardium"])
                     _paint(tile, _occ(f[key], px), p["blood"] * p["atrial_signal"])  # slower atrial inflow
