@@ -95,6 +95,8 @@ class ClipLoss(nn.Module):
         elif not isinstance(logit_scale, torch.Tensor) or logit_scale.numel() != 1:
             raise ValueError(f"logit_scale must be a one-element tensor (1/tau), got {logit_scale!r}")
         # float32 with autocast off: the fp16 logits/CE of an autocast region lose precision at 1/tau up to 100
+        # plain tensors: a MetaTensor's batched metadata cannot be concatenated with the queue's rows
+        z_kspace, z_image = (z.as_subclass(torch.Tensor) for z in (z_kspace, z_image))
         with torch.autocast(device_type=z_kspace.device.type, enabled=False):
             return self._loss(z_kspace.float(), z_image.float(), logit_scale.float().reshape(()))
 

@@ -158,8 +158,12 @@ def test_queue_adds_the_previous_batches_as_negatives():
     with torch.no_grad():
         loss(*batches[3])
     assert torch.equal(loss.queue_image, before)
-    # the queue carries no gradient: only the current batch's embeddings get one
-    zk, zi = (t.clone().requires_grad_() for t in batches[3])
+    # the queue carries no gradient: only the current batch's embeddings get one. MetaTensors (what the networks
+    # return for MetaTensor inputs), with batched metadata, are accepted
+    from monai.data import MetaTensor
+
+    zk, zi = (MetaTensor(t.clone(), meta={"eid": list(range(4))}).requires_grad_() for t in batches[3])
+    zk.is_batch = zi.is_batch = True
     loss(zk, zi).backward()
     assert zk.grad.abs().sum() > 0 and not loss.queue_kspace.requires_grad
 
