@@ -16,7 +16,8 @@ Reported: ridge linear-probe R^2 (``kmtr_monai.metrics.linear_probe_r2``; fitted
 ``--split``; one probe per phenotype so that rows with a NaN phenotype are dropped for that phenotype only), the
 aligned-minus-Stage-I probe gain with a paired bootstrap interval over the evaluated subjects
 (``kmtr_monai.metrics.r2_gain_interval``),
-and k-space -> image retrieval top-1/top-5 (``kmtr_monai.metrics.retrieval_topk``, cosine): aligned = DualEncoder
+the mean pairwise cosine similarity of each encoder's test features (near 1: the features barely differ between
+subjects, the collapse a failed alignment leaves), and k-space -> image retrieval top-1/top-5 (``kmtr_monai.metrics.retrieval_topk``, cosine): aligned = DualEncoder
 projections ``z_kspace`` vs ``z_image``; Stage I = pooled Stage I k-space vs pooled Stage I image features (no
 shared space was ever trained, so chance level is the honest expectation).
 
@@ -147,6 +148,13 @@ def image_pooled(encoder, pooling: str):
     return lambda image: encoder.pool_tokens(encoder.encode(image)[0], pooling)
 
 
+def mean_pairwise_cosine(x: torch.Tensor) -> float:
+    """Mean cosine similarity over the distinct pairs of rows of ``x`` (N, D)."""
+    z = torch.nn.functional.normalize(x.double(), dim=1)
+    n = z.shape[0]
+    return float(((z @ z.T).sum() - n) / (n * (n - 1)))
+
+
 def probe(train_x, train_y, test_x, test_y) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
     """Per-phenotype ridge probes, dropping rows whose target is NaN.
 
@@ -226,7 +234,7 @@ def main(argv=None) -> dict:
     for key in labels:
         r2, preds[key], counts = probe(feats["train"][key].numpy(), ytr, feats["test"][key].numpy(), yte)
         results[key] = {"r2": dict(zip(PHENOTYPES, r2.tolist())), "mean_r2": float(np.nanmean(r2)),
-                        **retrieval.get(key, {})}  # fmt: skip
+                        "mean_cosine": mean_pairwise_cosine(feats["test"][key]), **retrieval.get(key, {})}  # fmt: skip
     from kmtr_monai.metrics import r2_gain_interval
 
     gain = r2_gain_interval(yte, preds["stage1"], preds["aligned"])
@@ -235,13 +243,15 @@ def main(argv=None) -> dict:
     def f(v):
         return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
 
-    cols = ["encoder", "probe R² (mean of 12)", *[f"R² {p.split(' ')[0]}" for p in SHOWN], "k→img top-1", "k→img top-5"]
+    cols = ["encoder", "probe R² (mean of 12)", *[f"R² {p.split(' ')[0]}" for p in SHOWN], "mean cosine",
+            "k→img top-1", "k→img top-5"]  # fmt: skip
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for key, label in labels.items():
         r = results[key]
-        row = [label, f(r["mean_r2"]), *[f(r["r2"][p]) for p in SHOWN], f(r.get("top1")), f(r.get("top5"))]
+        row = [label, f(r["mean_r2"]), *[f(r["r2"][p]) for p in SHOWN], f(r["mean_cosine"]), f(r.get("top1")),
+               f(r.get("top5"))]  # fmt: skip
         lines.append("| " + " | ".join(row) + " |")
-    lines.append("| " + " | ".join(["chance (1/N, 5/N)", "—", *["—"] * len(SHOWN), f(1 / n), f(min(5 / n, 1.0))]) + " |")
+    lines.append("| " + " | ".join(["chance (1/N, 5/N)", "—", *["—"] * (len(SHOWN) + 1), f(1 / n), f(min(5 / n, 1.0))]) + " |")
     dropped = [f"{p}: {len(ytr) - a}/{len(ytr)} train, {n - b}/{n} eval" for p, (a, b) in zip(PHENOTYPES, counts)
                if a < len(ytr) or b < n]  # fmt: skip
     print(f"\nalignment gain — run {run}, preset {args.preset}, probe fit on training (N={len(ytr)}), "
@@ -253,7 +263,8 @@ def main(argv=None) -> dict:
     print("retrieval: aligned = cosine(z_kspace, z_image); Stage I = cosine(pooled Stage I k-space, pooled Stage I "
           "image) (never trained to match, chance expected)")  # fmt: skip
     print(f"runtime {time.perf_counter() - start:.1f} s")
-    return {"n_train": len(ytr), "n_eval": n, "results": results, "probe_gain": gain}
+    return {"n_train": len(ytr), "n_eval": n, "results": results, "probe_gain": gain, "y": yte,
+            "aligned_pred": preds["aligned"]}  # fmt: skip
 
 
 if __name__ == "__main__":
