@@ -29,6 +29,9 @@ LEVERS: dict[str, dict] = {
     "queue": {"queue_size": 64},  # the last 4 global batches of 16 as extra negatives
     "longer": {"max_epochs": 20},  # twice the small preset's align budget
     "gentle": {"learning_rate": 1e-4},  # a fifth of the preset's learning rate: less drift from Stage I
+    # independent rotations of at most 15° (v2's planning spread) instead of 180° (chosen for cohort v1, whose views
+    # were rotated over 360°): neither Stage I encoder saw rotated views, nor does Stage III
+    "pose": {"aug_rotation_deg": 15.0},
 }
 
 ARRAYS = ("y", "aligned_pred")  # the arrays of an alignment_gain result, kept as tensors in the score cache
