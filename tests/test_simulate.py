@@ -15,8 +15,9 @@ from kmtr_monai.constants import ALL_PHENOTYPES, DISEASE_PREVALENCE, DISEASES, I
 from kmtr_monai.presets import COHORT_PRESETS
 from kmtr_monai.simulate import sample_subject, simulate_cohort
 from kmtr_monai.simulate import writer as writer_mod
-from kmtr_monai.simulate.geometry import (APEX_WALL, _wall_thickness, cardiac_shapes, cycle_curves, ellipsoid_sd,
-                                          heart_frame, lv_shapes, truncated_sd, truncated_volume)
+from kmtr_monai.simulate.geometry import (APEX_WALL, BASE_WALL, _wall_thickness, cardiac_shapes, cycle_curves,
+                                          ellipsoid_sd, heart_frame, lv_epi_sd, lv_shapes, truncated_sd,
+                                          truncated_volume, wall_profile)
 from kmtr_monai.simulate.render import render_subject
 
 N_SUBJECTS = 3
@@ -48,7 +49,7 @@ def test_layout_files_shapes_and_headers(cohort):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     meta = json.load(open(os.path.join(cohort, "cohort.json")))
     assert meta["seed"] == 0 and meta["preset"] == "tiny" and len(meta["subjects"]) == N_SUBJECTS
-    assert meta["version"] == "2.2.0"
+    assert meta["version"] == "2.3.0"
     for eid, latent in zip(eids, meta["subjects"]):
         files = set(os.listdir(os.path.join(cohort, eid)))
         assert files == set(IMAGE_FILES.values()) | set(SEG_FILES.values())
@@ -220,9 +221,17 @@ def test_geometry_analytic():
     assert truncated_volume(r, lz, 0.0) == pytest.approx(2 / 3 * math.pi * r * r * lz)
     r, lz, c = np.array([25.0, 18.0]), np.array([62.0, 52.0]), np.array([18.6, 15.6])
     w = _wall_thickness(r, lz, c, 80e3)
-    myo = truncated_volume(r + w, lz + APEX_WALL * w, c) - truncated_volume(r, lz, c)
-    np.testing.assert_allclose(myo, 80e3, rtol=1e-9)
     assert w[1] > w[0]  # contraction thickens the wall
+    # v2.3 wall: the cavity offset by w·wall_profile(z / L); its volume below the base plane, counted on a fine
+    # axisymmetric grid (independent of the solver's grid), is the target myocardial volume
+    for ri, lzi, ci, wi in zip(r, lz, c, w):
+        rho, z = np.meshgrid(np.arange(0.05, ri + 20.0, 0.1), np.arange(0.1, lzi + ci + 10.0, 0.2), indexing="ij")
+        cav = truncated_sd(rho * rho, z, ri, lzi, ci, np.inf)
+        myo = (cav >= 0) & (lv_epi_sd(cav, z, wi, lzi + ci) < 0)
+        assert (2 * np.pi * rho * 0.1 * 0.2)[myo].sum() == pytest.approx(80e3, rel=5e-3)
+    # profile: full thickness over the mid-ventricle, thinner at the annular hinge and at the apical cap
+    assert wall_profile(np.array([0.0, 0.45, 1.0])) == pytest.approx([BASE_WALL, 1.0, APEX_WALL])
+    assert np.all(np.diff(wall_profile(np.linspace(0.0, 0.4, 50))) >= 0)
     # signed distance: 0 on the surface, exact along the axes near the surface, negative inside
     sd = ellipsoid_sd(np.array([30.0, 31.0, 0.0, 0.0]), np.array([0.0, 0.0, 0.0, 15.0]), 0.0, 30.0, 15.0, 50.0)
     np.testing.assert_allclose(sd[:3], [0.0, 1.0, -15.0], atol=0.05)
@@ -247,6 +256,22 @@ def test_motion_and_wall_within_design_ranges(index):
     assert 5.0 <= lv["w"][0] <= 10.0
     assert 0.25 <= lv["w"][1] / lv["w"][0] - 1 <= 0.75
     assert 3.0 <= p["rv_wall_mm"] <= 4.0
+
+
+def test_lv_long_axis_shape_v23():
+    """v2.3: the LV cavity is an ellipsoid about 1.7 times as long as it is wide (v2.2: a squat 1.5), widest at about a
+    third of its length and narrower at the mitral annulus; its wall is thickest over the mid-ventricle."""
+    ratios = []
+    for index in range(40):
+        p = sample_subject(13, index)
+        lv = lv_shapes(p, np.zeros(1))
+        r, lz, c, length = lv["r"][0], lv["Lz"][0], lv["c"][0], lv["L"][0]
+        ratios.append(length / (2 * r))
+        assert 0.25 <= c / length <= 0.4  # the equator (widest point) below the base, at ~1/3 of the length
+        assert np.sqrt(1.0 - (c / lz) ** 2) < 0.93  # base narrower than the equator
+        t = np.linspace(0.0, 1.0, 101)
+        assert t[np.argmax(wall_profile(t))] < 0.6 and wall_profile(0.5) == 1.0
+    assert 1.6 <= np.mean(ratios) <= 1.9 and min(ratios) >= 1.4 and max(ratios) <= 2.1
 
 
 def test_standard_view_orientation_from_segmentations():
@@ -290,7 +315,7 @@ def test_rendered_volumes_match_analytic_shapes():
     s = seg[:, :, k, 0]
     a_lv, a_myo = (s == 1).sum() * 1.5**2, (s == 2).sum() * 1.5**2
     w_label = math.sqrt((a_lv + a_myo) / math.pi) - math.sqrt(a_lv / math.pi)
-    assert w_label == pytest.approx(lv["w"][0], abs=0.75)
+    assert w_label == pytest.approx(lv["w"][0] * wall_profile(lv["c"][0] / lv["L"][0]), abs=0.75)
     # papillary muscles / trabeculae: dark structures inside the cavity, labelled LV blood pool (no label holes)
     k = int(round((0.6 * lv["L"][0] - p["sax_start_mm"]) / 2.0))
     s, img = seg[:, :, k, 0], views["sa"][0][:, :, k, 0]
@@ -346,3 +371,32 @@ def test_rv_crescent_and_long_axis_extras_v22():
         assert len(caps) == 5 and all(abs(np.linalg.norm(c[1]) - 1.0) < 1e-9 for c in caps)
     views, _ = render_subject(sample_subject(9, 0), COHORT_PRESETS["tiny"])
     assert set(np.unique(views["la_2ch"][1])) == {0, 1}
+
+
+def test_body_wall_v23():
+    """v2.3: the lungs stay inside the rib cage (the subcutaneous fat is fat all round, v2.2 let the lungs cut through
+    it laterally), and the chest wall has ribs (dark cortex) and muscle; women have breasts outside the torso."""
+    from kmtr_monai.simulate.render import _static_background
+
+    seen_breast = False
+    for index in range(6):
+        p = sample_subject(17, index)
+        origin, axes = heart_frame(p)
+        xs, ys = np.meshgrid(np.arange(-220.0, 220.0, 1.0), np.arange(-170.0, 170.0, 1.0), indexing="ij")
+        pts = np.stack([xs, ys, np.full_like(xs, origin[2] - 30.0)], axis=-1).astype(np.float32)
+        bg = _static_background(pts, p, origin.astype(np.float32), axes.astype(np.float32), 1.8)
+        fat_sc = p["subcutaneous_fat_mm"]
+        ax = 118.0 * (p["height_cm"] / 170.0) + fat_sc
+        torso = ellipsoid_sd(xs, ys + 10.0, 0.0, ax, 0.7 * ax, 1.0)
+        fat = (torso < -3.0) & (torso > -(fat_sc - 1.5))
+        if fat.any():
+            assert np.allclose(bg[fat], p["fat"], rtol=1e-4)
+        wall = (torso < -(fat_sc + 5.0)) & (torso > -(fat_sc + 45.0))
+        assert (bg[wall] < 0.25 * p["muscle"]).any()  # rib cortex (and lung) inside the chest wall
+        lateral = wall & (np.abs(xs) > 60.0)  # away from the spine and the sternum
+        assert (np.abs(bg[lateral] - 0.5 * p["fat"]) < 1e-3).any()  # rib marrow
+        assert (np.abs(bg[wall] - p["muscle"]) < 1e-3).mean() > 0.1  # muscle
+        if not p["sex_male"]:
+            outside = torso > 5.0
+            seen_breast |= bool((bg[outside] > 0.5 * p["fat"]).sum() > 500)
+    assert seen_breast

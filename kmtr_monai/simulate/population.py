@@ -29,7 +29,7 @@ import numpy as np
 
 from kmtr_monai.constants import DISEASE_PREVALENCE, DISEASES
 
-GENERATOR_VERSION = "2.2.0"
+GENERATOR_VERSION = "2.3.0"
 _SALT = 0x6B4D5452  # "kMTR"
 _THRESHOLD = {d: NormalDist().inv_cdf(1.0 - p) for d, p in DISEASE_PREVALENCE.items()}
 
@@ -128,8 +128,11 @@ def sample_subject(seed: int, index: int) -> dict:
         "lv_edv_ml": float(lv_edv), "lv_ef": lv_ef, "lv_mass_g": float(lv_mass), "rv_edv_ml": float(rv_edv),
         "rv_ef": rv_ef, "la_max_ml": float(la_max), "la_ef": la_ef, "ra_max_ml": float(ra_max), "ra_ef": ra_ef,
         "heart_rate_bpm": hr,
-        "lv_aspect": float(np.clip(rng.normal(3.0, 0.25), 2.5, 3.7)),  # cavity length / mid-cavity radius at ED
-        "lv_truncation": float(rng.uniform(0.2, 0.4)),  # base plane above the ellipsoid centre, fraction of Lz
+        # cavity length / equatorial radius at ED: v2.3 mean 3.35 (length ≈ 1.7 × width; v2.2 3.0, a squat 1.5)
+        "lv_aspect": float(np.clip(rng.normal(3.0, 0.25) + 0.35, 2.85, 4.0)),
+        # base plane above the ellipsoid centre, fraction of Lz: v2.3 0.4-0.6 (widest at ~1/3 of the length, the base
+        # 0.8-0.92 × the equatorial width; v2.2 0.2-0.4 was widest near the base)
+        "lv_truncation": float(rng.uniform(0.2, 0.4) + 0.2),
         "base_descent_mm": float(rng.uniform(10.0, 15.0)),  # base -> apex motion at ES, apex fixed (DESIGN §6)
         "hypokinesis": severity, "hypokinesis_angle_deg": float(rng.uniform(-180.0, 180.0)),
         "hypokinesis_width_deg": sector,

@@ -19,6 +19,14 @@ trabecular rods are replaced by an irregular trabecular layer lining the endocar
 the free wall), which gives the long-axis wall its rough inner border and SAX-like apparent thickness; the LA has an
 appendage and four pulmonary veins (``_la_extras``, unlabelled blood); the lungs carry grey vessels and the spine
 vertebral bodies with brighter discs.
+
+v2.3 (LV shape and body): the LV is longer and ellipsoidal with a wall that is full thickness over the mid-ventricle
+and thins into the annulus and the apex (``geometry.wall_profile``); the AV-groove fat fills the groove instead of
+sticking out beyond the ventricles, and the patchy fat over the LV free wall is sparser. The body wall has skin,
+subcutaneous fat, muscle of varying thickness (pectorals, paraspinal muscles) and a rib layer (ribs in cross-section
+with dark cortex and marrow, costal cartilage, sternum); the lungs fill the rib cage; women have breasts with
+fibroglandular strands; the liver has bright vessels and an irregular outline, the stomach gas over fluid, and the
+mediastinal / abdominal soft tissue a coarse modulation.
 """
 
 from __future__ import annotations
@@ -26,8 +34,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from kmtr_monai.simulate.geometry import (APEX_WALL, av_offset, cardiac_shapes, ellipsoid_sd, heart_frame,
-                                          rotation_matrix, rv_form, truncated_sd)
+from kmtr_monai.simulate.geometry import (av_offset, cardiac_shapes, ellipsoid_sd, heart_frame, rotation_matrix,
+                                          rv_form, truncated_sd, wall_profile)
 
 _F = np.float32
 SUBSAMPLES = (-0.25, 0.25)  # through-slice sample offsets (fraction of the slice thickness): midpoint rule on halves
@@ -204,43 +212,131 @@ def _la_extras(p: dict, shapes: dict) -> list:
 
 
 def _static_background(pts: np.ndarray, p: dict, origin, axes, pixel: float, aorta=None) -> np.ndarray:
-    """Torso intensity (before bias/noise) at world points (..., 3): air, fat, chest wall, lungs, liver, spine,
-    descending and ascending aorta (from ``aorta = (world start, world direction)`` of the aortic root when given)."""
+    """Torso intensity (before bias/noise) at world points (..., 3): air, skin, fat, breasts (women), chest wall
+    (muscle, ribs, sternum), lungs, liver, stomach, paraspinal muscles, spine, descending and ascending aorta (from
+    ``aorta = (world start, world direction)`` of the aortic root when given)."""
     x, y, z = pts[..., 0], pts[..., 1], pts[..., 2]
     fat_sc = p["subcutaneous_fat_mm"]
     ax = 118.0 * (p["height_cm"] / 170.0) + fat_sc
     ay = 0.70 * ax
     torso = ellipsoid_sd(x, y + 10.0, 0.0, ax, ay, 1.0)
     img = np.zeros(x.shape, _F)
-    _paint(img, _occ(torso, pixel), p["fat"])
+    rng = np.random.default_rng([int(p["appearance_seed"]), 18])  # v2.3 body wall, breast, liver, stomach
+    body = torso
+    if not p["sex_male"]:  # v2.3: breasts, anterior bulges of fat with fibroglandular strands (grey)
+        size = (0.8 + 0.4 * rng.random()) * float(np.clip(p["bmi"] / 26.8, 0.8, 1.5))
+        bz = float(origin[2]) - rng.uniform(20.0, 60.0)  # around the level of the ventricles
+        for side in (1.0, -1.0):
+            bx = side * 0.55 * ax
+            by = ay * np.sqrt(1.0 - 0.55**2) - 10.0 - 15.0 * size  # centre under the torso surface
+            # supine: flattened, spread sideways
+            breast = ellipsoid_sd(x - _F(bx), y - _F(by), z - _F(bz), 80.0 * size, 38.0 * size, 65.0 * size)
+            body = np.minimum(body, breast)
+    _paint(img, _occ(body, pixel), _F(1.1) * _F(p["muscle"]))  # skin
+    _paint(img, _occ(body + 1.8, pixel), p["fat"])
+    if not p["sex_male"]:
+        # fibroglandular tissue (grey, in the bright breast fat outside the chest wall): curved strands (near-zeros of a
+        # smooth random field, so a plane cuts them as lines) and a denser patch of gland where a second field is high
+        k = rng.normal(size=(2, 4, 3))
+        k *= (2 * np.pi / rng.uniform(15.0, 45.0, (2, 4, 1))) / np.linalg.norm(k, axis=2, keepdims=True)
+        ph, dense = rng.uniform(0, 2 * np.pi, (2, 4)), rng.uniform(0.0, 1.0)
+        in_breast = (torso > 4.0) & (body < -4.0)
+        if in_breast.any():
+            f1, f2 = (np.cos(pts[in_breast] @ k[i].T.astype(_F) + ph[i].astype(_F)).sum(axis=-1) for i in range(2))
+            occ = np.exp(-np.square(f1 * _F(1.0 / 0.3))) * _F(0.8)
+            np.maximum(occ, np.clip((f2 * _F(0.5) - _F(1.2) + _F(dense)) * _F(2.0), 0.0, 1.0), out=occ)
+            occ *= np.clip((torso[in_breast] - _F(4.0)) * _F(0.25), 0.0, 1.0)
+            occ *= np.clip((-body[in_breast] - _F(4.0)) * _F(0.25), 0.0, 1.0)
+            img[in_breast] += occ * (_F(1.2 * p["muscle"]) - img[in_breast])
+    # v2.3 chest wall, from the skin inwards: subcutaneous fat, muscle (pectorals thick anteriorly, thin over the
+    # sternum; latissimus / trapezius posteriorly; thin laterally), then a 11 mm rib layer: intercostal muscle with
+    # the ribs in cross-section (dark cortex, marrow), sloping down anteriorly, costal cartilage and sternum in front
+    u = (y + _F(10.0)) * _F(1.0 / ay)  # -1 posterior .. 1 anterior
+    v = x * _F(1.0 / ax)
+    # depth of the rib layer below the skin: subcutaneous fat, 5 mm of muscle, pectorals (anterior, thin over the
+    # sternum) or latissimus / trapezius (posterior)
+    d_rib = np.clip(np.abs(v) * _F(4.0), 0.0, 1.0)
+    d_rib *= np.clip(u, 0.0, 1.0) * _F(15.0 * (1.25 if p["sex_male"] else 0.85)) + _F(7.0) * np.clip(-u, 0.0, 1.0)
+    d_rib += _F(fat_sc + 5.0)
+    depth = -torso
     _paint(img, _occ(torso + fat_sc, pixel), p["muscle"])
-    _paint(img, _occ(torso + fat_sc + 14.0, pixel), 0.45 * p["fat"])  # mediastinal / abdominal soft tissue
+    inner = torso + d_rib + _F(11.0)  # < 0 inside the rib cage
+    # smooth random field (amplitude <= 7.5 mm / 30 %): wobbles the liver and stomach outlines and modulates the
+    # mediastinal / abdominal soft tissue (fat, vessels and bowel at a coarse scale), so neither is flat and analytic
+    kw = rng.normal(size=(3, 3))
+    kw *= (2 * np.pi / rng.uniform(60.0, 120.0, (3, 1))) / np.linalg.norm(kw, axis=1, keepdims=True)
+    wobble = np.cos(pts @ kw.T.astype(_F) + rng.uniform(0, 2 * np.pi, 3).astype(_F)) @ np.full(3, 2.5, _F)
+    _paint(img, _occ(inner, pixel), _F(0.45 * p["fat"]) * (_F(1.0) + _F(0.04) * wobble))
+    spacing, rib_phase = float(rng.uniform(26.0, 32.0)), float(rng.uniform(0.0, 1.0))
+    band = (depth > fat_sc + 1.0) & (inner > -1.5)  # muscle and rib layers: ribs and sternum are evaluated there only
+    if band.any():
+        xb, ub = x[band], u[band]
+        s_rib = (z[band] + _F(0.45) * y[band]) * _F(1.0 / spacing) + _F(rib_phase)  # ribs slope down anteriorly
+        height = s_rib - np.round(s_rib)
+        height *= _F(spacing / 6.5)
+        r_rib = depth[band] - d_rib[band] - _F(5.5)  # radial position in the rib layer
+        rib = np.sqrt(np.square(height) + np.square(r_rib * _F(1.0 / 3.5)))  # 13 x 7 mm oval cross-sections
+        rib -= _F(1.0)
+        rib *= _F(3.5)
+        rib = np.maximum(rib, (_F(-140.0 / spacing) - s_rib) * _F(spacing))  # (mm) no ribs below the costal margin
+        # none at the posterior midline (the spine and paraspinal muscles); x100: unitless -> roughly mm
+        rib = np.maximum(rib, (_F(0.2) - np.maximum(np.abs(v[band]) * _F(2.0), ub)) * _F(100.0))
+        cart = np.abs(v[band]) < _F(0.3)  # costal cartilage near the sternum: grey, no cortex
+        sub = img[band]
+        _paint(sub, _occ(rib, pixel), np.where(cart, _F(1.1 * p["muscle"]), _F(0.05)))  # cortex
+        _paint(sub, _occ(rib + _F(1.3), pixel), np.where(cart, _F(1.1 * p["muscle"]), _F(0.5 * p["fat"])))  # marrow
+        sternum = np.maximum(np.abs(xb) - _F(16.0), np.abs(r_rib) - _F(5.0))
+        sternum = np.maximum(sternum, np.maximum(-ub, -z[band] - _F(110.0)))  # anterior, down to the xiphoid
+        _paint(sub, _occ(sternum, pixel), 0.05)
+        _paint(sub, _occ(sternum + _F(1.3), pixel), 0.5 * p["fat"])
+        img[band] = sub
     lungs = None
     for cx, a_x, dome in ((70.0, 62.0, -35.0), (-80.0, 55.0, -45.0)):  # right hemidiaphragm higher (liver)
         diaphragm = dome - ((x - cx) ** 2 + (y + 5.0) ** 2) / 250.0 - z  # domes, lowest at the costophrenic angles
-        lung = np.maximum(ellipsoid_sd(x - cx, y + 5.0, z - 40.0, a_x, 0.62 * ay, 160.0), diaphragm)
+        # v2.3: wider outwards (same medial edge) and deeper, then cut by the rib cage
+        out = 10.0 if cx > 0 else -10.0
+        lung = np.maximum(ellipsoid_sd(x - (cx + out), y + 5.0, z - 40.0, a_x + 10.0, 0.72 * ay, 160.0), diaphragm)
+        lung = np.maximum(lung, inner)  # v2.3: the lungs fill the rib cage up to the chest wall
         _paint(img, _occ(lung, pixel), p["lung"])
         lungs = lung if lungs is None else np.minimum(lungs, lung)
     # v2.2: pulmonary vessels, grey tubes (near-intersections of the zero sets of two smooth random fields, so a plane
     # cuts them as dots and short curved segments), larger and brighter towards the hila, fading to the periphery
     in_lung = lungs < -1.0
     if in_lung.any():
-        rng = np.random.default_rng([int(p["appearance_seed"]), 16])
+        rng_v = np.random.default_rng([int(p["appearance_seed"]), 16])
         q = pts[in_lung]
-        k = rng.normal(size=(2, 4, 3))
-        k *= (2 * np.pi / rng.uniform(35.0, 80.0, (2, 4, 1))) / np.linalg.norm(k, axis=2, keepdims=True)
-        ph = rng.uniform(0, 2 * np.pi, (2, 4))
+        k = rng_v.normal(size=(2, 4, 3))
+        k *= (2 * np.pi / rng_v.uniform(35.0, 80.0, (2, 4, 1))) / np.linalg.norm(k, axis=2, keepdims=True)
+        ph = rng_v.uniform(0, 2 * np.pi, (2, 4))
         f1, f2 = (np.cos(q @ k[i].T.astype(_F) + ph[i].astype(_F)).sum(axis=-1) for i in range(2))
         hilum = np.exp(-np.hypot(q[..., 0] - _F(origin[0]), q[..., 1] - _F(origin[1]) + _F(20.0)) * _F(1.0 / 70.0))
         width = _F(0.16) + _F(0.3) * hilum  # in units of the (unit-variance-ish) fields: wider vessels near the hila
         vessel = np.exp(-(f1 * f1 + f2 * f2) / (width * width))
-        depth = np.clip(-lungs[in_lung] * _F(0.2), 0.0, 1.0)  # no vessels within a few mm of the pleura
-        img[in_lung] += vessel * depth * (_F(0.12) + _F(0.4) * hilum) * _F(p["blood"])
-    _paint(img, _occ(ellipsoid_sd(x - 35.0, y + 5.0, z + 120.0, 125.0, 0.8 * ay, 85.0), pixel), p["liver"])
-    # stomach under the left hemidiaphragm: soft-tissue wall around a gas bubble
-    stomach = ellipsoid_sd(x + 70.0, y - 5.0, z + 85.0, 45.0, 35.0, 35.0)
+        depth_l = np.clip(-lungs[in_lung] * _F(0.2), 0.0, 1.0)  # no vessels within a few mm of the pleura
+        img[in_lung] += vessel * depth_l * (_F(0.12) + _F(0.4) * hilum) * _F(p["blood"])
+    # liver under the right hemidiaphragm, inside the rib cage, with a slightly irregular outline (v2.3) and bright
+    # hepatic / portal veins (the same two-field construction as the lung vessels, coarser)
+    liver = np.maximum(ellipsoid_sd(x - 35.0, y + 5.0, z + 120.0, 125.0, 0.8 * ay, 85.0) + wobble, inner)
+    _paint(img, _occ(liver, pixel), p["liver"])
+    in_liver = liver < -2.0
+    if in_liver.any():
+        q = pts[in_liver]
+        k = rng.normal(size=(2, 3, 3))
+        k *= (2 * np.pi / rng.uniform(45.0, 90.0, (2, 3, 1))) / np.linalg.norm(k, axis=2, keepdims=True)
+        ph = rng.uniform(0, 2 * np.pi, (2, 3))
+        f1, f2 = (np.cos(q @ k[i].T.astype(_F) + ph[i].astype(_F)).sum(axis=-1) for i in range(2))
+        vessel = np.exp(-(f1 * f1 + f2 * f2) * _F(1.0 / 0.05))
+        img[in_liver] += vessel * np.clip(-liver[in_liver] * _F(0.2), 0.0, 1.0) * _F(0.85 * p["blood"] - p["liver"])
+    # stomach under the left hemidiaphragm: soft-tissue wall around gas (anterior, the patient is supine) over fluid
+    stomach = np.maximum(ellipsoid_sd(x + 70.0, y - 5.0, z + 85.0, 45.0, 35.0, 35.0) + _F(0.6) * wobble, inner)
     _paint(img, _occ(stomach, pixel), p["muscle"])
-    _paint(img, _occ(stomach + 4.0, pixel), 0.0)
+    level = _F(5.0 + rng.uniform(-15.0, 15.0)) - y  # < 0 anterior to the air-fluid level
+    _paint(img, _occ(np.maximum(stomach + 4.0, -level), pixel), 0.8 * p["blood"])  # fluid (long T2: bright)
+    _paint(img, _occ(np.maximum(stomach + 4.0, level), pixel), 0.0)  # gas
+    # paraspinal muscles between the spine and the back's subcutaneous fat
+    back = -ay - 10.0 + fat_sc
+    para = np.hypot((np.abs(x) - _F(34.0)) * _F(22.0 / 27.0), y - _F(back + 20.0)) - _F(22.0)  # both sides at once
+    _paint(img, _occ(np.maximum(para, torso + fat_sc), pixel), p["muscle"])
     spine_y = -ay + fat_sc + 45.0 - 10.0
     # vertebral bodies (fatty marrow, mid-bright) separated by brighter intervertebral discs every ~28 mm
     disc = np.clip(np.cos((z + _F(p.get("fat_phase", 0.0) * 4.0)) * _F(2 * np.pi / 28.0)) * _F(3.0) - _F(2.0), 0.0, 1.0)
@@ -302,10 +398,13 @@ def _heart_fields(x1, x2, x3, shapes: dict, p: dict, with_atria: bool) -> dict:
         w = w + s * (_F(lv["w_ed"]) - w)
     cav = truncated_sd(rho2, z, r, lz, c, _F(np.inf))  # uncut cavity ellipsoid
     out = {"z": z, "zp": zp, "lv": np.maximum(cav, -zp), "lv_open": np.maximum(cav, -zp - _F(1.5))}
-    out["epi"] = truncated_sd(rho2, z, r + w, lz + _F(APEX_WALL) * w, c, zp)
+    # v2.3: the cavity offset by w·wall_profile (thin at the annular hinge and the apex); uncut copy for the groove fat
+    out["epi_full"] = cav - w * wall_profile(z * (_F(1.0) / col(lv["L"])))  # = lv_epi_sd before the cut
+    out["epi"] = np.maximum(out["epi_full"], -zp)
     n, grad = rv_form(x1, x2, z, _F(rv["d"]), _F(rv["a2r"]), _F(rv["lr"]), _F(rv.get("sep", 1.0)))
     rv_ell = (n - col(rv["lam"])) / grad
-    out["rv_out"] = np.maximum(rv_ell - _F(rv["wall"]), -zp)  # free wall, open at the tricuspid annulus
+    out["rv_full"] = rv_ell - _F(rv["wall"])
+    out["rv_out"] = np.maximum(out["rv_full"], -zp)  # free wall, open at the tricuspid annulus
     out["rv"] = np.maximum(np.maximum(rv_ell, -zp), -out["epi"])
     out["rv_open"] = np.maximum(np.maximum(rv_ell, -zp - _F(1.5)), -out["epi"])  # painted: open at the annulus
     # moderator band: a muscle rod across the RV cavity from the apical septum to the anterior free wall, near the
@@ -465,20 +564,27 @@ def render_subject(p: dict, preset: dict) -> tuple[dict, float]:
             vent = np.minimum(f["epi"], f["rv_out"])
             # epicardial fat: thick in the AV groove, over the RV free wall, in the interventricular grooves and at
             # the apex, thin and patchy over the LV free wall (no uniform bright rim)
-            fat_th = np.abs(f["zp"]) * _F(-4.0 / 12.0)  # atrioventricular groove
-            fat_th += _F(4.0)
-            np.maximum(fat_th, 0.0, out=fat_th)
+            groove = np.abs(f["zp"]) * _F(-4.0 / 12.0)  # atrioventricular groove
+            groove += _F(4.0)
+            np.maximum(groove, 0.0, out=groove)
             side = f["epi"] - f["rv_out"]  # > 0 where the RV is the nearer ventricle
             over = np.clip(side * _F(0.125) + _F(0.25), 0.0, 0.5)
             over += _F(0.6) * np.exp(-np.square(side * _F(0.2)))  # interventricular grooves
             over += np.clip(f["z"] / _F(lv["L_ed"]) * _F(1.5) - _F(1.0), 0.0, 0.5)  # apical fat pad
             theta = np.arctan2(x2, x1)
-            over += _F(0.3) * np.cos(_F(3.0) * theta + x3 * _F(0.12) + _F(p.get("fat_phase", 0.0)))  # patches
-            over += _F(0.25)
+            # patches along three twisting stripes (coronary branches); v2.3: about 40 % of the LV free wall, at
+            # most 0.25·fat_mm thick (v2.2: a nearly continuous layer that drew a bright line in obese subjects)
+            over += _F(0.35) * np.cos(_F(3.0) * theta + x3 * _F(0.12) + _F(p.get("fat_phase", 0.0)))
+            over -= _F(0.1)
             np.maximum(over, 0.0, out=over)
             over *= _F(fat_mm)
-            fat_th += over
-            _paint(tile, _occ(vent - fat_th, px), p["fat"])
+            fat_sd = vent - over
+            # v2.3: the AV-groove fat fills the groove between the atria and the ventricles' continued (uncut) outer
+            # surfaces instead of sticking out sideways as "wings" beyond them
+            groove = np.subtract(fat_sd, groove, out=groove)
+            np.maximum(groove, np.minimum(f["epi_full"], f["rv_full"]), out=groove)
+            np.minimum(fat_sd, groove, out=fat_sd)
+            _paint(tile, _occ(fat_sd, px), p["fat"])
             if with_atria:  # aortic root first: the LA behind it indents it (the LA keeps its full label)
                 _paint(tile, _occ(f["root"] - _F(1.5), px), p["myocardium"])  # aortic wall
                 _paint(tile, _occ(f["root"], px), p["blood"])
