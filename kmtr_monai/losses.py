@@ -46,8 +46,8 @@ class ClipLoss(nn.Module):
         temperature: the fixed tau used when ``forward`` gets no ``logit_scale``.
         lambda_: weight of the k->i direction, in [0, 1]; 0.5 gives the symmetric loss.
         gather: gather negatives across ranks when distributed; False uses only the local batch.
-        queue_size: keep the last ``queue_size`` global batches' embeddings (detached, both modalities) and add them
-            as extra negatives (MoCo's queue, for CLIP with small batches on CPU): row b of ``logits`` is scored
+        queue_size: keep the ``queue_size`` newest embeddings of past global batches (detached, both modalities) and
+            add them as extra negatives (MoCo's queue, for CLIP with small batches on CPU): row b of ``logits`` is scored
             against the N current image embeddings and the queued ones. Entries are pushed only when gradients are
             enabled (training steps, not ``torch.no_grad`` evaluation), are the same on every rank (pushed after
             the gather), are not checkpointed (they refill within ``queue_size / N`` steps after a resume), and
@@ -133,14 +133,13 @@ class ClipLoss(nn.Module):
         batch. Pushes the detached global batch when gradients are enabled."""
         if self.queue_size == 0:
             return zi_all, zk_all
-        queued = [q for q in (self.queue_image, self.queue_kspace) if q is not None]
-        if queued and (queued[0].shape[1] != zi_all.shape[1] or queued[0].device != zi_all.device):
-            queued = []  # embedding width or device changed: start a new queue
-        columns_i, columns_k = (torch.cat([zi_all, queued[0]]), torch.cat([zk_all, queued[1]])) if queued else (zi_all, zk_all)
+        queue_i, queue_k = self.queue_image, self.queue_kspace
+        if queue_i is None or queue_i.shape[1] != zi_all.shape[1] or queue_i.device != zi_all.device:
+            queue_i, queue_k = zi_all[:0].detach(), zk_all[:0].detach()  # none yet, or width/device changed: restart
         if torch.is_grad_enabled():
-            self.queue_image = torch.cat([zi_all.detach(), *queued[:1]])[: self.queue_size]  # newest first
-            self.queue_kspace = torch.cat([zk_all.detach(), *queued[1:]])[: self.queue_size]
-        return columns_i, columns_k
+            self.queue_image = torch.cat([zi_all.detach(), queue_i])[: self.queue_size]  # newest first
+            self.queue_kspace = torch.cat([zk_all.detach(), queue_k])[: self.queue_size]
+        return torch.cat([zi_all, queue_i]), torch.cat([zk_all, queue_k])
 
 
 class CellAlignmentLoss(nn.Module):
