@@ -211,6 +211,16 @@ def _la_extras(p: dict, shapes: dict) -> list:
     return caps
 
 
+def _wave_fields(rng: np.random.Generator, pts: np.ndarray, n: int, wavelength_mm: tuple[float, float]):
+    """Two smooth random fields at ``pts`` (M, 3) mm, each a sum of ``n`` plane waves with random directions,
+    wavelengths uniform in ``wavelength_mm`` and random phases: (M,) float32 each. Near the zero set of one a plane
+    cuts curved lines (strands); near the common zeros of both, dots and short segments (vessels)."""
+    k = rng.normal(size=(2, n, 3))
+    k *= (2 * np.pi / rng.uniform(*wavelength_mm, (2, n, 1))) / np.linalg.norm(k, axis=2, keepdims=True)
+    ph = rng.uniform(0, 2 * np.pi, (2, n))
+    return tuple(np.cos(pts @ k[i].T.astype(_F) + ph[i].astype(_F)).sum(axis=-1) for i in range(2))
+
+
 def _static_background(pts: np.ndarray, p: dict, origin, axes, pixel: float, aorta=None) -> np.ndarray:
     """Torso intensity (before bias/noise) at world points (..., 3): air, skin, fat, breasts (women), chest wall
     (muscle, ribs, sternum), lungs, liver, stomach, paraspinal muscles, spine, descending and ascending aorta (from
@@ -237,12 +247,10 @@ def _static_background(pts: np.ndarray, p: dict, origin, axes, pixel: float, aor
     if not p["sex_male"]:
         # fibroglandular tissue (grey, in the bright breast fat outside the chest wall): curved strands (near-zeros of a
         # smooth random field, so a plane cuts them as lines) and a denser patch of gland where a second field is high
-        k = rng.normal(size=(2, 4, 3))
-        k *= (2 * np.pi / rng.uniform(15.0, 45.0, (2, 4, 1))) / np.linalg.norm(k, axis=2, keepdims=True)
-        ph, dense = rng.uniform(0, 2 * np.pi, (2, 4)), rng.uniform(0.0, 1.0)
         in_breast = (torso > 4.0) & (body < -4.0)
+        f1, f2 = _wave_fields(rng, pts[in_breast], 4, (15.0, 45.0))
+        dense = rng.uniform(0.0, 1.0)
         if in_breast.any():
-            f1, f2 = (np.cos(pts[in_breast] @ k[i].T.astype(_F) + ph[i].astype(_F)).sum(axis=-1) for i in range(2))
             occ = np.exp(-np.square(f1 * _F(1.0 / 0.3))) * _F(0.8)
             np.maximum(occ, np.clip((f2 * _F(0.5) - _F(1.2) + _F(dense)) * _F(2.0), 0.0, 1.0), out=occ)
             occ *= np.clip((torso[in_breast] - _F(4.0)) * _F(0.25), 0.0, 1.0)
@@ -305,10 +313,7 @@ def _static_background(pts: np.ndarray, p: dict, origin, axes, pixel: float, aor
     if in_lung.any():
         rng_v = np.random.default_rng([int(p["appearance_seed"]), 16])
         q = pts[in_lung]
-        k = rng_v.normal(size=(2, 4, 3))
-        k *= (2 * np.pi / rng_v.uniform(35.0, 80.0, (2, 4, 1))) / np.linalg.norm(k, axis=2, keepdims=True)
-        ph = rng_v.uniform(0, 2 * np.pi, (2, 4))
-        f1, f2 = (np.cos(q @ k[i].T.astype(_F) + ph[i].astype(_F)).sum(axis=-1) for i in range(2))
+        f1, f2 = _wave_fields(rng_v, q, 4, (35.0, 80.0))
         hilum = np.exp(-np.hypot(q[..., 0] - _F(origin[0]), q[..., 1] - _F(origin[1]) + _F(20.0)) * _F(1.0 / 70.0))
         width = _F(0.16) + _F(0.3) * hilum  # in units of the (unit-variance-ish) fields: wider vessels near the hila
         vessel = np.exp(-(f1 * f1 + f2 * f2) / (width * width))
@@ -320,11 +325,7 @@ def _static_background(pts: np.ndarray, p: dict, origin, axes, pixel: float, aor
     _paint(img, _occ(liver, pixel), p["liver"])
     in_liver = liver < -2.0
     if in_liver.any():
-        q = pts[in_liver]
-        k = rng.normal(size=(2, 3, 3))
-        k *= (2 * np.pi / rng.uniform(45.0, 90.0, (2, 3, 1))) / np.linalg.norm(k, axis=2, keepdims=True)
-        ph = rng.uniform(0, 2 * np.pi, (2, 3))
-        f1, f2 = (np.cos(q @ k[i].T.astype(_F) + ph[i].astype(_F)).sum(axis=-1) for i in range(2))
+        f1, f2 = _wave_fields(rng, pts[in_liver], 3, (45.0, 90.0))
         vessel = np.exp(-(f1 * f1 + f2 * f2) * _F(1.0 / 0.05))
         img[in_liver] += vessel * np.clip(-liver[in_liver] * _F(0.2), 0.0, 1.0) * _F(0.85 * p["blood"] - p["liver"])
     # stomach under the left hemidiaphragm: soft-tissue wall around gas (anterior, the patient is supine) over fluid
