@@ -10,7 +10,7 @@ gain of the lever over the base alignment with a 95 % paired bootstrap interval 
 
 Usage::
 
-    python benchmarks/alignment_levers.py --run runs/small --preset small --levers cell queue
+    python benchmarks/alignment_levers.py --run runs/small --preset small --levers cell gentle
 """
 
 from __future__ import annotations
@@ -60,9 +60,9 @@ def train_lever(run: Path, preset: str, name: str, threads: int) -> Path:
     return out
 
 
-def score(run: Path, cache: Path, args: list[str]) -> dict:
+def score(run: Path, cache: Path, args: list[str], threads: int) -> dict:
     """``alignment_gain`` of ``run`` with ``args``, kept in ``cache`` (reused when made with the same arguments and
-    not older than the run's align checkpoint)."""
+    not older than the run's align checkpoint; the thread count does not change the figures)."""
     import torch
 
     ckpt = run / "align" / "models" / "model.pt"
@@ -70,7 +70,7 @@ def score(run: Path, cache: Path, args: list[str]) -> dict:
         kept = torch.load(cache, weights_only=True)
         if kept["args"] == args:
             return {**kept["result"], **{k: kept[k].numpy() for k in ARRAYS}}
-    result = alignment_gain(["--run", str(run), *args])
+    result = alignment_gain(["--run", str(run), *args, "--threads", str(threads)])
     cache.parent.mkdir(parents=True, exist_ok=True)
     arrays = {k: torch.from_numpy(result[k]) for k in ARRAYS}
     torch.save({"args": args, "result": {k: v for k, v in result.items() if k not in ARRAYS}, **arrays}, cache)
@@ -85,14 +85,13 @@ def main(argv=None) -> None:
     ap.add_argument("--score-only", action="store_true", help="score finished levers, train none")
     args = ap.parse_args(argv)
     run = Path(args.run).resolve()
-    common = ["--preset", args.preset, "--split", args.split, "--acceleration", str(args.acceleration),
-              "--threads", str(args.threads)]  # fmt: skip
+    common = ["--preset", args.preset, "--split", args.split, "--acceleration", str(args.acceleration)]
     outs = {name: run / "levers" / name if args.score_only else train_lever(run, args.preset, name, args.threads)
             for name in args.levers}  # fmt: skip
-    scored = {"base": score(run, run / "levers" / "base_score.pt", common)}
+    scored = {"base": score(run, run / "levers" / "base_score.pt", common, args.threads)}
     for name, out in outs.items():
         sets = [f"{k}={json.dumps(v)}" for k, v in LEVERS[name].items() if k != "max_epochs"]
-        scored[name] = score(out, out / "score.pt", [*common, *(["--set", *sets] if sets else [])])
+        scored[name] = score(out, out / "score.pt", [*common, *(["--set", *sets] if sets else [])], args.threads)
     base = scored["base"]
     print(f"\nalignment levers — run {run}, {args.split} split (N={base['n_eval']}), acceleration {args.acceleration}\n")
     print("| align | overrides | probe R² (mean of 12) | − base [95 % CI] | mean cosine | top-1 | top-5 |")
