@@ -93,7 +93,8 @@ def main(argv=None) -> None:
         sets = [f"{k}={json.dumps(v)}" for k, v in LEVERS[name].items() if k != "max_epochs"]
         scored[name] = score(out, out / "score.pt", [*common, *(["--set", *sets] if sets else [])], args.threads)
     base = scored["base"]
-    print(f"\nalignment levers — run {run}, {args.split} split (N={base['n_eval']}), acceleration {args.acceleration}\n")
+    print(f"\nalignment levers — run {run}, {args.split} split (N={base['n_eval']}), "
+          f"acceleration {args.acceleration}\n")  # fmt: skip
     print("| align | overrides | probe R² (mean of 12) | − base [95 % CI] | mean cosine | top-1 | top-5 |")
     print("|---|---|---|---|---|---|---|")
     for name, res in scored.items():

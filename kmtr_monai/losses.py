@@ -47,9 +47,9 @@ class ClipLoss(nn.Module):
         lambda_: weight of the k->i direction, in [0, 1]; 0.5 gives the symmetric loss.
         gather: gather negatives across ranks when distributed; False uses only the local batch.
         queue_size: keep the ``queue_size`` newest embeddings of past global batches (detached, both modalities) and
-            add them as extra negatives (MoCo's queue, for CLIP with small batches on CPU): row b of ``logits`` is scored
-            against the N current image embeddings and the queued ones. Entries are pushed only when gradients are
-            enabled (training steps, not ``torch.no_grad`` evaluation), are the same on every rank (pushed after
+            add them as extra negatives (MoCo's queue, for CLIP with small batches on CPU): row b of ``logits`` is
+            scored against the N current image embeddings and the queued ones. Entries are pushed only when gradients
+            are enabled (training steps, not ``torch.no_grad`` evaluation), are the same on every rank (pushed after
             the gather), are not checkpointed (they refill within ``queue_size / N`` steps after a resume), and
             come from encoders up to ``queue_size / N`` steps old. A subject can meet its own queued embedding as a
             negative across an epoch boundary; keep ``queue_size`` well below the training subjects per epoch.

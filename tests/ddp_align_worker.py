@@ -54,8 +54,9 @@ def main(out: str, cohort: str, image_ckpt: str, kspace_ckpt: str) -> None:
         reference.zero_grad(set_to_none=True), net.zero_grad(set_to_none=True)
         q_ref_loss, q_ref_grads = step(reference, items, queued_ref)
         q_loss, q_grads = step(net, items[2 * rank: 2 * rank + 2], queued)
+    q_diff = max((q_grads["module." + n] - g).abs().max().item() for n, g in q_ref_grads.items())
     report.update(queue_loss=q_loss, queue_ref_loss=q_ref_loss, queue_length=len(queued.fn.queue_image),
-                  queue_max_grad_diff=max((q_grads["module." + n] - g).abs().max().item() for n, g in q_ref_grads.items()))  # fmt: skip
+                  queue_max_grad_diff=q_diff)  # fmt: skip
     net.zero_grad(set_to_none=True)
     temperature_before = net.module.logit_scale.temperature.item()
     workflow.run()
