@@ -38,7 +38,8 @@ ARRAYS = ("y", "aligned_pred")  # the arrays of an alignment_gain result, kept a
 
 
 def train_lever(run: Path, preset: str, name: str, threads: int) -> Path:
-    """Train lever ``name`` into ``run/levers/name`` (skipped when its final checkpoint exists); its run folder."""
+    """Train lever ``name`` into ``run/levers/name`` (skipped when ``align/done.json`` says a run finished; a
+    killed run resumes from its last epoch through the bundle's ``resume: auto``); returns that folder."""
     out = run / "levers" / name
     (out / "align").mkdir(parents=True, exist_ok=True)
     for upstream in ("cohort", "image-mae", "kspace-mae"):
