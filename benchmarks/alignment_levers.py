@@ -27,7 +27,7 @@ from kmtr_monai.bundle import bundle_command
 LEVERS: dict[str, dict] = {
     "cell": {"cell_align_weight": 1.0},  # token-level alignment of the (view, time) cells next to CLIP
     "queue": {"queue_size": 64},  # the last 4 global batches of 16 as extra negatives
-    "longer": {"max_epochs": 20},  # twice the small preset's align budget
+    "longer": {"max_epochs": 20, "warmup_steps": 17},  # twice the small preset's align budget, one epoch of warm-up
     "gentle": {"learning_rate": 1e-4},  # a fifth of the preset's learning rate: less drift from Stage I
     # independent rotations of at most 15° (v2's planning spread) instead of 180° (chosen for cohort v1, whose views
     # were rotated over 360°): neither Stage I encoder saw rotated views, nor does Stage III

@@ -34,12 +34,12 @@ def _cause(err: BaseException, kind: type) -> BaseException | None:
 
 
 def test_exploding_run_stops_with_bundle_epoch_iteration_and_keeps_last_good_checkpoints(tiny_cohort, tmp_path):
-    """Epoch 1 trains normally (lr 1e-3); from epoch 2 a LambdaLR multiplies the learning rate by 1e30, so the first
-    step of epoch 2 makes the weights ~1e27 and the loss of its second iteration (iteration 4) overflows. The run
-    must raise naming image-mae, epoch 2 and iteration 4, and model.pt, model_final.pt and the resume file must be
-    the finite epoch-1 ones."""
+    """Epoch 1 (2 iterations) trains normally (lr 1e-3); a LambdaLR stepped every iteration then multiplies the
+    learning rate by 1e30, so the first step of epoch 2 makes the weights ~1e27 and the loss of its second iteration
+    (iteration 4) overflows. The run must raise naming image-mae, epoch 2 and iteration 4, and model.pt,
+    model_final.pt and the resume file must be the finite epoch-1 ones."""
     explode = {"_target_": "torch.optim.lr_scheduler.LambdaLR", "optimizer": "@optimizer",
-               "lr_lambda": "$lambda epoch: 1.0 if epoch < 1 else 1e30"}  # fmt: skip
+               "lr_lambda": "$lambda step: 1.0 if step < 2 else 1e30"}  # fmt: skip
     w = _workflow(tiny_cohort, tmp_path, max_epochs=3, lr_scheduler=explode, resume=False)
     losses = []
     w.trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(float(e.state.output["loss"].detach())))
