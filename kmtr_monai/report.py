@@ -469,13 +469,13 @@ def _absent(data: dict, methods) -> list[str]:
     return [m for m in methods if m not in data]
 
 
-def _mae_diff(a: dict, b: dict) -> dict:
+def mae_diff(a: dict, b: dict) -> dict:
     """Paired bootstrap of mean MAE(a) − mean MAE(b) on common subjects."""
     a, b = align(a, b)
     return bootstrap(lambda w: weighted_mae(_abs_err(a), w) - weighted_mae(_abs_err(b), w), len(a["eid"]))
 
 
-def _auc_diff(a: dict, b: dict) -> dict:
+def auc_diff(a: dict, b: dict) -> dict:
     """Paired bootstrap of mean AUC(a) − mean AUC(b) on common subjects."""
     a, b = align(a, b)
     return bootstrap(lambda w: weighted_mean_auc(a["true"], a["prob"], w) - weighted_mean_auc(b["true"], b["prob"], w),
@@ -500,7 +500,7 @@ def evidence_kmtr(ctx: dict) -> list[dict]:
     out = []
     for other in ("stage1", "scratch"):
         q = f"k-MTR beats {DEFAULT_LABELS[other]}"
-        for task, what, diff, lower in (("regress", "MAE", _mae_diff, True), ("classify", "AUC", _auc_diff, False)):
+        for task, what, diff, lower in (("regress", "MAE", mae_diff, True), ("classify", "AUC", auc_diff, False)):
             comparison, absent = f"mean {what} k-MTR − {other}", _absent(ctx[task], (KMTR, other))
             out.append(_not_available(q, comparison, [f"{task} {m}" for m in absent]) if absent else
                        _item(q, comparison, diff(ctx[task][KMTR], ctx[task][other]), lower))  # fmt: skip

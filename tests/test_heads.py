@@ -262,6 +262,28 @@ def test_temporal_head_learns_ef_ratio_that_mean_pooling_cannot():
     assert r2["mean"] < 0.3, r2
 
 
+def test_temporal_head_input_norm_ignores_a_common_feature_offset_and_scale():
+    """With ``input_norm`` every cell feature is standardised over the batch, so adding one offset per feature and
+    scaling each feature by a positive factor (the same for all subjects and cells: what pretrained features share)
+    leaves a training-mode output unchanged; without it the output changes. At evaluation the running statistics
+    are used, so a single subject gets the same output alone as inside its batch."""
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randn(8, 1 + 2 * 2 * 3, 16, generator=g)  # (B, 1 + S·T'·3 patches, C)
+    offset, scale = 5 * torch.randn(16, generator=g), torch.rand(16, generator=g) + 0.5
+    shifted = tokens * scale + offset
+    for norm in (True, False):
+        torch.manual_seed(0)
+        head = TemporalMLPHead(16, 2, 2, 3, hidden=32, mix_dim=16, input_norm=norm).train()
+        same = torch.allclose(head(tokens), head(shifted), atol=1e-4)
+        assert same == norm, norm
+    torch.manual_seed(0)
+    head = TemporalMLPHead(16, 2, 2, 3, hidden=32, mix_dim=16, input_norm=True).train()
+    for _ in range(20):
+        head(tokens)  # running statistics converge to the batch's
+    head.eval()
+    torch.testing.assert_close(head(tokens[:1]), head(tokens)[:1])
+
+
 # --------------------------------------------------------------------------------------------------- losses
 def test_standardised_huber_by_hand_and_nan_targets():
     loss = StandardisedHuberLoss([10.0, 0.0], [2.0, 0.5], delta=1.0)

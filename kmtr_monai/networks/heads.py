@@ -39,16 +39,24 @@ class TemporalMLPHead(nn.Module):
        can form ED/ES comparisons directly) and an MLP ``Linear → GELU → Dropout → Linear`` of width ``hidden``
        gives the output.
 
+    ``input_norm``: standardise each feature of the cell tokens over the batch before step 2 (``BatchNorm1d``
+    without affine parameters, running statistics at evaluation; the linear-probe recipe of the MAE paper). Why:
+    pretrained MAE features vary little between subjects around a large common offset (image MAE at the small
+    preset: across-subject std 0.32 against a mean magnitude of 0.76), and on raw features the head fits that
+    small variation very slowly (``BENCHMARKS.md``, "Stage III fine-tuning schedules"). Under DDP on CUDA the
+    multi-GPU config makes it a ``SyncBatchNorm``; on CPU (gloo) each rank uses its own batch statistics.
+
     Args:
         dim: encoder token width C. n_views, n_time: S and T' of the token grid (``encoder.view_time_cells``).
         out_dim: outputs (12 phenotypes, 3 disease logits, or any subset). hidden: MLP width (256 in the paper).
         mix_dim, mix_layers, heads: mixer width, depth (>= 1) and attention heads. dropout: in the MLP.
+        input_norm: batch-standardise the cell features first (above).
 
     ``forward(tokens (B, 1+N, C), valid (B, N) bool | None) -> (B, out_dim)``.
     """
 
     def __init__(self, dim: int, n_views: int, n_time: int, out_dim: int, hidden: int = 256, mix_dim: int = 64,
-                 mix_layers: int = 1, heads: int = 4, dropout: float = 0.0) -> None:  # fmt: skip
+                 mix_layers: int = 1, heads: int = 4, dropout: float = 0.0, input_norm: bool = False) -> None:  # fmt: skip
         super().__init__()
         for name, v in (("dim", dim), ("n_views", n_views), ("n_time", n_time), ("out_dim", out_dim),
                         ("hidden", hidden), ("mix_dim", mix_dim), ("mix_layers", mix_layers)):  # fmt: skip
@@ -56,6 +64,7 @@ class TemporalMLPHead(nn.Module):
                 raise ValueError(f"TemporalMLPHead {name} must be a positive int, got {v!r}")
         self.dim, self.cells, self.out_dim = dim, (n_views, n_time), out_dim
         n_cells = 1 + n_views * n_time
+        self.input_norm = nn.BatchNorm1d(dim, affine=False) if input_norm else None
         self.in_proj = nn.Linear(dim, mix_dim)
         self.cell_embed = nn.Parameter(torch.randn(1, n_cells, mix_dim) * 0.02)
         self.mixer = nn.ModuleList(Block(mix_dim, heads) for _ in range(mix_layers))
@@ -69,7 +78,10 @@ class TemporalMLPHead(nn.Module):
         check_tokens(tokens, self.dim)
         b = tokens.shape[0]
         cells = pool_tokens(tokens, "view_time", valid, self.cells).view(b, -1, self.dim)  # (B, S·T', C)
-        x = self.in_proj(torch.cat([tokens[:, :1], cells], dim=1)) + self.cell_embed
+        x = torch.cat([tokens[:, :1], cells], dim=1)  # (B, 1 + S·T', C)
+        if self.input_norm is not None:
+            x = self.input_norm(x.transpose(1, 2)).transpose(1, 2)
+        x = self.in_proj(x) + self.cell_embed
         for blk in self.mixer:
             x = blk(x)
         return self.mlp(self.norm(x).flatten(1))
