@@ -49,7 +49,7 @@ def test_layout_files_shapes_and_headers(cohort):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     meta = json.load(open(os.path.join(cohort, "cohort.json")))
     assert meta["seed"] == 0 and meta["preset"] == "tiny" and len(meta["subjects"]) == N_SUBJECTS
-    assert meta["version"] == "2.3.0"
+    assert meta["version"] == "2.4.0"
     for eid, latent in zip(eids, meta["subjects"]):
         files = set(os.listdir(os.path.join(cohort, eid)))
         assert files == set(IMAGE_FILES.values()) | set(SEG_FILES.values())
@@ -255,7 +255,9 @@ def test_motion_and_wall_within_design_ranges(index):
     assert 10.0 <= lv["b"][1] - lv["b"][0] <= 15.0
     assert 5.0 <= lv["w"][0] <= 10.0
     assert 0.25 <= lv["w"][1] / lv["w"][0] - 1 <= 0.75
-    assert 3.0 <= p["rv_wall_mm"] <= 4.0
+    # v2.4: drawn 2.6-3.3 mm; the rendered free wall (first-order distance of the RV form) measures ~0.5 mm thicker,
+    # 3-4 mm (benchmarks/cohort_realism.py)
+    assert 2.6 <= p["rv_wall_mm"] <= 3.3
 
 
 def test_lv_long_axis_shape_v23():
@@ -389,8 +391,9 @@ def test_body_wall_v23():
         ax = 118.0 * (p["height_cm"] / 170.0) + fat_sc
         torso = ellipsoid_sd(xs, ys + 10.0, 0.0, ax, 0.7 * ax, 1.0)
         fat = (torso < -3.0) & (torso > -(fat_sc - 1.5))
-        if fat.any():
-            assert np.allclose(bg[fat], p["fat"], rtol=1e-4)
+        if fat.any():  # fat, darkened by at most 30 % on its thin fibrous septa (v2.4), never lung
+            assert np.median(bg[fat]) == pytest.approx(p["fat"], rel=1e-4)
+            assert np.all((bg[fat] > 0.69 * p["fat"]) & (bg[fat] <= 1.0001 * p["fat"]))
         wall = (torso < -(fat_sc + 5.0)) & (torso > -(fat_sc + 45.0))
         assert (bg[wall] < 0.25 * p["muscle"]).any()  # rib cortex (and lung) inside the chest wall
         lateral = wall & (np.abs(xs) > 60.0)  # away from the spine and the sternum

@@ -10,11 +10,11 @@ Chambers (all frames at once, parameters carry a leading frame axis ``(T, 1, 1)`
   ``L = (1 + κ)·Lz`` long. The base descends ``base_descent_mm`` towards the fixed apex; the volume
   ``π r² Lz ((1 + κ) - (1 + κ³)/3)`` follows the LV volume curve.
 * LV myocardium: the shell up to the epicardium ``lv_epi_sd``, the cavity offset outwards by ``w(t)·P(z/L)``: full
-  mid-ventricular thickness ``w`` from 35 % to 60 % of the length, thinning into the annular hinge at the base and to
-  a thin apical cap (``wall_profile``, v2.3); ``w(t)`` solves the conserved myocardial volume, so the wall thickens in
-  systole. A hypokinetic sector keeps ED radius and thickness. v2.3: the cavity is longer (length ≈ 1.7 × width)
-  and cut further above its equator (κ 0.4–0.6), so it is widest at about a third of its length and narrows to the
-  mitral annulus (an ellipsoid, not a squat dome).
+  mid-ventricular thickness ``w`` from 30 % to 60 % of the length, thinning into the annular hinge at the base (to
+  0.75 ``w``, v2.4) and to a thin apical cap (``wall_profile``, v2.3); ``w(t)`` solves the conserved myocardial
+  volume, so the wall thickens in systole. A hypokinetic sector keeps ED radius and thickness. v2.3: the cavity is
+  longer (length ≈ 1.7 × width) and cut further above its equator (κ 0.4–0.6), so it is widest at about a third of
+  its length and narrows to the mitral annulus (an ellipsoid, not a squat dome).
 * RV: flattened, apically tapering body (``rv_form``: an egg in SAX, blunt towards the septum; triangular in 4ch)
   offset along ``e1`` minus the LV epicardium (a crescent that wraps the septum to insertions ~65-75° either side),
   per-frame size solved so the crescent follows the RV volume curve.
@@ -96,8 +96,8 @@ def cycle_curves(n_frames: int, heart_rate_bpm: float) -> tuple[np.ndarray, np.n
 # ``APEX_RAMP`` to ``APEX_WALL·w`` at the cavity apex (a thin apical cap). At a fixed UK Biobank LV mass this puts the
 # myocardium where the SAX mid slice sees it: 85 g around a 145 mL cavity is only ~6 mm if spread evenly.
 APEX_WALL = 0.25  # wall thickness at the cavity apex / mid-ventricular wall thickness (a ~1.7 mm apical cap)
-BASE_WALL = 0.5  # wall thickness at the base plane (annular hinge) / mid-ventricular wall thickness
-BASE_RAMP, APEX_RAMP = 0.35, 0.6  # full thickness from BASE_RAMP to APEX_RAMP of the cavity length
+BASE_WALL = 0.75  # wall at the base plane (annular hinge) / mid wall; v2.4 (v2.3: 0.5, a ~3.5 mm mitral hinge)
+BASE_RAMP, APEX_RAMP = 0.3, 0.6  # full thickness from BASE_RAMP to APEX_RAMP of the cavity length (v2.3: 0.35, 0.6)
 
 
 def wall_profile(t):

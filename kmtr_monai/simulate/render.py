@@ -27,6 +27,13 @@ subcutaneous fat, muscle of varying thickness (pectorals, paraspinal muscles) an
 with dark cortex and marrow, costal cartilage, sternum); the lungs fill the rib cage; women have breasts with
 fibroglandular strands; the liver has bright vessels and an irregular outline, the stomach gas over fluid, and the
 mediastinal / abdominal soft tissue a coarse modulation.
+
+v2.4 (appearance review): papillary muscles grow out of the wall instead of floating mid-cavity; the wall at the mitral
+hinge is 0.75 of the mid wall (``geometry.BASE_WALL``); the surface-coil brightening is halved and the fat signal
+lowered (fat / myocardium ≈ 2.4); thinner pectorals and fibrous septa in the subcutaneous fat; ribs differ in position,
+size and depth; no lung between the ventricles and the sternum (dark slivers outlined the LV in long axis); a narrower
+interventricular-groove fat ridge; lung vessels radiate and branch from the hila; lobulated atrial roofs; a thinner RV
+free wall (drawn 2.6-3.3 mm).
 """
 
 from __future__ import annotations
@@ -153,7 +160,9 @@ class _Appearance:
         y = pts[..., 1]
         coil = sum(_F(w / self.coil_ref) * np.exp(-np.abs(y - _F(c)) / _F(self.coil_d)) for w, c in
                    zip(self.coil_w, self.coil_y))  # fmt: skip
-        tex *= _F(0.25) + _F(0.75) * coil  # 1 at the heart, brighter near the coils
+        # 1 at the heart, brighter near the coils; v2.4: half the v2.3 excess (0.25 + 0.75·coil made the anterior fat
+        # ~1.75x its level at the heart; scanners' intensity normalisation flattens most of the surface-coil profile)
+        tex *= _F(0.5) + _F(0.5) * coil
         return tex
 
 
@@ -256,16 +265,22 @@ def _static_background(pts: np.ndarray, p: dict, origin, axes, pixel: float, aor
             occ *= np.clip((torso[in_breast] - _F(4.0)) * _F(0.25), 0.0, 1.0)
             occ *= np.clip((-body[in_breast] - _F(4.0)) * _F(0.25), 0.0, 1.0)
             img[in_breast] += occ * (_F(1.2 * p["muscle"]) - img[in_breast])
+    # v2.4: fibrous septa in the subcutaneous fat (thin grey curved lines, near-zeros of a smooth field; v2.3: uniform)
+    in_sc = (torso < -2.0) & (torso > 1.0 - fat_sc)
+    if in_sc.any():
+        f1, _ = _wave_fields(rng, pts[in_sc], 3, (35.0, 80.0))
+        img[in_sc] *= _F(1.0) - _F(0.3) * np.exp(-np.square(f1 * _F(1.0 / 0.1)))
     # v2.3 chest wall, from the skin inwards: subcutaneous fat, muscle (pectorals thick anteriorly, thin over the
     # sternum; latissimus / trapezius posteriorly; thin laterally), then a 11 mm rib layer: intercostal muscle with
     # the ribs in cross-section (dark cortex, marrow), sloping down anteriorly, costal cartilage and sternum in front
     u = (y + _F(10.0)) * _F(1.0 / ay)  # -1 posterior .. 1 anterior
     v = x * _F(1.0 / ax)
-    # depth of the rib layer below the skin: subcutaneous fat, 5 mm of muscle, pectorals (anterior, thin over the
+    # depth of the rib layer below the skin: subcutaneous fat, 4 mm of muscle, pectorals (anterior, thin over the
     # sternum) or latissimus / trapezius (posterior)
     d_rib = np.clip(np.abs(v) * _F(4.0), 0.0, 1.0)
-    d_rib *= np.clip(u, 0.0, 1.0) * _F(15.0 * (1.25 if p["sex_male"] else 0.85)) + _F(7.0) * np.clip(-u, 0.0, 1.0)
-    d_rib += _F(fat_sc + 5.0)
+    # v2.4: pectorals 12 mm (men) / 8 mm (women), 4 mm of other muscle (v2.3: 18.75 / 12.75 and 5 mm)
+    d_rib *= np.clip(u, 0.0, 1.0) * _F(12.0 if p["sex_male"] else 8.0) + _F(7.0) * np.clip(-u, 0.0, 1.0)
+    d_rib += _F(fat_sc + 4.0)
     depth = -torso
     _paint(img, _occ(torso + fat_sc, pixel), p["muscle"])
     inner = torso + d_rib + _F(11.0)  # < 0 inside the rib cage
@@ -280,10 +295,15 @@ def _static_background(pts: np.ndarray, p: dict, origin, axes, pixel: float, aor
     if band.any():
         xb, ub = x[band], u[band]
         s_rib = (z[band] + _F(0.45) * y[band]) * _F(1.0 / spacing) + _F(rib_phase)  # ribs slope down anteriorly
-        height = s_rib - np.round(s_rib)
-        height *= _F(spacing / 6.5)
-        r_rib = depth[band] - d_rib[band] - _F(5.5)  # radial position in the rib layer
-        rib = np.sqrt(np.square(height) + np.square(r_rib * _F(1.0 / 3.5)))  # 13 x 7 mm oval cross-sections
+        # v2.4: each rib (index n) has its own offset, width and depth (hashed from n; v2.3: identical, evenly spaced
+        # ovals), and its section changes slowly round the chest (ribs twist and narrow towards the cartilage)
+        n_rib = np.round(s_rib)
+        jitter = [np.sin(n_rib * _F(a) + _F(b)) for a, b in ((12.9898, rib_phase * 7.0), (78.233, 1.3), (39.425, 4.1))]
+        twist = _F(1.0) + _F(0.2) * np.cos(np.arctan2(ub, v[band]) * _F(3.0) + n_rib)
+        height = s_rib - n_rib - _F(0.12) * jitter[0]
+        height *= _F(spacing / 6.5) / ((_F(1.0) + _F(0.2) * jitter[1]) * twist)
+        r_rib = depth[band] - d_rib[band] - _F(5.5) - _F(1.5) * jitter[2]  # radial position in the rib layer
+        rib = np.sqrt(np.square(height) + np.square(r_rib * _F(1.0 / 3.5)))  # ~13 x 7 mm oval cross-sections
         rib -= _F(1.0)
         rib *= _F(3.5)
         rib = np.maximum(rib, (_F(-140.0 / spacing) - s_rib) * _F(spacing))  # (mm) no ribs below the costal margin
@@ -298,6 +318,13 @@ def _static_background(pts: np.ndarray, p: dict, origin, axes, pixel: float, aor
         _paint(sub, _occ(sternum, pixel), 0.05)
         _paint(sub, _occ(sternum + _F(1.3), pixel), 0.5 * p["fat"])
         img[band] = sub
+    # v2.4: the anterior mediastinum, no lung between the ventricles and the sternum: an ellipsoid around the
+    # ventricles swept forwards to the chest wall (in v2.3 lung ran between them, and the heart, drawn over the lungs,
+    # was outlined by one-pixel dark slivers where the lung edge fell just beyond its surface)
+    centre = origin + axes @ np.array([12.0, 0.0, 40.0], _F)
+    size = float(p["lv_edv_ml"] / 145.0) ** (1.0 / 3.0)
+    front = ellipsoid_sd(x - centre[0], np.minimum(y - centre[1], 0.0), z - centre[2], 45.0 * size, 40.0 * size,
+                         50.0 * size)  # fmt: skip
     lungs = None
     for cx, a_x, dome in ((70.0, 62.0, -35.0), (-80.0, 55.0, -45.0)):  # right hemidiaphragm higher (liver)
         diaphragm = dome - ((x - cx) ** 2 + (y + 5.0) ** 2) / 250.0 - z  # domes, lowest at the costophrenic angles
@@ -305,6 +332,7 @@ def _static_background(pts: np.ndarray, p: dict, origin, axes, pixel: float, aor
         out = 10.0 if cx > 0 else -10.0
         lung = np.maximum(ellipsoid_sd(x - (cx + out), y + 5.0, z - 40.0, a_x + 10.0, 0.72 * ay, 160.0), diaphragm)
         lung = np.maximum(lung, inner)  # v2.3: the lungs fill the rib cage up to the chest wall
+        lung = np.maximum(lung, -front)
         _paint(img, _occ(lung, pixel), p["lung"])
         lungs = lung if lungs is None else np.minimum(lungs, lung)
     # v2.2: pulmonary vessels, grey tubes (near-intersections of the zero sets of two smooth random fields, so a plane
@@ -313,9 +341,20 @@ def _static_background(pts: np.ndarray, p: dict, origin, axes, pixel: float, aor
     if in_lung.any():
         rng_v = np.random.default_rng([int(p["appearance_seed"]), 16])
         q = pts[in_lung]
-        f1, f2 = _wave_fields(rng_v, q, 4, (35.0, 80.0))
         hilum = np.exp(-np.hypot(q[..., 0] - _F(origin[0]), q[..., 1] - _F(origin[1]) + _F(20.0)) * _F(1.0 / 70.0))
-        width = _F(0.16) + _F(0.3) * hilum  # in units of the (unit-variance-ish) fields: wider vessels near the hila
+        # v2.4: a tree radiating from each hilum (v2.3: random tubes): the fields are functions of the direction from
+        # the hilum, so their common zeros are rays; a finer pair phased in with the distance splits them (branches);
+        # the width in field units falls with the distance squared, so the vessels taper from ~6 to ~1.5 mm; a term
+        # linear in the offset bends the rays
+        hx = np.where(q[..., 0] > _F(origin[0] + 10.0), _F(origin[0] + 45.0), _F(origin[0] - 35.0))
+        d = q - np.stack([hx, np.full_like(hx, origin[1] - 25.0), np.full_like(hx, origin[2] + 15.0)], axis=-1)
+        dist = np.sqrt(np.einsum("...i,...i->...", d, d)) + _F(1.0)
+        d *= (_F(0.25) + _F(60.0) / dist)[..., None]  # on a sphere of radius 60 mm round the hilum, plus a bend
+        c1, c2 = _wave_fields(rng_v, d, 3, (18.0, 35.0))
+        b1, b2 = _wave_fields(rng_v, d, 3, (9.0, 18.0))
+        branch = np.clip((dist - _F(40.0)) * _F(1.0 / 60.0), 0.0, 1.0)
+        f1, f2 = c1 + branch * b1, c2 + branch * b2
+        width = _F(0.6) * np.square(_F(40.0) / np.maximum(dist, _F(40.0))) + _F(0.05)
         vessel = np.exp(-(f1 * f1 + f2 * f2) / (width * width))
         depth_l = np.clip(-lungs[in_lung] * _F(0.2), 0.0, 1.0)  # no vessels within a few mm of the pleura
         img[in_lung] += vessel * depth_l * (_F(0.12) + _F(0.4) * hilum) * _F(p["blood"])
@@ -431,10 +470,14 @@ def _heart_fields(x1, x2, x3, shapes: dict, p: dict, with_atria: bool) -> dict:
         def z_band(d, z0, z1):
             return np.maximum(d, np.abs(z - _F(0.5 * (z0 + z1)) * length) - _F(0.5 * (z1 - z0)) * length)
 
+        # v2.4: each muscle grows out of the wall (its axis 1.1 radii inside the endocardium, so it bulges ~2 radii
+        # into the cavity, beyond the trabecular layer) and narrows towards its head at 30 % of the length; the v2.3
+        # rods floated at half the cavity radius and read as a dark band down the middle of the 2ch / 3ch cavity
+        rad = _F(p["papillary_mm"]) * (_F(0.55) + _F(0.45) * np.clip((z / length - _F(0.3)) * _F(4.0), 0.0, 1.0))
+        rr = taper - _F(1.1) * rad
         for sign in (-1.0, 1.0):
             ang = np.deg2rad(180.0 + sign * 55.0 + p["papillary_angle_deg"])
-            rr = _F(0.55) * taper
-            d = np.sqrt((x1 - rr * _F(np.cos(ang))) ** 2 + (x2 - rr * _F(np.sin(ang))) ** 2) - _F(p["papillary_mm"])
+            d = np.sqrt((x1 - rr * _F(np.cos(ang))) ** 2 + (x2 - rr * _F(np.sin(ang))) ** 2) - rad
             d = z_band(d, 0.30, 0.80)
             pap = d if pap is None else np.minimum(pap, d)
     if trab_in:
@@ -481,10 +524,18 @@ def _heart_fields(x1, x2, x3, shapes: dict, p: dict, with_atria: bool) -> dict:
             leaf = out["leaf"][:, :, cols]
             out["leaf"][:, :, cols] = np.minimum(leaf, np.sqrt(du * du + dv * dv) - _F(0.8))
     if with_atria:
+        rng = np.random.default_rng([int(p["appearance_seed"]), 19])
         for key in ("la", "ra"):  # pear-shaped (wider towards the roof), cut by the AV plane
             at = shapes[key]
             dz = x3 - col(at["x3"])
             a = col(at["a"]) * np.clip(_F(1.0) - _F(at["pear"]) * dz / col(at["c"]), _F(0.3), None)
+            # v2.4: lobulated roof (v2.3: smooth): the section radius varies ±12 % round the axis, more towards the
+            # roof, away from the annulus (zero-mean round the axis, so the volume is kept to first order)
+            theta = np.arctan2(x2 - _F(at["x2"]), x1 - _F(at["x1"]))  # (S, N): the lobes do not move
+            k, ph = rng.integers(2, 4, 2), rng.uniform(0.0, 2 * np.pi, 2).astype(_F)
+            lobes = _F(0.07) * np.cos(_F(k[0]) * theta + ph[0]) + _F(0.05) * np.cos(_F(k[1]) * theta + ph[1])
+            lobes *= np.clip(_F(0.5) - (x3 - _F(at["x3"][0])) * _F(1.0 / at["c"][0]), 0.0, 1.0)
+            a *= lobes + _F(1.0)
             # cut 1.5 mm inside the ventricles (painted over them): the atrial blood meets the ventricular blood at
             # the annulus without a partial-volume seam (labels exclude the ventricles anyway)
             out[key] = np.maximum(ellipsoid_sd(x1 - _F(at["x1"]), x2 - _F(at["x2"]), dz, a, a, col(at["c"])),
@@ -570,7 +621,9 @@ def render_subject(p: dict, preset: dict) -> tuple[dict, float]:
             np.maximum(groove, 0.0, out=groove)
             side = f["epi"] - f["rv_out"]  # > 0 where the RV is the nearer ventricle
             over = np.clip(side * _F(0.125) + _F(0.25), 0.0, 0.5)
-            over += _F(0.6) * np.exp(-np.square(side * _F(0.2)))  # interventricular grooves
+            # interventricular grooves; v2.4: a narrower, lower ridge (v2.3: 0.6·exp(-(side/5)²) drew a bright strip
+            # along the LV wall in the 2ch plane of obese subjects, which grazes the anterior groove)
+            over += _F(0.4) * np.exp(-np.square(side * _F(0.3)))
             over += np.clip(f["z"] / _F(lv["L_ed"]) * _F(1.5) - _F(1.0), 0.0, 0.5)  # apical fat pad
             theta = np.arctan2(x2, x1)
             # patches along three twisting stripes (coronary branches); v2.3: about 40 % of the LV free wall, at
