@@ -15,6 +15,9 @@ Layout of ``DIR``::
     pipeline.json                the stage list the report reads
     report/                      results.json, report.md, figures (kmtr_monai.report)
 
+Budget: the preset's ``pipeline`` block sets the subject count, ``epochs`` and bundle ``overrides`` per task or
+stage name (a stage name wins over its task), e.g. the small preset's frozen encoders for the pretrained models.
+
 Resume: a stage whose ``stage.json`` says done, with the same fingerprint (its overrides, the preset, the epochs and
 the finishing times of the stages it reads), and whose checkpoint and metrics exist, is skipped. ``force`` names
 stages to redo; stages downstream of a redone one are redone because their fingerprint changes. A stage
@@ -260,6 +263,7 @@ class PipelineRun:
     device: str | None = None
     nproc: int = 1
     epochs: dict = field(default_factory=dict)
+    overrides: dict = field(default_factory=dict)
     bundles: Path = field(default_factory=default_bundles_dir)
 
     def stage_dir(self, name: str) -> Path:
@@ -280,6 +284,7 @@ class PipelineRun:
             over["train_accelerations"] = self.accelerations
         if stage.task in self.epochs or stage.name in self.epochs:
             over["max_epochs"] = int(self.epochs.get(stage.name, self.epochs.get(stage.task)))
+        over.update({**self.overrides.get(stage.task, {}), **self.overrides.get(stage.name, {})})
         if self.device is not None and self.nproc == 1:
             over["device"] = f"$torch.device('{self.device}')"
         return over
@@ -400,7 +405,7 @@ def run_pipeline(out: str = "runs/tiny", preset: str = "tiny", cohort: str | Non
     if not (cohort_dir / "datalist.json").is_file():
         write_datalist(str(cohort_dir), seed=seed, preset=preset)
     run = PipelineRun(out_dir, preset, cohort_dir, parse_accelerations(accelerations), device, nproc,
-                      dict(budget.get("epochs", {})))  # fmt: skip
+                      dict(budget.get("epochs", {})), dict(budget.get("overrides", {})))  # fmt: skip
     everything = all_stages()
     chosen = run_order(select_stages(everything, stages))
     forced = {s.name for s in select_stages(everything, force)} if force else set()

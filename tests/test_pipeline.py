@@ -84,8 +84,9 @@ def test_rerun_skips_finished_stages_and_force_redoes_one(tiny_run, monkeypatch,
 
 def test_a_redone_upstream_stage_makes_its_dependents_stale(tiny_run):
     out, _ = tiny_run
-    run = PipelineRun(out, "tiny", out / "cohort", parse_accelerations(ACCELERATIONS),
-                      epochs=dict(PRESETS["tiny"]["pipeline"]["epochs"]))  # fmt: skip
+    budget = PRESETS["tiny"]["pipeline"]
+    run = PipelineRun(out, "tiny", out / "cohort", parse_accelerations(ACCELERATIONS), epochs=dict(budget["epochs"]),
+                      overrides=dict(budget.get("overrides", {})))  # fmt: skip
     stages = {s.name: s for s in all_stages()}
     assert run.is_done(stages["regress-kmtr"]) and run.is_done(stages["regress-scratch"])
     state = out / "align" / "stage.json"
@@ -96,6 +97,22 @@ def test_a_redone_upstream_stage_makes_its_dependents_stale(tiny_run):
         assert run.is_done(stages["regress-scratch"])  # does not
     finally:
         state.write_text(json.dumps(record))
+
+
+def test_preset_overrides_by_task_and_stage_name_reach_the_command_and_the_fingerprint(tmp_path):
+    """A stage name's overrides win over its task's; other tasks get none; changing one makes the stage stale."""
+    stages = {s.name: s for s in all_stages()}
+    overrides = {"regress": {"head_hidden": 64, "freeze_encoder": False}, "regress-kmtr": {"freeze_encoder": True}}
+    run = PipelineRun(tmp_path, "tiny", tmp_path / "cohort", [4], epochs={"regress": 3}, overrides=overrides)
+    kmtr, stage1 = run.train_overrides(stages["regress-kmtr"]), run.train_overrides(stages["regress-stage1"])
+    assert (kmtr["freeze_encoder"], kmtr["head_hidden"], kmtr["max_epochs"]) == (True, 64, 3)
+    assert (stage1["freeze_encoder"], stage1["head_hidden"]) == (False, 64)
+    assert "freeze_encoder" not in run.train_overrides(stages["classify-kmtr"])
+    cmd = " ".join(run.command(stages["regress-kmtr"], kmtr))
+    assert "--freeze_encoder True" in cmd and "--head_hidden 64" in cmd, cmd
+    before = run.fingerprint(stages["regress-kmtr"])
+    run.overrides["regress-kmtr"] = {"freeze_encoder": False}
+    assert run.fingerprint(stages["regress-kmtr"]) != before
 
 
 def test_cohort_option_uses_an_existing_cohort(tiny_run, tmp_path):
