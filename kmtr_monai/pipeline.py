@@ -457,13 +457,16 @@ def _cohort(out_dir: Path, cohort: str | None, preset: str, subjects: int | None
 
 
 def write_manifest(run: PipelineRun, stages: list[Stage]) -> Path:
-    """``DIR/pipeline.json``: what the report reads (stages that have a record, their labels and test folders)."""
+    """``DIR/pipeline.json``: what the report reads (stages that have a record, their labels and test folders; a
+    label says "frozen encoder" when the budget froze the stage's encoder)."""
     entries = []
     for s in stages:
         state = run.stage_dir(s.name) / "stage.json"
         if state.is_file():
             rec = json.loads(state.read_text())
-            entries.append({"name": s.name, "task": s.task, "method": s.method, "label": s.label,
+            frozen = str(run.train_overrides(s).get("freeze_encoder", False)).lower() == "true"
+            label = f"{s.label}, frozen encoder" if frozen else s.label
+            entries.append({"name": s.name, "task": s.task, "method": s.method, "label": label,
                             "status": rec.get("status"), "minutes": rec.get("minutes"),
                             "tests": rec.get("tests", {})})  # fmt: skip
     seg_r = _config_value(run.bundles / "segment-unetr", "val_acceleration")

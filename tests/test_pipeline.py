@@ -14,6 +14,7 @@ from kmtr_monai.pipeline import (
     parse_accelerations,
     run_pipeline,
     select_stages,
+    write_manifest,
 )
 from kmtr_monai.presets import PRESETS
 
@@ -110,6 +111,11 @@ def test_preset_overrides_by_task_and_stage_name_reach_the_command_and_the_finge
     assert "freeze_encoder" not in run.train_overrides(stages["classify-kmtr"])
     cmd = " ".join(run.command(stages["regress-kmtr"], kmtr))
     assert "--freeze_encoder True" in cmd and "--head_hidden 64" in cmd, cmd
+    for name in ("regress-kmtr", "regress-stage1"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "stage.json").write_text(json.dumps({"status": "done"}))
+    labels = {e["name"]: e["label"] for e in json.loads(write_manifest(run, all_stages()).read_text())["stages"]}
+    assert labels == {"regress-kmtr": "k-MTR, frozen encoder", "regress-stage1": "k-space MAE, unaligned"}
     before = run.fingerprint(stages["regress-kmtr"])
     run.overrides["regress-kmtr"] = {"freeze_encoder": False}
     assert run.fingerprint(stages["regress-kmtr"]) != before
