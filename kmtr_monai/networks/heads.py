@@ -56,7 +56,8 @@ class TemporalMLPHead(nn.Module):
     """
 
     def __init__(self, dim: int, n_views: int, n_time: int, out_dim: int, hidden: int = 256, mix_dim: int = 64,
-                 mix_layers: int = 1, heads: int = 4, dropout: float = 0.0, input_norm: bool = False) -> None:  # fmt: skip
+                 mix_layers: int = 1, heads: int = 4, dropout: float = 0.0,
+                 input_norm: bool = False) -> None:  # fmt: skip
         super().__init__()
         for name, v in (("dim", dim), ("n_views", n_views), ("n_time", n_time), ("out_dim", out_dim),
                         ("hidden", hidden), ("mix_dim", mix_dim), ("mix_layers", mix_layers)):  # fmt: skip
