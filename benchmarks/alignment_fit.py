@@ -6,8 +6,8 @@ input keeps it there. The align bundle's own network, loss, Stage I weights and 
 trained with the bundle's optimiser settings (AdamW, its learning rate and weight decay, no schedule) for
 ``--steps`` steps on the first 16 training subjects, under four input regimes:
 
-    fixed draw       one draw of the training transforms, reused every step (the same k-space mask, phase and
-                     augmentation: what a network can memorise)
+    fixed draw       one draw of the k-space simulation, no image augmentation, reused every step (the same
+                     mask and phase: what a network can memorise)
     fresh k-space    a new k-space simulation every step (smooth phase, shift, global phase, ky-t mask at R drawn
                      from the bundle's accelerations), no image augmentation
     fresh, 15°       as above plus the bundle's augmentations with rotations of at most 15°
@@ -18,7 +18,7 @@ Reported per regime: the mean training loss over the last 5 steps, the k-space -
 
 Usage::
 
-    python benchmarks/alignment_fit.py --run runs/small --preset small --steps 30
+    python benchmarks/alignment_fit.py --run runs/small --preset small --steps 20
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def fit(run, preset: str, overrides: dict, fresh: bool, steps: int, seed: int = 
 
 def main(argv=None) -> None:
     ap = run_arguments(__doc__, split="validation")
-    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--steps", type=int, default=20)
     args, run = open_run(ap, argv, align=False)
     print(f"alignment fit — run {run}, preset {args.preset}, first {N_SUBJECTS} training subjects, {args.steps} "
           f"steps each (chance: loss log {N_SUBJECTS} = {math.log(N_SUBJECTS):.3f}, top-1 {1 / N_SUBJECTS:.3f})\n")
