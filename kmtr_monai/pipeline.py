@@ -464,7 +464,7 @@ def write_manifest(run: PipelineRun, stages: list[Stage]) -> Path:
         state = run.stage_dir(s.name) / "stage.json"
         if state.is_file():
             rec = json.loads(state.read_text())
-            frozen = str(run.train_overrides(s).get("freeze_encoder", False)).lower() == "true"
+            frozen = run.train_overrides(s).get("freeze_encoder") is True
             label = f"{s.label}, frozen encoder" if frozen else s.label
             entries.append({"name": s.name, "task": s.task, "method": s.method, "label": label,
                             "status": rec.get("status"), "minutes": rec.get("minutes"),
