@@ -514,7 +514,12 @@ class ConformalHalfwidths(_PairMetric):
 
 
 class _PerSubjectRows(Metric):
-    """Accumulates per-subject value rows (B, D) computed in ``update``; gathers and averages them at the end."""
+    """Accumulates per-subject value rows (B, D) computed in ``update``; gathers and averages them at the end.
+
+    The gathered rows (N, D) also go into ``engine.state.metric_details[name]``, which MONAI's ``MetricsSaver``
+    writes as ``<name>_raw.csv`` (one row per subject) when given ``metric_details``: the report's paired intervals
+    for Dice and PSNR are computed from them.
+    """
 
     required_output_keys: tuple[str, ...] = ("pred", "label")
 
@@ -541,7 +546,22 @@ class _PerSubjectRows(Metric):
     def _gathered(self) -> np.ndarray:
         if not self._rows:
             raise RuntimeError(f"{type(self).__name__} must have at least one update before compute")
-        return all_gather_uneven(torch.cat(self._rows)).cpu().numpy()
+        self.details = all_gather_uneven(torch.cat(self._rows)).cpu().numpy()
+        return self.details
+
+    def completed(self, engine, name: str) -> None:
+        super().completed(engine, name)
+        details = getattr(engine.state, "metric_details", None)
+        if details is not None:  # MONAI engines have it, a plain Ignite engine does not
+            details[name] = self.details
+
+
+def subject_meta(batch: Any) -> list[dict]:
+    """``MetricsSaver``'s ``batch_transform``: one ``{"filename_or_obj": eid}`` per subject of a collated batch
+    (or of decollated per-subject dicts), so ``<metric>_raw.csv`` rows are named by eid; [] without eids."""
+    if isinstance(batch, Mapping):
+        return [{"filename_or_obj": str(e)} for e in batch.get("eid", [])]
+    return [{"filename_or_obj": str(b["eid"])} for b in batch if isinstance(b, Mapping) and "eid" in b]
 
 
 class SegmentationDice(_PerSubjectRows):

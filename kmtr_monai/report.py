@@ -27,7 +27,9 @@ holds ``metrics.csv`` (``name,value`` rows) and
   ``targets.csv``;
 - segment: metrics ``val_mean_dice`` and ``val_dice_<class>`` per foreground class;
 - recon: metrics ``val_psnr``, ``val_ssim``, ``val_zero_filled_psnr``, ``val_view_sharing_psnr``,
-  ``val_view_sharing_ssim`` (``val_zero_filled_ssim`` optional).
+  ``val_view_sharing_ssim`` (``val_zero_filled_ssim`` optional);
+- segment and recon, optional: ``<metric>_raw.csv`` per-subject rows (``filename`` = eid, one column per class,
+  ``mean``), as MONAI's ``MetricsSaver`` writes metric details (``bundles/common/evaluate.json``).
 
 A ``pretrain`` stage (image-mae, kspace-mae, align) has only validation metrics in ``DIR/<name>/eval/metrics.csv``.
 Optional: ``DIR/report/data/embeddings.npz`` (``z`` (N, D) k-MTR embeddings of test subjects, ``eid`` (N,)) and
@@ -37,8 +39,9 @@ Optional: ``DIR/report/data/embeddings.npz`` (``z`` (N, D) k-MTR embeddings of t
 Any stage or file may be missing (a partial run): what exists is rendered and what is missing is listed.
 
 Intervals are 95 % percentile bootstrap intervals over test subjects (2,000 draws, seed 0); comparisons between
-methods are paired (the same resampled subjects for both, aligned by eid). Segmentation and reconstruction test
-folders hold only means, so their comparisons are point estimates. The F1 / recall / precision of a classifier are
+methods are paired (the same resampled subjects for both, aligned by eid). Segmentation and reconstruction
+comparisons use the per-subject rows (Dice: the subject's mean over its foreground classes); a folder without them
+(a run from before they were written) gives a point estimate of the means. The F1 / recall / precision of a classifier are
 those of its stored 0/1 labels (made at the thresholds the model stored on validation).
 """
 
@@ -267,7 +270,7 @@ def align(*datasets: dict) -> list[dict]:
     for d in datasets:
         where = {e: i for i, e in enumerate(d["eid"])}
         idx = [where[e] for e in eids]
-        out.append({k: (v[idx] if isinstance(v, np.ndarray) and v.ndim == 2 else v) for k, v in d.items()}
+        out.append({k: (v[idx] if isinstance(v, np.ndarray) and v.ndim >= 1 else v) for k, v in d.items()}
                    | {"eid": eids})  # fmt: skip
     return out
 
@@ -393,18 +396,33 @@ def classify_section(cfg: dict, ctx: dict, missing: list[str]) -> dict:
 
 
 # ------------------------------------------------------------------------------------ segmentation, recon, pretrain
-def segment_section(cfg: dict, missing: list[str]) -> dict:
-    """Dice per foreground class for every test folder of every segment stage."""
-    methods = {}
+def read_subject_rows(folder: Path | None, metric: str) -> dict | None:
+    """``{"eid": [N], "value": (N,)}`` of ``folder/<metric>_raw.csv`` (per-subject metric details: eid, class
+    columns, their ``mean``, which is the value); None when absent."""
+    path = folder / f"{metric}_raw.csv" if folder is not None else None
+    if path is None or not path.is_file():
+        return None
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {"eid": [r["filename"] for r in rows], "value": np.array([float(r["mean"]) for r in rows])}
+
+
+def segment_section(cfg: dict, ctx: dict, missing: list[str]) -> dict:
+    """Dice per foreground class for every test folder of every segment stage; per-subject mean Dice at the
+    segmentation R into ``ctx["segment"]``."""
+    methods, seg_r = {}, str(cfg.get("seg_acceleration"))
     for stage in stages_of(cfg, "segment"):
         per_r = {}
         for key in stage.get("tests") or {}:
-            m = read_metrics(test_folder(cfg, stage, key))
+            folder = test_folder(cfg, stage, key)
+            m = read_metrics(folder)
             if "val_mean_dice" not in m:
                 missing.append(f"segment {stage['name']}: no metrics at {key}")
                 continue
             per_r[key] = {"mean_dice": m["val_mean_dice"],
                           "dice": {c: m.get(f"val_dice_{c}", math.nan) for c in FOREGROUND}}  # fmt: skip
+            if key == seg_r and (rows := read_subject_rows(folder, "val_mean_dice")) is not None:
+                ctx["segment"][method_key(stage)] = rows
         methods[method_key(stage)] = {"label": label_of(stage), "tests": per_r}
     return {"R": cfg.get("seg_acceleration"), "classes": list(FOREGROUND), "methods": methods}
 
@@ -414,13 +432,16 @@ RECON_REFERENCES = {"zero-filled": ("val_zero_filled_psnr", "val_zero_filled_ssi
 RECON_LABELS = {"zero-filled": "Zero-filled (reference)", "view-sharing": "View sharing (reference)"}
 
 
-def recon_section(cfg: dict, missing: list[str]) -> dict:
-    """PSNR / SSIM per recon method and R, with the zero-filled and view-sharing references of the k-MTR folders."""
+def recon_section(cfg: dict, ctx: dict, missing: list[str]) -> dict:
+    """PSNR / SSIM per recon method and R, with the zero-filled and view-sharing references of the k-MTR folders;
+    per-subject PSNRs at the default R (methods and references) into ``ctx["recon"]``."""
     methods, refs = {}, {name: {"label": RECON_LABELS[name], "tests": {}} for name in RECON_REFERENCES}
+    r = str(cfg["acceleration"])
     for stage in stages_of(cfg, "recon"):
         per_r = {}
         for key in stage.get("tests") or {}:
-            m = read_metrics(test_folder(cfg, stage, key))
+            folder = test_folder(cfg, stage, key)
+            m = read_metrics(folder)
             if "val_psnr" not in m:
                 missing.append(f"recon {stage['name']}: no metrics at {key}")
                 continue
@@ -428,6 +449,11 @@ def recon_section(cfg: dict, missing: list[str]) -> dict:
             for name, (p, s) in RECON_REFERENCES.items():
                 if method_key(stage) == KMTR and p in m:
                     refs[name]["tests"][key] = {"psnr": m[p], "ssim": m.get(s, math.nan)}
+            if key != r:
+                continue
+            for name, metric in ((method_key(stage), "val_psnr"), ("view-sharing", "val_view_sharing_psnr")):
+                if (rows := read_subject_rows(folder, metric)) is not None and name not in ctx["recon"]:
+                    ctx["recon"][name] = rows
         methods[method_key(stage)] = {"label": label_of(stage), "tests": per_r}
     return {"R": cfg["acceleration"], "methods": methods, "references": refs}
 
@@ -543,7 +569,19 @@ def _point_item(question: str, comparison: str, diff: float) -> dict:
             "answer": ans, "text": f"{comparison}: {diff:+.3g} → {ans}"}  # fmt: skip
 
 
-def evidence_point(results: dict) -> list[dict]:
+def _dense_item(question: str, comparison: str, rows: tuple, means: tuple) -> dict:
+    """Paired bootstrap of the per-subject difference (higher is better) when both ``rows`` are loaded, else the
+    point estimate of the two ``means``."""
+    if any(r is None for r in rows):
+        return _point_item(question, comparison, means[0] - means[1])
+    a, b = align(*rows)
+    diff = a["value"] - b["value"]
+    ok = np.isfinite(diff)
+    stat = bootstrap(lambda w: _ratio(w[:, ok] @ diff[ok], w[:, ok].sum(axis=1)), int(ok.sum()))
+    return _item(question, comparison, stat, lower_is_better=False)
+
+
+def evidence_dense(results: dict, ctx: dict) -> list[dict]:
     """(4) Dice k-MTR − DynUNet (zero-filled) at seg_acceleration; (5) PSNR k-MTR − view sharing (default R)."""
     out, seg, rec = [], results["segment"], results["recon"]
     r = str(seg["R"])
@@ -552,12 +590,15 @@ def evidence_point(results: dict) -> list[dict]:
     comparison = f"mean Dice k-MTR − DynUNet (zero-filled) at R={r}"
     absent = [f"segment {m} at R={r}" for m, x in ((KMTR, k), ("dynunet-zf", z)) if not x]
     out.append(_not_available(q, comparison, absent) if absent else
-               _point_item(q, comparison, k["mean_dice"] - z["mean_dice"]))  # fmt: skip
+               _dense_item(q, comparison, (ctx["segment"].get(KMTR), ctx["segment"].get("dynunet-zf")),
+                           (k["mean_dice"], z["mean_dice"])))  # fmt: skip
     r = str(rec["R"])
     k, v = rec["methods"].get(KMTR, {}).get("tests", {}).get(r), rec["references"]["view-sharing"]["tests"].get(r)
     q, comparison = "k-MTR reconstructs better than view sharing", f"PSNR k-MTR − view sharing at R={r} (dB)"
     absent = [f"recon {m} at R={r}" for m, x in ((KMTR, k), ("view-sharing", v)) if not x]
-    out.append(_not_available(q, comparison, absent) if absent else _point_item(q, comparison, k["psnr"] - v["psnr"]))
+    out.append(_not_available(q, comparison, absent) if absent else
+               _dense_item(q, comparison, (ctx["recon"].get(KMTR), ctx["recon"].get("view-sharing")),
+                           (k["psnr"], v["psnr"])))  # fmt: skip
     return out
 
 
@@ -900,7 +941,7 @@ def stage_summary(cfg: dict) -> list[dict]:
 
 def collect(cfg: dict) -> tuple[dict, dict]:
     """All tables and evidence as a results dict, plus the loaded predictions (context for the figures)."""
-    ctx, missing = {"regress": {}, "classify": {}}, missing_methods(cfg)
+    ctx, missing = {"regress": {}, "classify": {}, "segment": {}, "recon": {}}, missing_methods(cfg)
     results = {"run": {"dir": str(cfg["dir"]), "preset": cfg.get("preset"), "cohort": cfg["cohort"],
                        "accelerations": cfg.get("accelerations", []), "acceleration": cfg["acceleration"],
                        "seg_acceleration": cfg.get("seg_acceleration"),
@@ -910,12 +951,12 @@ def collect(cfg: dict) -> tuple[dict, dict]:
     results["labels"] = {t: {method_key(s): label_of(s) for s in stages_of(cfg, t)} for t in METHOD_ORDER}
     results["regress"] = regress_section(cfg, ctx, missing)
     results["classify"] = classify_section(cfg, ctx, missing)
-    results["segment"] = segment_section(cfg, missing)
-    results["recon"] = recon_section(cfg, missing)
+    results["segment"] = segment_section(cfg, ctx, missing)
+    results["recon"] = recon_section(cfg, ctx, missing)
     results["pretrain"] = pretrain_section(cfg, missing)
     results["evidence"] = {"references": evidence_references(ctx, results["labels"]),
                            "kmtr_vs_unaligned": evidence_kmtr(ctx), "upper_bound": evidence_upper_bound(ctx),
-                           "segmentation_recon": evidence_point(results)}  # fmt: skip
+                           "segmentation_recon": evidence_dense(results, ctx)}  # fmt: skip
     results["missing"] = missing
     return results, ctx
 

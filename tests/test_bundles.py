@@ -12,6 +12,7 @@ import torch
 from monai.bundle import ConfigWorkflow, verify_metadata
 
 from kmtr_monai.bundle import bundle_command, config_files
+from kmtr_monai.data.datalist import read_datalist
 
 BUNDLES = Path(__file__).resolve().parent.parent / "bundles"
 SCHEMA = Path(__file__).resolve().parent.parent / "kmtr_monai" / "resources" / "meta_schema.json"
@@ -81,6 +82,12 @@ def test_evaluate_config_reloads_checkpoint(stage_outputs, tiny_cohort, name):
     evaluated = float(dict(r.split(",") for r in (out / name / "eval" / "metrics.csv").read_text().split())[metric])
     best = torch.load(out / name / "models" / "model.pt", map_location="cpu", weights_only=True)["metrics"][metric]
     assert evaluated == pytest.approx(best, rel=1e-5)  # the reloaded best checkpoint reproduces its metric
+    if name in ("segment-unetr", "recon"):  # per-subject rows, named by eid, for the report's paired intervals
+        rows = (out / name / "eval" / f"{metric}_raw.csv").read_text().split()
+        eids = [d["eid"] for d in read_datalist(str(tiny_cohort / "datalist.json"), "validation")]
+        assert [r.split(",")[0] for r in rows[1:]] == eids
+        table = np.array([[float(x) for x in r.split(",")[1:-1]] for r in rows[1:]])  # (subjects, classes)
+        assert np.nanmean(np.nanmean(table, axis=0)) == pytest.approx(evaluated, abs=1e-4)  # mean of class means
 
 
 def test_align_two_process_gloo_keeps_ranks_identical(stage_outputs, tiny_cohort):

@@ -40,6 +40,14 @@ def _metrics(folder, values):
         csv.writer(f).writerows(values.items())
 
 
+def _raw(folder, metric, eids, rows):
+    """``<metric>_raw.csv`` as MONAI's MetricsSaver writes metric details: eid, class columns, their mean."""
+    with open(folder / f"{metric}_raw.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["filename", *(f"class{i}" for i in range(rows.shape[1])), "mean"])
+        w.writerows([[e, *r, np.nanmean(r)] for e, r in zip(eids, rows)])
+
+
 def _regress(folder, eids, true, pred):
     hw = np.full(true.shape[1], 5.0)
     _metrics(folder, {"val_mean_mae": float(np.abs(pred - true).mean()), "val_mean_r2": 0.1,
@@ -77,6 +85,8 @@ def run_dir(tmp_path_factory):
               _stage("segment-kmtr", "segment", "kmtr", ["8"]),
               _stage("segment-dynunet-zf", "segment", "dynunet-zf", ["8"]),
               _stage("recon-kmtr", "recon", "kmtr", ["4"]), _stage("align", "pretrain", "align", [])]  # fmt: skip
+    seg_rows = rng.uniform(0.5, 1.0, (N_TEST, 5))
+    seg_rows[0, 1] = np.nan
     for s in stages:
         folders = {k: run / v for k, v in s["tests"].items()}
         if s["name"] == "regress-kmtr":
@@ -91,6 +101,10 @@ def run_dir(tmp_path_factory):
         elif s["task"] == "segment":
             dice = {f"val_dice_{c}": 0.8 if s["method"] == "kmtr" else 0.6 for c in ("LV", "MYO", "RV", "LA", "RA")}
             _metrics(folders["8"], {"val_mean_dice": 0.8 if s["method"] == "kmtr" else 0.6, **dice})
+            # per subject: DynUNet exactly 0.25 below k-MTR (MYO absent in one subject), its rows in reverse order
+            rows = seg_rows - (0 if s["method"] == "kmtr" else 0.25)
+            order = slice(None) if s["method"] == "kmtr" else slice(None, None, -1)
+            _raw(folders["8"], "val_mean_dice", eids[order], rows[order])
         elif s["task"] == "recon":
             _metrics(folders["4"], {"val_psnr": 30.0, "val_ssim": 0.9, "val_zero_filled_psnr": 22.0,
                                     "val_view_sharing_psnr": 26.0, "val_view_sharing_ssim": 0.8})  # fmt: skip
@@ -152,6 +166,14 @@ def test_perfect_method(results):
     assert vs["mean MAE k-MTR − stage1"] == "yes" and vs["mean AUC k-MTR − stage1"] == "yes"
     assert [i["answer"] for i in results["evidence"]["upper_bound"]] == ["yes", "yes"]
     assert [i["answer"].split(" ")[0] for i in results["evidence"]["segmentation_recon"]] == ["yes", "yes"]
+
+
+def test_dense_comparisons_pair_subjects_by_eid(results):
+    """Dice from per-subject rows, paired by eid (the baseline's rows are in reverse order): a constant per-subject
+    difference of 0.25 gives the interval [0.25, 0.25]; recon without per-subject rows stays a point estimate."""
+    seg, rec = results["evidence"]["segmentation_recon"]
+    assert seg["estimate"] == pytest.approx(0.25) and seg["ci"] == pytest.approx([0.25, 0.25]) and seg["n"] == N_TEST
+    assert rec["estimate"] == pytest.approx(4.0) and "point estimate" in rec["answer"] and "n" not in rec
 
 
 def test_missing_stage_reported(run_dir, results):
