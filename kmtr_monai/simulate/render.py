@@ -439,12 +439,14 @@ def _revolution_sd(rho2, z, inv_r2, inv_l2):
     return np.maximum((f2 - f) / grad, -z)  # at the exact base centre: 0 (on the truncation plane)
 
 
-def _heart_fields(x1, x2, x3, shapes: dict, p: dict, with_atria: bool) -> dict:
+def _heart_fields(x1, x2, x3, shapes: dict, p: dict, with_atria: bool, atria_reach: float = np.inf) -> dict:
     """Signed distances (T, S, N) of the chambers at heart-local points (S, N) each.
 
     Keys: lv (cavity), epi (LV epicardium), rv (RV blood crescent), rv_out (RV free-wall outer surface), z (height
     below the flat base plane, towards the apex), zp (height below the non-flat AV plane), mb (moderator band, or
-    None), pap (papillary muscles / trabeculae, or None) and, when ``with_atria``, la, ra and root (aortic root).
+    None), pap (papillary muscles / trabeculae, or None) and, when ``with_atria``, la, ra and root (aortic root), each
+    at least ``zp - 1.5`` (cut inside the ventricles) and equal to it (a lower bound, >= ``atria_reach - 1.5``) in the
+    columns that are ``atria_reach`` mm or more below the AV plane in every frame and sub-sample.
     """
     lv, rv = shapes["lv"], shapes["rv"]
     col = lambda v: np.asarray(v, _F).reshape(-1, 1, 1)  # noqa: E731  (T,) -> (T, 1, 1)
@@ -546,22 +548,27 @@ def _heart_fields(x1, x2, x3, shapes: dict, p: dict, with_atria: bool) -> dict:
             leaf = out["leaf"][:, :, cols]
             out["leaf"][:, :, cols] = np.minimum(leaf, np.sqrt(du * du + dv * dv) - _F(0.8))
     if with_atria:
+        # cut 1.5 mm inside the ventricles (painted over them): the atrial blood meets the ventricular blood at the
+        # annulus without a partial-volume seam (labels exclude the ventricles anyway); the atria are evaluated only in
+        # the columns (points over all frames) less than ``atria_reach`` below the AV plane, elsewhere the cut stands in
+        cut = zp - _F(1.5)
+        near = np.flatnonzero(zp.min(axis=(0, 1)) < atria_reach)
+        x1n, x2n, x3n, cut_n = x1[:, near], x2[:, near], x3[:, near], cut[:, :, near]
         rng = np.random.default_rng([int(p["appearance_seed"]), 19])
         for key in ("la", "ra"):  # pear-shaped (wider towards the roof), cut by the AV plane
             at = shapes[key]
-            dz = x3 - col(at["x3"])
+            dz = x3n - col(at["x3"])
             a = col(at["a"]) * np.clip(_F(1.0) - _F(at["pear"]) * dz / col(at["c"]), _F(0.3), None)
             # v2.4: lobulated roof (v2.3: smooth): the section radius varies ±12 % round the axis, more towards the
             # roof, away from the annulus (zero-mean round the axis, so the volume is kept to first order)
-            theta = np.arctan2(x2 - _F(at["x2"]), x1 - _F(at["x1"]))  # (S, N): the lobes do not move
+            theta = np.arctan2(x2n - _F(at["x2"]), x1n - _F(at["x1"]))  # (S, n): the lobes do not move
             k, ph = rng.integers(2, 4, 2), rng.uniform(0.0, 2 * np.pi, 2).astype(_F)
             lobes = _F(0.07) * np.cos(_F(k[0]) * theta + ph[0]) + _F(0.05) * np.cos(_F(k[1]) * theta + ph[1])
-            lobes *= np.clip(_F(0.5) - (x3 - _F(at["x3"][0])) * _F(1.0 / at["c"][0]), 0.0, 1.0)
+            lobes *= np.clip(_F(0.5) - (x3n - _F(at["x3"][0])) * _F(1.0 / at["c"][0]), 0.0, 1.0)
             a *= lobes + _F(1.0)
-            # cut 1.5 mm inside the ventricles (painted over them): the atrial blood meets the ventricular blood at
-            # the annulus without a partial-volume seam (labels exclude the ventricles anyway)
-            out[key] = np.maximum(ellipsoid_sd(x1 - _F(at["x1"]), x2 - _F(at["x2"]), dz, a, a, col(at["c"])),
-                                  zp - _F(1.5))  # fmt: skip
+            out[key] = cut.copy()
+            out[key][:, :, near] = np.maximum(ellipsoid_sd(x1n - _F(at["x1"]), x2n - _F(at["x2"]), dz, a, a,
+                                                           col(at["c"])), cut_n)  # fmt: skip
         # LA appendage and pulmonary veins (static, unlabelled blood): (S, N), broadcast over frames when painted
         ext = None
         for start, direction, cap_len, r0, r1 in _la_extras(p, shapes):
@@ -579,7 +586,7 @@ def _heart_fields(x1, x2, x3, shapes: dict, p: dict, with_atria: bool) -> dict:
         radial = np.sqrt(np.maximum(np.einsum("...i,...i->...", d, d) - t * t, 0.0))
         rad = _F(p.get("aortic_root_mm", 12.0)) * (_F(1.0) + _F(0.22) * np.exp(-np.square((t - _F(10.0)) / _F(7.0))))
         root = np.maximum(radial - rad, np.maximum(t - _F(60.0), -t - _F(20.0)))  # reaches the ES base too
-        out["root"] = np.maximum(root[None], zp - _F(1.5))  # opens into the LV at the AV plane
+        out["root"] = np.maximum(root[None], cut)  # opens into the LV at the AV plane
     return out
 
 
@@ -607,6 +614,7 @@ def render_subject(p: dict, preset: dict) -> tuple[dict, float]:
     x1_hi = max(rv["d"] + float(rv["a1"].max()) + rv["wall"], ra["x1"] + ra_w) + margin
     x2_hi = max(r_epi, float(rv["a2"].max()) + rv["wall"], abs(la["x2"]) + la_w, ra_w) + margin
     atria_x3_hi = float(np.max(lv["b"])) + 10.0  # the AV plane dips up to 8 mm below the flat base plane
+    atria_reach = 3.5 + px  # beyond it the atria and the aortic root (cut at zp - 1.5, walls 2 mm) are > a pixel away
     sub = np.asarray(SUBSAMPLES, np.float64) * thick
     out = {}
     ii, jj = np.meshgrid(np.arange(m, dtype=np.float64), np.arange(m, dtype=np.float64), indexing="ij")
@@ -633,7 +641,7 @@ def render_subject(p: dict, preset: dict) -> tuple[dict, float]:
             hb, wb = q.shape[1:3]
             x1, x2, x3 = (q[..., c].reshape(len(sub), -1) for c in range(3))
             with_atria = float(x3.min()) < atria_x3_hi
-            f = _heart_fields(x1, x2, x3, shapes, p, with_atria)
+            f = _heart_fields(x1, x2, x3, shapes, p, with_atria, atria_reach)
             tile = np.broadcast_to(bg[k][:, sl[0], sl[1]].reshape(len(sub), -1), f["lv"].shape).copy()
             vent = np.minimum(f["epi"], f["rv_out"])
             # epicardial fat: thick in the AV groove, over the RV free wall, in the interventricular grooves and at
