@@ -242,14 +242,25 @@ def _la_extras(p: dict, shapes: dict) -> list:
     return caps
 
 
-def _wave_fields(rng: np.random.Generator, pts: np.ndarray, n: int, wavelength_mm: tuple[float, float]):
+def _wave_fields(rng: np.random.Generator, pts: np.ndarray, n: int, wavelength_mm: tuple[float, float],
+                 fields: int = 2) -> tuple:
     """Two smooth random fields at ``pts`` (M, 3) mm, each a sum of ``n`` plane waves with random directions,
-    wavelengths uniform in ``wavelength_mm`` and random phases: (M,) float32 each. Near the zero set of one a plane
-    cuts curved lines (strands); near the common zeros of both, dots and short segments (vessels)."""
+    wavelengths uniform in ``wavelength_mm`` and random phases: the first ``fields`` of them, (M,) float32 each (the
+    draws are those of both). Near the zero set of one a plane cuts curved lines (strands); near the common zeros of
+    both, dots and short segments (vessels)."""
     k = rng.normal(size=(2, n, 3))
     k *= (2 * np.pi / rng.uniform(*wavelength_mm, (2, n, 1))) / np.linalg.norm(k, axis=2, keepdims=True)
     ph = rng.uniform(0, 2 * np.pi, (2, n))
-    return tuple(np.cos(pts @ k[i].T.astype(_F) + ph[i].astype(_F)).sum(axis=-1) for i in range(2))
+    out = []
+    for i in range(fields):
+        waves = pts @ k[i].T.astype(_F)  # (M, n)
+        waves += ph[i].astype(_F)
+        np.cos(waves, out=waves)
+        total = waves[:, 0] + waves[:, 1]  # summed column by column: a reduction over a length-n axis is slow
+        for j in range(2, n):
+            total += waves[:, j]
+        out.append(total)
+    return tuple(out)
 
 
 def _static_background(pts: np.ndarray, p: dict, origin, axes, pixel: float, aorta=None) -> np.ndarray:
@@ -290,7 +301,7 @@ def _static_background(pts: np.ndarray, p: dict, origin, axes, pixel: float, aor
     # v2.4: fibrous septa in the subcutaneous fat (thin grey curved lines, near-zeros of a smooth field; v2.3: uniform)
     in_sc = (torso < -2.0) & (torso > 1.0 - fat_sc)
     if in_sc.any():
-        f1, _ = _wave_fields(rng, pts[in_sc], 3, (35.0, 80.0))
+        (f1,) = _wave_fields(rng, pts[in_sc], 3, (35.0, 80.0), fields=1)
         img[in_sc] *= _F(1.0) - _F(0.3) * np.exp(-np.square(f1 * _F(1.0 / 0.1)))
     # v2.3 chest wall, from the skin inwards: subcutaneous fat, muscle (pectorals thick anteriorly, thin over the
     # sternum; latissimus / trapezius posteriorly; thin laterally), then a 11 mm rib layer: intercostal muscle with
