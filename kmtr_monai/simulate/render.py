@@ -471,17 +471,20 @@ def _heart_fields(x1, x2, x3, shapes: dict, p: dict, with_atria: bool, atria_rea
         s = (p["hypokinesis"] * np.exp(-0.5 * (dth / np.deg2rad(p["hypokinesis_width_deg"] / 2.355)) ** 2)).astype(_F)
         r = r + s * (_F(lv["r_ed"]) - r)
         w = w + s * (_F(lv["w_ed"]) - w)
+    above = -zp  # height above the AV plane: the cut of every chamber
+    above_open = above - _F(1.5)  # the painted cavities open 1.5 mm into the atria
     cav = truncated_sd(rho2, z, r, lz, c, _F(np.inf))  # uncut cavity ellipsoid
-    out = {"z": z, "zp": zp, "lv": np.maximum(cav, -zp), "lv_open": np.maximum(cav, -zp - _F(1.5))}
+    out = {"z": z, "zp": zp, "lv": np.maximum(cav, above), "lv_open": np.maximum(cav, above_open)}
     # v2.3: the cavity offset by w·wall_profile (thin at the annular hinge and the apex); uncut copy for the groove fat
     out["epi_full"] = cav - w * wall_profile(z * (_F(1.0) / col(lv["L"])))  # = lv_epi_sd before the cut
-    out["epi"] = np.maximum(out["epi_full"], -zp)
+    out["epi"] = np.maximum(out["epi_full"], above)
     n, grad = rv_form(x1, x2, z, _F(rv["d"]), _F(rv["a2r"]), _F(rv["lr"]), _F(rv.get("sep", 1.0)))
     rv_ell = (n - col(rv["lam"])) / grad
     out["rv_full"] = rv_ell - _F(rv["wall"])
-    out["rv_out"] = np.maximum(out["rv_full"], -zp)  # free wall, open at the tricuspid annulus
-    out["rv"] = np.maximum(np.maximum(rv_ell, -zp), -out["epi"])
-    out["rv_open"] = np.maximum(np.maximum(rv_ell, -zp - _F(1.5)), -out["epi"])  # painted: open at the annulus
+    out["rv_out"] = np.maximum(out["rv_full"], above)  # free wall, open at the tricuspid annulus
+    outside_lv = -out["epi"]
+    out["rv"] = np.maximum(np.maximum(rv_ell, above), outside_lv)
+    out["rv_open"] = np.maximum(np.maximum(rv_ell, above_open), outside_lv)  # painted: open at the annulus
     # moderator band: a muscle rod across the RV cavity from the apical septum to the anterior free wall, near the
     # 4ch plane (x2 = 0), drawn inside the RV blood only (labelled RV blood pool, like the trabeculae)
     out["mb"] = None
