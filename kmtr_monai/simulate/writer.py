@@ -37,7 +37,8 @@ def _save_nifti(path: str, data: np.ndarray, affine: np.ndarray, zooms: tuple) -
     """Save (X, Y, Z, T) ``data`` with ``affine`` (sform and qform), zooms (dx, dy, dz mm, dt ms) as ``.nii.gz``.
 
     The gzip stream is written with ISA-L (``isal.igzip``, level 1): a standard gzip file that nibabel and every
-    viewer read, produced about 5x faster than Python's ``gzip`` (0.16 s vs 0.88 s for a paper-size SAX stack).
+    viewer read, produced about 5x faster than Python's ``gzip`` (0.16 s vs 0.88 s for a paper-size SAX stack). nibabel
+    streams the header and the data, a frame at a time, straight into the compressor (no in-memory copy of the file).
     """
     img = nib.Nifti1Image(data, affine)
     img.header.set_xyzt_units("mm", "msec")
@@ -45,7 +46,7 @@ def _save_nifti(path: str, data: np.ndarray, affine: np.ndarray, zooms: tuple) -
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     with igzip.open(path, "wb", compresslevel=1) as f:
-        f.write(img.to_bytes())
+        img.to_stream(f)
 
 
 def write_subject(subject_dir: str, p: dict, preset: dict) -> None:
