@@ -204,6 +204,21 @@ def test_failure_leaves_no_partial_subject(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["1000001"]  # complete subject kept, no partial or temporary folder
 
 
+def test_chunked_rician_noise_is_one_draw(monkeypatch):
+    """The Rician noise drawn in chunks into a reused buffer equals the magnitude with one ``torch.randn((2, *shape))``
+    draw (n1 for every voxel, then n2): the generator stream of v2.4.0, so the images do not change."""
+    import torch
+
+    from kmtr_monai.simulate import render
+
+    img = np.random.default_rng(0).random((3, 4, 16), dtype=np.float32)  # 192 values: chunks of 80, 80 and 32
+    monkeypatch.setattr(render, "_NOISE_CHUNK", 80)
+    noise = torch.randn((2, *img.shape), generator=torch.Generator().manual_seed(7)).mul_(0.1)
+    expected = torch.hypot(noise[0] + torch.from_numpy(img), noise[1]).numpy()
+    render._add_rician_noise(img, 0.1, torch.Generator().manual_seed(7))
+    np.testing.assert_array_equal(img, expected)
+
+
 def test_prevalences_match_uk_biobank():
     draws = np.array([[sample_subject(7, i)[d] for d in DISEASES] for i in range(3000)])
     for j, name in enumerate(DISEASES):

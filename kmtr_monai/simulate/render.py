@@ -48,7 +48,7 @@ _F = np.float32
 SUBSAMPLES = (-0.25, 0.25)  # through-slice sample offsets (fraction of the slice thickness): midpoint rule on halves
 SAX_LABELS = {"LV": 1, "MYO": 2, "RV": 3}  # UK Biobank seg_sa.nii.gz
 LAX_LABELS = {"LA": 1, "RA": 2}  # seg_la_2ch (LA only) and seg_la_4ch
-_NOISE_CHUNK = 1 << 18  # normal draws per chunk (a multiple of 16, torch's block: the chunks concatenate to one draw)
+_NOISE_CHUNK = 1 << 18  # normal draws per chunk: a multiple of 16, torch's block, so chunks concatenate to one draw
 
 
 def _occ(sd, pixel):
@@ -67,9 +67,9 @@ def _paint(img, occ, value):
 def _add_rician_noise(img: np.ndarray, sigma: float, gen: torch.Generator) -> np.ndarray:
     """In place ``img = |img + sigma·(n1 + i·n2)|`` for C-contiguous float32 ``img``, with independent standard-normal
     ``n1`` and ``n2`` (the magnitude of a complex Gaussian: Rician). Drawn with ``torch``'s normal generator, about 3x
-    faster than NumPy's ziggurat: all of ``n1``, then all of ``n2`` (the stream of one ``torch.randn((2, *img.shape))``),
-    in chunks of ``_NOISE_CHUNK`` values into one reused buffer (a paper-preset SAX stack would need 140 MB of fresh
-    noise memory)."""
+    faster than NumPy's ziggurat: all of ``n1``, then all of ``n2``, in chunks of ``_NOISE_CHUNK`` values into one
+    reused buffer (a paper-preset SAX stack would need 140 MB of fresh noise memory). When ``img.size`` is a multiple
+    of 16 (every preset: the matrix is), this is the stream of one ``torch.randn((2, *img.shape))``."""
     x = torch.from_numpy(img).view(-1)
     buf = torch.empty(min(_NOISE_CHUNK, x.numel()))
     for draw in range(2):
