@@ -450,14 +450,16 @@ def _revolution_sd(rho2, z, inv_r2, inv_l2):
     return np.maximum((f2 - f) / grad, -z)  # at the exact base centre: 0 (on the truncation plane)
 
 
-def _heart_fields(x1, x2, x3, shapes: dict, p: dict, with_atria: bool, atria_reach: float = np.inf) -> dict:
+def _heart_fields(x1, x2, x3, shapes: dict, p: dict, with_atria: bool, reach: float = np.inf) -> dict:
     """Signed distances (T, S, N) of the chambers at heart-local points (S, N) each.
 
     Keys: lv (cavity), epi (LV epicardium), rv (RV blood crescent), rv_out (RV free-wall outer surface), z (height
     below the flat base plane, towards the apex), zp (height below the non-flat AV plane), mb (moderator band, or
-    None), pap (papillary muscles / trabeculae, or None) and, when ``with_atria``, la, ra and root (aortic root), each
-    at least ``zp - 1.5`` (cut inside the ventricles) and equal to it (a lower bound, >= ``atria_reach - 1.5``) in the
-    columns that are ``atria_reach`` mm or more below the AV plane in every frame and sub-sample.
+    None), pap (papillary muscles / trabeculae, or None) and, when ``with_atria``, la, ra and root (aortic root).
+    Fields that matter only near a chamber are evaluated only in the columns (points over all frames and sub-samples)
+    within ``reach`` mm of it: pap (read as ``max(pap, lv)``) is +inf where the LV cavity is ``reach`` or more away;
+    la, ra and root are at least ``zp - 1.5`` (cut inside the ventricles) and equal to it (a lower bound) where the
+    AV plane is ``reach`` or more above.
     """
     lv, rv = shapes["lv"], shapes["rv"]
     col = lambda v: np.asarray(v, _F).reshape(-1, 1, 1)  # noqa: E731  (T,) -> (T, 1, 1)
@@ -499,23 +501,26 @@ def _heart_fields(x1, x2, x3, shapes: dict, p: dict, with_atria: bool, atria_rea
     pap_in = z_hi > 0.3 * float(np.min(lv["L"])) and z_lo < 0.8 * lv["L_ed"]
     trab_in = z_hi > 0.2 * float(np.min(lv["L"]))
     pap = None
+    cols = np.flatnonzero(out["lv"].min(axis=(0, 1)) < reach)  # columns within reach of the cavity
+    xc1, xc2, xc3, zc = x1[:, cols], x2[:, cols], x3[:, cols], z[..., cols]
+    rc = r[..., cols] if r.shape[-1] > 1 else r  # (T, S, N) with a hypokinetic sector, else (T, 1, 1)
     if pap_in:
         # rods follow the tapering cavity: their radial position scales with the local cavity radius
-        u = (z - c) / lz
+        u = (zc - c) / lz
         taper = np.sqrt(np.clip(1.0 - u * u, 0.05, 1.0, out=u), out=u)
-        taper *= r
+        taper *= rc
 
         def z_band(d, z0, z1):
-            return np.maximum(d, np.abs(z - _F(0.5 * (z0 + z1)) * length) - _F(0.5 * (z1 - z0)) * length)
+            return np.maximum(d, np.abs(zc - _F(0.5 * (z0 + z1)) * length) - _F(0.5 * (z1 - z0)) * length)
 
         # v2.4: each muscle grows out of the wall (its axis 1.1 radii inside the endocardium, so it bulges ~2 radii
         # into the cavity, beyond the trabecular layer) and narrows towards its head at 30 % of the length; the v2.3
         # rods floated at half the cavity radius and read as a dark band down the middle of the 2ch / 3ch cavity
-        rad = _F(p["papillary_mm"]) * (_F(0.55) + _F(0.45) * np.clip((z / length - _F(0.3)) * _F(4.0), 0.0, 1.0))
+        rad = _F(p["papillary_mm"]) * (_F(0.55) + _F(0.45) * np.clip((zc / length - _F(0.3)) * _F(4.0), 0.0, 1.0))
         rr = taper - _F(1.1) * rad
         for sign in (-1.0, 1.0):
             ang = np.deg2rad(180.0 + sign * 55.0 + p["papillary_angle_deg"])
-            d = np.sqrt((x1 - rr * _F(np.cos(ang))) ** 2 + (x2 - rr * _F(np.sin(ang))) ** 2) - rad
+            d = np.sqrt((xc1 - rr * _F(np.cos(ang))) ** 2 + (xc2 - rr * _F(np.sin(ang))) ** 2) - rad
             d = z_band(d, 0.30, 0.80)
             pap = d if pap is None else np.minimum(pap, d)
     if trab_in:
@@ -524,18 +529,21 @@ def _heart_fields(x1, x2, x3, shapes: dict, p: dict, with_atria: bool, atria_rea
         # longitudinal ridges in (angle, height); in long axis it makes the dark wall look as thick as in SAX with a
         # rough inner border, instead of a smooth thin line with separate rods
         rng = np.random.default_rng([int(p["appearance_seed"]), 15])
-        theta = np.arctan2(x2, x1)  # (S, N): no frame axis
+        theta = np.arctan2(xc2, xc1)  # (S, N): no frame axis
         k_th = rng.integers(int(p["trabeculae"]) + 2, 2 * int(p["trabeculae"]) + 6, 5)
         k_z = 2 * np.pi / rng.uniform(12.0, 45.0, 5) * rng.choice([-1.0, 1.0], 5)
         phase = rng.uniform(0.0, 2 * np.pi, 5)
-        m = sum(np.cos(_F(kt) * theta + _F(kz) * x3 + _F(ph)) for kt, kz, ph in zip(k_th, k_z, phase))
+        m = sum(np.cos(_F(kt) * theta + _F(kz) * xc3 + _F(ph)) for kt, kz, ph in zip(k_th, k_z, phase))
         m *= _F(1.0 / np.sqrt(2.5))  # unit variance
-        ramp = np.clip(x3 * _F(1.0 / (0.35 * lv["L_ed"])) - _F(0.6), 0.0, 1.0)  # from ~20 % of the length
+        ramp = np.clip(xc3 * _F(1.0 / (0.35 * lv["L_ed"])) - _F(0.6), 0.0, 1.0)  # from ~20 % of the length
         free = _F(0.3) + _F(0.35) * (_F(1.0) - np.cos(theta))  # septum 0.3, free wall 1
         depth = np.clip(m * _F(0.45) + _F(0.55), 0.0, 1.0) * ramp * free * _F(4.5)  # (S, N) mm
-        d = -out["lv"] - depth  # < 0 within ``depth`` inside the endocardium
+        d = -out["lv"][..., cols] - depth  # < 0 within ``depth`` inside the endocardium
         pap = d if pap is None else np.minimum(pap, d)
-    out["pap"] = pap
+    out["pap"] = None
+    if pap is not None:
+        out["pap"] = np.full(out["lv"].shape, np.inf, _F)
+        out["pap"][..., cols] = pap
     if with_atria:  # mitral and tricuspid leaflets: thin hinged sheets at the annuli, open in diastole
         out["leaf"] = None
         for key in ("la", "ra"):
@@ -564,9 +572,9 @@ def _heart_fields(x1, x2, x3, shapes: dict, p: dict, with_atria: bool, atria_rea
     if with_atria:
         # cut 1.5 mm inside the ventricles (painted over them): the atrial blood meets the ventricular blood at the
         # annulus without a partial-volume seam (labels exclude the ventricles anyway); the atria are evaluated only in
-        # the columns (points over all frames) less than ``atria_reach`` below the AV plane, elsewhere the cut stands in
+        # the columns less than ``reach`` below the AV plane, elsewhere the cut stands in
         cut = zp - _F(1.5)
-        near = np.flatnonzero(zp.min(axis=(0, 1)) < atria_reach)
+        near = np.flatnonzero(zp.min(axis=(0, 1)) < reach)
         x1n, x2n, x3n, cut_n = x1[:, near], x2[:, near], x3[:, near], cut[:, :, near]
         rng = np.random.default_rng([int(p["appearance_seed"]), 19])
         for key in ("la", "ra"):  # pear-shaped (wider towards the roof), cut by the AV plane
@@ -628,7 +636,7 @@ def render_subject(p: dict, preset: dict) -> tuple[dict, float]:
     x1_hi = max(rv["d"] + float(rv["a1"].max()) + rv["wall"], ra["x1"] + ra_w) + margin
     x2_hi = max(r_epi, float(rv["a2"].max()) + rv["wall"], abs(la["x2"]) + la_w, ra_w) + margin
     atria_x3_hi = float(np.max(lv["b"])) + 10.0  # the AV plane dips up to 8 mm below the flat base plane
-    atria_reach = 3.5 + px  # beyond it the atria and the aortic root (cut at zp - 1.5, walls 2 mm) are > a pixel away
+    reach = 3.5 + px  # farther, the atria / aortic root (cut at zp - 1.5, walls 2 mm) and LV cavity are > a pixel away
     sub = np.asarray(SUBSAMPLES, np.float64) * thick
     out = {}
     ii, jj = np.meshgrid(np.arange(m, dtype=np.float64), np.arange(m, dtype=np.float64), indexing="ij")
@@ -655,7 +663,7 @@ def render_subject(p: dict, preset: dict) -> tuple[dict, float]:
             hb, wb = q.shape[1:3]
             x1, x2, x3 = (q[..., c].reshape(len(sub), -1) for c in range(3))
             with_atria = float(x3.min()) < atria_x3_hi
-            f = _heart_fields(x1, x2, x3, shapes, p, with_atria, atria_reach)
+            f = _heart_fields(x1, x2, x3, shapes, p, with_atria, reach)
             tile = np.broadcast_to(bg[k][:, sl[0], sl[1]].reshape(len(sub), -1), f["lv"].shape).copy()
             vent = np.minimum(f["epi"], f["rv_out"])
             # epicardial fat: thick in the AV groove, over the RV free wall, in the interventricular grooves and at
