@@ -450,6 +450,13 @@ def _revolution_sd(rho2, z, inv_r2, inv_l2):
     return np.maximum((f2 - f) / grad, -z)  # at the exact base centre: 0 (on the truncation plane)
 
 
+def _columns(values: np.ndarray, cols: np.ndarray, shape: tuple) -> np.ndarray:
+    """(T, S, N) float32 array equal to ``values`` (T, S, len(cols)) in the columns ``cols`` and +inf elsewhere."""
+    out = np.full(shape, np.inf, _F)
+    out[..., cols] = values
+    return out
+
+
 def _heart_fields(x1, x2, x3, shapes: dict, p: dict, with_atria: bool, reach: float = np.inf) -> dict:
     """Signed distances (T, S, N) of the chambers at heart-local points (S, N) each.
 
@@ -457,9 +464,9 @@ def _heart_fields(x1, x2, x3, shapes: dict, p: dict, with_atria: bool, reach: fl
     below the flat base plane, towards the apex), zp (height below the non-flat AV plane), mb (moderator band, or
     None), pap (papillary muscles / trabeculae, or None) and, when ``with_atria``, la, ra and root (aortic root).
     Fields that matter only near a chamber are evaluated only in the columns (points over all frames and sub-samples)
-    within ``reach`` mm of it: pap (read as ``max(pap, lv)``) is +inf where the LV cavity is ``reach`` or more away;
-    la, ra and root are at least ``zp - 1.5`` (cut inside the ventricles) and equal to it (a lower bound) where the
-    AV plane is ``reach`` or more above.
+    within ``reach`` mm of it: mb (inside the RV) and pap (read as ``max(pap, lv)``) are +inf where the RV / LV cavity
+    is ``reach`` or more away; la, ra and root are at least ``zp - 1.5`` (cut inside the ventricles) and equal to it (a
+    lower bound) where the AV plane is ``reach`` or more above.
     """
     lv, rv = shapes["lv"], shapes["rv"]
     col = lambda v: np.asarray(v, _F).reshape(-1, 1, 1)  # noqa: E731  (T,) -> (T, 1, 1)
@@ -492,8 +499,10 @@ def _heart_fields(x1, x2, x3, shapes: dict, p: dict, with_atria: bool, reach: fl
     out["mb"] = None
     zm = _F(p.get("moderator_band_pos", 0.0)) * col(lv["L"])
     if p.get("moderator_band_mm", 0.0) > 0 and float(z.max()) > float(zm.min()) - 10.0:
-        dz = z - zm - _F(0.25) * (x1 - _F(rv["d"]))  # slopes towards the apex at the free wall
-        out["mb"] = np.maximum(np.sqrt(dz * dz + x2 * x2) - _F(p["moderator_band_mm"]), out["rv"])
+        cols = np.flatnonzero(out["rv"].min(axis=(0, 1)) < reach)  # columns within reach of the RV cavity
+        dz = z[..., cols] - zm - _F(0.25) * (x1[:, cols] - _F(rv["d"]))  # slopes towards the apex at the free wall
+        band = np.sqrt(dz * dz + x2[:, cols] * x2[:, cols]) - _F(p["moderator_band_mm"])
+        out["mb"] = _columns(np.maximum(band, out["rv"][..., cols]), cols, out["rv"].shape)
     # papillary muscles (two rods opposite the septum) and the trabecular layer (v2.2): dark myocardium inside the
     # cavity, labelled LV blood pool as in UK Biobank
     length = col(lv["L"])
@@ -540,10 +549,7 @@ def _heart_fields(x1, x2, x3, shapes: dict, p: dict, with_atria: bool, reach: fl
         depth = np.clip(m * _F(0.45) + _F(0.55), 0.0, 1.0) * ramp * free * _F(4.5)  # (S, N) mm
         d = -out["lv"][..., cols] - depth  # < 0 within ``depth`` inside the endocardium
         pap = d if pap is None else np.minimum(pap, d)
-    out["pap"] = None
-    if pap is not None:
-        out["pap"] = np.full(out["lv"].shape, np.inf, _F)
-        out["pap"][..., cols] = pap
+    out["pap"] = None if pap is None else _columns(pap, cols, out["lv"].shape)
     if with_atria:  # mitral and tricuspid leaflets: thin hinged sheets at the annuli, open in diastole
         out["leaf"] = None
         for key in ("la", "ra"):
