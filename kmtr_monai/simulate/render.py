@@ -538,7 +538,7 @@ def _heart_fields(x1, x2, x3, shapes: dict, p: dict, with_atria: bool, reach: fl
         # longitudinal ridges in (angle, height); in long axis it makes the dark wall look as thick as in SAX with a
         # rough inner border, instead of a smooth thin line with separate rods
         rng = np.random.default_rng([int(p["appearance_seed"]), 15])
-        theta = np.arctan2(xc2, xc1)  # (S, N): no frame axis
+        theta = np.arctan2(xc2, xc1)  # (S, n): no frame axis
         k_th = rng.integers(int(p["trabeculae"]) + 2, 2 * int(p["trabeculae"]) + 6, 5)
         k_z = 2 * np.pi / rng.uniform(12.0, 45.0, 5) * rng.choice([-1.0, 1.0], 5)
         phase = rng.uniform(0.0, 2 * np.pi, 5)
