@@ -41,8 +41,8 @@ Any stage or file may be missing (a partial run): what exists is rendered and wh
 Intervals are 95 % percentile bootstrap intervals over test subjects (2,000 draws, seed 0); comparisons between
 methods are paired (the same resampled subjects for both, aligned by eid). Segmentation and reconstruction
 comparisons use the per-subject rows (Dice: the subject's mean over its foreground classes); a folder without them
-(a run from before they were written) gives a point estimate of the means. The F1 / recall / precision of a classifier are
-those of its stored 0/1 labels (made at the thresholds the model stored on validation).
+(a run from before they were written) gives a point estimate of the means. The F1 / recall / precision of a
+classifier are those of its stored 0/1 labels (made at the thresholds the model stored on validation).
 """
 
 from __future__ import annotations
