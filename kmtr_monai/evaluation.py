@@ -525,6 +525,7 @@ class _PerSubjectRows(Metric):
 
     def __init__(self, output_transform: Callable = lambda x: x, device: str | torch.device = "cpu") -> None:
         self._rows: list[torch.Tensor] = []
+        self.details: np.ndarray | None = None  # the gathered rows (N, D) of the last compute
         # decollated per-sample lists are stacked in update; Ignite's unrolling only handles pairs
         super().__init__(output_transform=output_transform, device=device, skip_unrolling=True)
 
