@@ -34,6 +34,16 @@ lowered (fat / myocardium ≈ 2.4); thinner pectorals and fibrous septa in the s
 size and depth; no lung between the ventricles and the sternum (dark slivers outlined the LV in long axis); a narrower
 interventricular-groove fat ridge; lung vessels radiate and branch from the hila; lobulated atrial roofs; a thinner RV
 free wall (drawn 2.6-3.3 mm).
+
+v2.5 (cine look, issue 15): blood-flow heterogeneity (a smooth ±4-7 % pattern drifting through the blood once per beat,
+darker slow flow in the apex and along the trabeculated apical wall, stronger in diastole, a darker RV apex, livelier
+atria); the LV trabeculae are separate ridges of random angle, width, height and twist instead of a toothed layer, and
+the two papillary muscles differ in angle, size and head height, their heads standing off the wall (no gear-like
+endocardium); atrial walls 0.4-2.2 mm, varying over the atria (was an even 2 mm rim); curved pulmonary veins and LA
+appendage; a wider, rounded-rectangular chest (``body_wall``: 130 / 120 mm lean half-width for men / women) whose
+subcutaneous fat is thinner in front (0.6x) than at the flanks (1.1x) and back (0.85x); spleen, venae cavae and the
+posterior vertebral elements. Every latent draw is unchanged: the new randomness comes from hashed streams
+(``appearance_seed`` with 20-22) or is appended to an existing stream.
 """
 
 from __future__ import annotations
@@ -142,8 +152,8 @@ class _Appearance:
         self.bias_k = rng.normal(size=(4, 3)) / rng.uniform(250.0, 500.0, (4, 1)) * 2 * np.pi
         self.bias_phase, self.bias_amp = rng.uniform(0, 2 * np.pi, 4), rng.normal(0, 0.5, 4) * p["bias_strength"]
         # anterior and posterior surface-coil arrays: sensitivity falls off with depth from the chest/back surface
-        ay = 0.70 * (118.0 * (p["height_cm"] / 170.0) + p["subcutaneous_fat_mm"])
-        self.coil_y = (ay - 10.0, -ay - 10.0)
+        ay0, fat = torso_axes(p)[1], p["subcutaneous_fat_mm"]  # v2.5: at the skin of the new body wall
+        self.coil_y = (ay0 + 0.6 * fat - 10.0, -ay0 - 0.85 * fat - 10.0)
         self.coil_w = rng.uniform(0.7, 1.0, 2)
         self.coil_d = p["coil_falloff_mm"]
         self.coil_ref = float(sum(w * np.exp(-abs(y - 12.0) / self.coil_d) for w, y in zip(self.coil_w, self.coil_y)))
@@ -184,16 +194,20 @@ def _capsule_sd(pts, a, direction, radius, length):
     return np.linalg.norm(d - t[..., None] * direction, axis=-1) - radius
 
 
-def _paint_capsule(img, pts, a, direction, radius, length, pixel, value):
+def _paint_capsule(img, pts, a, direction, radius, length, pixel, value, cut=None):
     """Paint ``value`` into ``img`` (...) inside a capsule (``_capsule_sd``) at world points (..., 3), evaluated only
-    at the points of its bounding box grown by a pixel: beyond it the occupancy is exactly 0."""
+    at the points of its bounding box grown by a pixel: beyond it the occupancy is exactly 0. ``cut`` (like ``img``):
+    a signed distance the capsule is intersected with (painted only where it is negative too)."""
     ends = np.stack([a, a + length * direction])
     reach = radius + pixel
     near = np.logical_and.reduce([(pts[..., i] > ends[:, i].min() - reach) & (pts[..., i] < ends[:, i].max() + reach)
                                   for i in range(3)])  # fmt: skip
     if near.any():
         sub = img[near]
-        _paint(sub, _occ(_capsule_sd(pts[near], a, direction, radius, length), pixel), value)
+        sd = _capsule_sd(pts[near], a, direction, radius, length)
+        if cut is not None:
+            np.maximum(sd, cut[near], out=sd)
+        _paint(sub, _occ(sd, pixel), value)
         img[near] = sub
 
 
@@ -210,7 +224,8 @@ def aortic_root(p: dict, shapes: dict) -> tuple[np.ndarray, np.ndarray]:
 
 def _la_extras(p: dict, shapes: dict) -> list:
     """Left atrial appendage and the four pulmonary veins as tapered capsules ``(start (3,), unit direction (3,),
-    length, start radius, end radius)`` in heart-local mm, fixed at their ED position (v2.2).
+    length, start radius, end radius, unit bend (3,), curvature)`` in heart-local mm, fixed at their ED position
+    (v2.2): the axis point at ``t`` along the direction is offset by ``curvature·t²`` along the bend (v2.5).
 
     The appendage leaves the anterolateral LA wall just above the AV plane, on the side of the 2ch plane, and runs
     along the AV groove over the LV base; the veins leave the LA roof backwards, two to the right and two to the
@@ -239,7 +254,16 @@ def _la_extras(p: dict, shapes: dict) -> list:
             direction /= np.linalg.norm(direction)
             start = roof + 0.35 * a * side * right + 0.3 * a * level * sup
             caps.append((start, direction, rng.uniform(30.0, 45.0), rng.uniform(6.0, 8.0), rng.uniform(5.0, 6.5)))
-    return caps
+    # v2.5: curved (v2.4: straight tubes): each axis bends quadratically off its direction, by 5-12 mm over the
+    # appendage (which curls round the LV base) and 4-10 mm over a vein; drawn after every v2.4 draw
+    out = []
+    for i, (start, direction, length, r0, r1) in enumerate(caps):
+        bend = rng.normal(size=3)
+        bend -= (bend @ direction) * direction
+        bend /= np.linalg.norm(bend)
+        offset = rng.uniform(5.0, 12.0) if i == 0 else rng.uniform(4.0, 10.0)
+        out.append((start, direction, length, r0, r1, bend, offset / length**2))
+    return out
 
 
 def _wave_fields(rng: np.random.Generator, pts: np.ndarray, n: int, wavelength_mm: tuple[float, float],
@@ -263,15 +287,46 @@ def _wave_fields(rng: np.random.Generator, pts: np.ndarray, n: int, wavelength_m
     return tuple(out)
 
 
-def _static_background(pts: np.ndarray, p: dict, origin, axes, pixel: float, aorta=None) -> np.ndarray:
+def torso_axes(p: dict) -> tuple[float, float]:
+    """Half-width and half-depth (mm) of the lean torso (inside the subcutaneous fat), v2.5: 130 mm (men) / 120 mm
+    (women) × height / 170 cm wide (v2.4: 118 mm, plus the fat, for both sexes: 236-280 mm chests), 82.6 mm ×
+    height / 170 cm deep, centred at y = -10 mm."""
+    scale = p["height_cm"] / 170.0
+    return (130.0 if p["sex_male"] else 120.0) * scale, 0.7 * 118.0 * scale
+
+
+def body_wall(x, y, p: dict):
+    """Signed distances (mm, negative inside) to the skin and to the lean torso (the fat / muscle boundary) at world
+    ``x, y`` (float32 arrays). v2.5 (v2.4: two confocal ellipses, the fat equally thick all round): the lean outline
+    is an ellipse (``torso_axes``) pushed out by up to 10 mm anteriorly / 16 mm posteriorly on the diagonals (a
+    rounded-rectangular chest, flatter front and back); the subcutaneous fat is 0.6 × ``subcutaneous_fat_mm`` over
+    the sternum, 1.1 × at the flanks and 0.85 × over the back (fat gathers at the flanks and back, the front of the
+    chest stays thinner, so obese chests no longer show a thick bright band all round)."""
+    ax0, ay0 = torso_axes(p)
+    yc = y + _F(10.0)
+    lean = ellipsoid_sd(x, yc, _F(0.0), _F(ax0), _F(ay0), _F(1.0))
+    nx2 = np.square(x * _F(1.0 / ax0))
+    ny2 = np.square(yc * _F(1.0 / ay0))
+    r2 = nx2 + ny2
+    r2 += _F(1e-6)
+    nx2 /= r2  # cos² of the (scaled) polar angle
+    ny2 /= r2  # sin²
+    post = yc < 0
+    lean -= (np.where(post, _F(4.0 * 16.0), _F(4.0 * 10.0)) * nx2) * ny2  # sin²(2φ) bulge on the diagonals
+    fat = _F(p["subcutaneous_fat_mm"]) * (_F(0.6) + _F(0.5) * nx2 + np.where(post, _F(0.25), _F(0.0)) * ny2)
+    return lean - fat, lean
+
+
+def _static_background(pts: np.ndarray, p: dict, origin, axes, pixel: float, aorta=None, ra=None) -> np.ndarray:
     """Torso intensity (before bias/noise) at world points (..., 3): air, skin, fat, breasts (women), chest wall
-    (muscle, ribs, sternum), lungs, liver, stomach, paraspinal muscles, spine, descending and ascending aorta (from
-    ``aorta = (world start, world direction)`` of the aortic root when given)."""
+    (muscle, ribs, sternum), lungs, liver, spleen, stomach, paraspinal muscles, spine with its posterior elements,
+    descending and ascending aorta (from ``aorta = (world start, world direction)`` of the aortic root when given) and
+    the venae cavae (into the RA at the world point ``ra`` (3,) when given)."""
     x, y, z = pts[..., 0], pts[..., 1], pts[..., 2]
     fat_sc = p["subcutaneous_fat_mm"]
-    ax = 118.0 * (p["height_cm"] / 170.0) + fat_sc
-    ay = 0.70 * ax
-    torso = ellipsoid_sd(x, y + 10.0, 0.0, ax, ay, 1.0)
+    ax0, ay0 = torso_axes(p)
+    ax, ay = ax0 + fat_sc, ay0 + 0.3 * fat_sc  # breasts, organ sizes: about the v2.4 skin half-width and depth
+    torso, lean = body_wall(x, y, p)
     img = np.zeros(x.shape, _F)
     rng = np.random.default_rng([int(p["appearance_seed"]), 18])  # v2.3 body wall, breast, liver, stomach
     body = torso
@@ -299,23 +354,24 @@ def _static_background(pts: np.ndarray, p: dict, origin, axes, pixel: float, aor
             occ *= np.clip((-body[in_breast] - _F(4.0)) * _F(0.25), 0.0, 1.0)
             img[in_breast] += occ * (_F(1.2 * p["muscle"]) - img[in_breast])
     # v2.4: fibrous septa in the subcutaneous fat (thin grey curved lines, near-zeros of a smooth field; v2.3: uniform)
-    in_sc = (torso < -2.0) & (torso > 1.0 - fat_sc)
+    in_sc = (torso < -2.0) & (lean > 1.0)
     if in_sc.any():
         (f1,) = _wave_fields(rng, pts[in_sc], 3, (35.0, 80.0), fields=1)
         img[in_sc] *= _F(1.0) - _F(0.3) * np.exp(-np.square(f1 * _F(1.0 / 0.1)))
     # v2.3 chest wall, from the skin inwards: subcutaneous fat, muscle (pectorals thick anteriorly, thin over the
     # sternum; latissimus / trapezius posteriorly; thin laterally), then a 11 mm rib layer: intercostal muscle with
     # the ribs in cross-section (dark cortex, marrow), sloping down anteriorly, costal cartilage and sternum in front
-    u = (y + _F(10.0)) * _F(1.0 / ay)  # -1 posterior .. 1 anterior
-    v = x * _F(1.0 / ax)
+    u = (y + _F(10.0)) * _F(1.0 / ay0)  # -1 posterior .. 1 anterior
+    v = x * _F(1.0 / ax0)
     # depth of the rib layer below the skin: subcutaneous fat, 4 mm of muscle, pectorals (anterior, thin over the
     # sternum) or latissimus / trapezius (posterior)
     d_rib = np.clip(np.abs(v) * _F(4.0), 0.0, 1.0)
     # v2.4: pectorals 12 mm (men) / 8 mm (women), 4 mm of other muscle (v2.3: 18.75 / 12.75 and 5 mm)
     d_rib *= np.clip(u, 0.0, 1.0) * _F(12.0 if p["sex_male"] else 8.0) + _F(7.0) * np.clip(-u, 0.0, 1.0)
-    d_rib += _F(fat_sc + 4.0)
+    d_rib += _F(4.0)
+    d_rib -= torso - lean  # + the local fat thickness
     depth = -torso
-    _paint(img, _occ(torso + fat_sc, pixel), p["muscle"])
+    _paint(img, _occ(lean, pixel), p["muscle"])
     inner = torso + d_rib + _F(11.0)  # < 0 inside the rib cage
     # smooth random field (amplitude <= 7.5 mm / 30 %): wobbles the liver and stomach outlines and modulates the
     # mediastinal / abdominal soft tissue (fat, vessels and bowel at a coarse scale), so neither is flat and analytic
@@ -324,7 +380,7 @@ def _static_background(pts: np.ndarray, p: dict, origin, axes, pixel: float, aor
     wobble = np.cos(pts @ kw.T.astype(_F) + rng.uniform(0, 2 * np.pi, 3).astype(_F)) @ np.full(3, 2.5, _F)
     _paint(img, _occ(inner, pixel), _F(0.45 * p["fat"]) * (_F(1.0) + _F(0.04) * wobble))
     spacing, rib_phase = float(rng.uniform(26.0, 32.0)), float(rng.uniform(0.0, 1.0))
-    band = (depth > fat_sc + 1.0) & (inner > -1.5)  # muscle and rib layers: ribs and sternum are evaluated there only
+    band = (lean < -1.0) & (inner > -1.5)  # muscle and rib layers: ribs and sternum are evaluated there only
     if band.any():
         xb, ub = x[band], u[band]
         s_rib = (z[band] + _F(0.45) * y[band]) * _F(1.0 / spacing) + _F(rib_phase)  # ribs slope down anteriorly
@@ -400,20 +456,59 @@ def _static_background(pts: np.ndarray, p: dict, origin, axes, pixel: float, aor
         f1, f2 = _wave_fields(rng, pts[in_liver], 3, (45.0, 90.0))
         vessel = np.exp(-(f1 * f1 + f2 * f2) * _F(1.0 / 0.05))
         img[in_liver] += vessel * np.clip(-liver[in_liver] * _F(0.2), 0.0, 1.0) * _F(0.85 * p["blood"] - p["liver"])
+    # v2.5: spleen, posterolateral under the left hemidiaphragm inside the rib cage (T1 ≈ 1,050 ms, T2 ≈ 80 ms:
+    # ~1.25x the myocardium's bSSFP signal), drawn before the stomach, which indents it
+    rng_o = np.random.default_rng([int(p["appearance_seed"]), 22])
+    s_ax = [float(v) for v in rng_o.uniform(0.8, 1.2) * np.array([28.0, 45.0, 50.0])]
+    s_c = np.array([-0.62 * ax0 + rng_o.uniform(-8.0, 8.0), -0.45 * ay0, -110.0])
+    near = (np.abs(x - _F(s_c[0])) < s_ax[0] + 6.0) & (np.abs(y - _F(s_c[1])) < s_ax[1] + 6.0)
+    near &= np.abs(z - _F(s_c[2])) < s_ax[2] + 6.0  # its box (the wobble moves the outline by <= 3.75 mm)
+    if near.any():
+        spleen = ellipsoid_sd(x[near] - _F(s_c[0]), y[near] - _F(s_c[1]), z[near] - _F(s_c[2]), *s_ax)
+        spleen += _F(0.5) * wobble[near]
+        spleen = np.maximum(np.maximum(spleen, inner[near]), -lungs[near])
+        sub = img[near]
+        _paint(sub, _occ(spleen, pixel), 1.25 * p["myocardium"])
+        img[near] = sub
     # stomach under the left hemidiaphragm: soft-tissue wall around gas (anterior, the patient is supine) over fluid
-    stomach = np.maximum(ellipsoid_sd(x + 70.0, y - 5.0, z + 85.0, 45.0, 35.0, 35.0) + _F(0.6) * wobble, inner)
-    _paint(img, _occ(stomach, pixel), p["muscle"])
-    level = _F(5.0 + rng.uniform(-15.0, 15.0)) - y  # < 0 anterior to the air-fluid level
-    _paint(img, _occ(np.maximum(stomach + 4.0, -level), pixel), 0.8 * p["blood"])  # fluid (long T2: bright)
-    _paint(img, _occ(np.maximum(stomach + 4.0, level), pixel), 0.0)  # gas
+    # (v2.5: evaluated in its box only, the wobble moves the outline by <= 4.5 mm: the same image, less work)
+    level = _F(5.0 + rng.uniform(-15.0, 15.0))  # y of the air-fluid level: gas anterior to it
+    near = (np.abs(x + _F(70.0)) < 52.0) & (np.abs(y - _F(5.0)) < 42.0) & (np.abs(z + _F(85.0)) < 42.0)
+    if near.any():
+        xs, ys = x[near], y[near]
+        stomach = ellipsoid_sd(xs + 70.0, ys - 5.0, z[near] + 85.0, 45.0, 35.0, 35.0) + _F(0.6) * wobble[near]
+        stomach = np.maximum(stomach, inner[near])
+        sub = img[near]
+        _paint(sub, _occ(stomach, pixel), p["muscle"])
+        ys = level - ys  # < 0 anterior to the air-fluid level
+        _paint(sub, _occ(np.maximum(stomach + 4.0, -ys), pixel), 0.8 * p["blood"])  # fluid (long T2: bright)
+        _paint(sub, _occ(np.maximum(stomach + 4.0, ys), pixel), 0.0)  # gas
+        img[near] = sub
     # paraspinal muscles between the spine and the back's subcutaneous fat
-    back = -ay - 10.0 + fat_sc
+    back = -ay0 - 10.0
     para = np.hypot((np.abs(x) - _F(34.0)) * _F(22.0 / 27.0), y - _F(back + 20.0)) - _F(22.0)  # both sides at once
-    _paint(img, _occ(np.maximum(para, torso + fat_sc), pixel), p["muscle"])
-    spine_y = -ay + fat_sc + 45.0 - 10.0
+    _paint(img, _occ(np.maximum(para, lean), pixel), p["muscle"])
+    spine_y = -ay0 + 45.0 - 10.0
     # vertebral bodies (fatty marrow, mid-bright) separated by brighter intervertebral discs every ~28 mm
     disc = np.clip(np.cos((z + _F(p.get("fat_phase", 0.0) * 4.0)) * _F(2 * np.pi / 28.0)) * _F(3.0) - _F(2.0), 0.0, 1.0)
     _paint(img, _occ(np.hypot(x, y - spine_y) - 17.0, pixel), 0.5 * p["fat"] + disc * _F(0.35 * p["fat"]))
+    # v2.5: posterior elements (v2.4: vertebral bodies only): a neural arch round the canal, transverse processes and
+    # a spinous process (marrow in a dark cortex), present over most of each ~28 mm level, evaluated near the spine
+    near = (np.abs(x) < 48.0) & (y < spine_y - 8.0) & (y > spine_y - 72.0)
+    if near.any():
+        xs, ys, zs = x[near], y[near] - _F(spine_y - 26.0), z[near]  # ys: from the canal centre
+        level = np.cos((zs + _F(p.get("fat_phase", 0.0) * 4.0)) * _F(2 * np.pi / 28.0) - _F(1.2))
+        arch = np.hypot(xs, ys) - _F(11.0)
+        spinous = np.maximum(np.maximum(np.abs(xs - _F(0.08) * (ys + _F(20.0))) - _F(3.5), ys + _F(4.0)),
+                             _F(-17.0) - ys)  # fmt: skip (ends under the lean back, 19 mm behind the canal)
+        transverse = np.maximum(np.abs(ys - _F(1.0) + _F(0.12) * np.abs(xs)) - _F(4.5), np.abs(xs) - _F(38.0))
+        post = np.minimum(arch, np.minimum(spinous, transverse))
+        np.maximum(post, (_F(-0.3) - level) * _F(12.0), out=post)  # gaps between the levels (facet joints)
+        sub = img[near]
+        _paint(sub, _occ(post, pixel), 0.05)
+        _paint(sub, _occ(post + _F(1.3), pixel), 0.5 * p["fat"])
+        _paint(sub, _occ(np.hypot(xs, ys) - _F(6.0), pixel), 0.9 * p["blood"])  # the canal (CSF) stays open
+        img[near] = sub
     _paint(img, _occ(np.hypot(x, y - spine_y + 26.0) - 6.0, pixel), 0.9 * p["blood"])
     _paint(img, _occ(np.hypot(x + 22.0, y - spine_y - 22.0) - 11.0, pixel), 0.95 * p["blood"])  # descending aorta
     e1, e2, e3 = axes.T
@@ -434,6 +529,14 @@ def _static_background(pts: np.ndarray, p: dict, origin, axes, pixel: float, aor
     pa_dir = -e3 + np.array([-0.5, -0.4, 0.6])
     pa_dir /= np.linalg.norm(pa_dir)
     _paint_capsule(img, pts, pa_root, pa_dir, 12.0, 50.0, pixel, 0.95 * p["blood"])
+    if ra is not None:  # v2.5: venae cavae (slower venous blood), from inside the RA (painted over them) down through
+        # the liver and up beside the ascending aorta; outside the lungs
+        ivc_r, svc_r = rng_o.uniform(9.0, 12.0), rng_o.uniform(7.5, 10.0)
+        down = np.array([0.05, -0.15, -1.0])
+        np.negative(lungs, out=lungs)  # > 0 in the lungs: the cut
+        _paint_capsule(img, pts, ra, down / np.linalg.norm(down), ivc_r, 140.0, pixel, 0.85 * p["blood"], lungs)
+        up = np.array([-0.05, -0.2, 1.0])
+        _paint_capsule(img, pts, ra, up / np.linalg.norm(up), svc_r, 90.0, pixel, 0.9 * p["blood"], lungs)
     return img
 
 
@@ -526,27 +629,51 @@ def _heart_fields(x1, x2, x3, shapes: dict, p: dict, with_atria: bool, reach: fl
         # into the cavity, beyond the trabecular layer) and narrows towards its head at 30 % of the length; the v2.3
         # rods floated at half the cavity radius and read as a dark band down the middle of the 2ch / 3ch cavity
         rad = _F(p["papillary_mm"]) * (_F(0.55) + _F(0.45) * np.clip((zc / length - _F(0.3)) * _F(4.0), 0.0, 1.0))
-        rr = taper - _F(1.1) * rad
-        for sign in (-1.0, 1.0):
-            ang = np.deg2rad(180.0 + sign * 55.0 + p["papillary_angle_deg"])
-            d = np.sqrt((xc1 - rr * _F(np.cos(ang))) ** 2 + (xc2 - rr * _F(np.sin(ang))) ** 2) - rad
-            d = z_band(d, 0.30, 0.80)
+        # v2.5: the two muscles differ (angle ±12°, size 0.8-1.2, head height), and the heads stand a little off the
+        # wall (axis up to 1.5 radii inside the endocardium near the head): v2.4's identical bumps, symmetric about
+        # the free wall, made the mid-SAX endocardium look like a regular gear with the trabecular ridges
+        rng_p = np.random.default_rng([int(p["appearance_seed"]), 21])
+        d_ang, size, head = rng_p.uniform(-12.0, 12.0, 2), rng_p.uniform(0.8, 1.2, 2), rng_p.uniform(0.27, 0.36, 2)
+        detach = np.clip((_F(0.5) - zc / length) * _F(5.0), 0.0, 1.0)  # 1 at the head, 0 from half the length
+        for i, sign in enumerate((-1.0, 1.0)):
+            ang = np.deg2rad(180.0 + sign * 55.0 + p["papillary_angle_deg"] + d_ang[i])
+            rad_i = rad * _F(size[i])
+            rr = taper - (_F(1.1) + _F(0.4) * detach) * rad_i
+            d = np.sqrt((xc1 - rr * _F(np.cos(ang))) ** 2 + (xc2 - rr * _F(np.sin(ang))) ** 2) - rad_i
+            d = z_band(d, float(head[i]), 0.80)
             pap = d if pap is None else np.minimum(pap, d)
     if trab_in:
-        # trabecular (non-compacted) layer lining the endocardium: an irregular depth 0-4.5 mm that grows towards the
-        # apex and is deepest over the free wall (smooth septum), modulated by a fixed random pattern of mostly
-        # longitudinal ridges in (angle, height); in long axis it makes the dark wall look as thick as in SAX with a
-        # rough inner border, instead of a smooth thin line with separate rods
+        # trabecular (non-compacted) layer lining the endocardium, growing towards the apex and deepest over the free
+        # wall (smooth septum). v2.5: separate ridges (2·trabeculae + 0-4 of them) at random angles, each with its own
+        # width (1.2-3.5 mm), height and twist along the long axis, starting and stopping along the length, on a thin
+        # uneven layer (v2.4: five cosines of similar angular order summed into a continuous layer with regular teeth,
+        # a gear in mid / apical SAX)
         rng = np.random.default_rng([int(p["appearance_seed"]), 15])
         theta = np.arctan2(xc2, xc1)  # (S, n): no frame axis
-        k_th = rng.integers(int(p["trabeculae"]) + 2, 2 * int(p["trabeculae"]) + 6, 5)
-        k_z = 2 * np.pi / rng.uniform(12.0, 45.0, 5) * rng.choice([-1.0, 1.0], 5)
-        phase = rng.uniform(0.0, 2 * np.pi, 5)
-        m = sum(np.cos(_F(kt) * theta + _F(kz) * xc3 + _F(ph)) for kt, kz, ph in zip(k_th, k_z, phase))
-        m *= _F(1.0 / np.sqrt(2.5))  # unit variance
+        n_r = 2 * int(p["trabeculae"]) + int(rng.integers(0, 5))
+        th0, twist = rng.uniform(-np.pi, np.pi, n_r), rng.normal(0.0, 0.6, n_r) / lv["L_ed"]
+        half_w = rng.uniform(1.2, 3.5, n_r) / (0.7 * lv["r_ed"])  # angular half-width (rad)
+        height, k_z, ph_z = rng.uniform(0.35, 1.0, n_r), 2 * np.pi / rng.uniform(20.0, 60.0, n_r), rng.uniform(
+            0.0, 2 * np.pi, n_r)  # fmt: skip
+        rel = None
+        apical = np.clip(xc3 * _F(2.5 / lv["L_ed"]) - _F(0.9), 0.6, 1.4)  # the ridges run on towards the apex
+        for i in range(n_r):
+            dth = theta - (_F(th0[i]) + _F(twist[i]) * xc3)
+            dth += _F(np.pi)
+            np.remainder(dth, _F(2 * np.pi), out=dth)
+            dth -= _F(np.pi)  # wrapped to [-pi, pi)
+            dth *= _F(1.0 / half_w[i])
+            prof = np.clip(_F(1.0) - dth * dth, 0.0, 1.0)
+            prof *= np.clip(np.cos(xc3 * _F(k_z[i]) + _F(ph_z[i])) + apical, 0.0, 1.0) * _F(height[i])
+            rel = prof if rel is None else np.maximum(rel, prof, out=rel)
+        k_b = rng.integers(2, 6, 2)
+        base = np.cos(_F(k_b[0]) * theta + xc3 * _F(0.15)) + np.cos(_F(k_b[1]) * theta + _F(1.0))
+        base *= _F(0.08)
+        rel += base
+        rel += _F(0.12)  # a thin, uneven layer everywhere
         ramp = np.clip(xc3 * _F(1.0 / (0.35 * lv["L_ed"])) - _F(0.6), 0.0, 1.0)  # from ~20 % of the length
         free = _F(0.3) + _F(0.35) * (_F(1.0) - np.cos(theta))  # septum 0.3, free wall 1
-        depth = np.clip(m * _F(0.45) + _F(0.55), 0.0, 1.0) * ramp * free * _F(4.5)  # (S, N) mm
+        depth = rel * ramp * free * _F(5.0)  # (S, N) mm
         d = -out["lv"][..., cols] - depth  # < 0 within ``depth`` inside the endocardium
         pap = d if pap is None else np.minimum(pap, d)
     out["pap"] = None if pap is None else _columns(pap, cols, out["lv"].shape)
@@ -599,10 +726,11 @@ def _heart_fields(x1, x2, x3, shapes: dict, p: dict, with_atria: bool, reach: fl
                                                            col(at["c"])), cut_n)  # fmt: skip
         # LA appendage and pulmonary veins (static, unlabelled blood): (S, N), broadcast over frames when painted
         ext = None
-        for start, direction, cap_len, r0, r1 in _la_extras(p, shapes):
+        for start, direction, cap_len, r0, r1, bend, curv in _la_extras(p, shapes):
             d = np.stack([x1 - _F(start[0]), x2 - _F(start[1]), x3 - _F(start[2])], axis=-1)
             t = np.clip(d @ direction.astype(_F), 0.0, _F(cap_len))  # nearest point on the axis segment
             d -= t[..., None] * direction.astype(_F)
+            d -= (np.square(t) * _F(curv))[..., None] * bend.astype(_F)  # v2.5: the bent axis (small curvature)
             sd = np.sqrt(np.einsum("...i,...i->...", d, d)) - (_F(r0) + _F((r1 - r0) / cap_len) * t)
             ext = sd if ext is None else np.minimum(ext, sd)
         out["la_ext"] = ext
@@ -634,6 +762,7 @@ def render_subject(p: dict, preset: dict) -> tuple[dict, float]:
     x3_lo = min(float(np.min(la["x3"] - la["c"])), float(np.min(ra["x3"] - ra["c"]))) - 4.0
     root_start, root_up = aortic_root(p, shapes)
     aorta_world = (origin + axes @ root_start, axes @ root_up)
+    ra_world = origin + axes @ np.array([ra["x1"], ra["x2"], float(ra["x3"][0])])
     x3_hi = lv["L_ed"] + lv["w_ed"] + fat_mm + 4.0  # the apex does not move
     margin = fat_mm + 10.0
     r_epi = lv["r_ed"] + lv["w_ed"]
@@ -644,6 +773,23 @@ def render_subject(p: dict, preset: dict) -> tuple[dict, float]:
     atria_x3_hi = float(np.max(lv["b"])) + 10.0  # the AV plane dips up to 8 mm below the flat base plane
     reach = 3.5 + px  # farther, the atria / aortic root (cut at zp - 1.5, walls 2 mm) and LV cavity are > a pixel away
     sub = np.asarray(SUBSAMPLES, np.float64) * thick
+    # v2.5 blood-flow heterogeneity: a smooth pattern of ±4-7 % that drifts through the blood once per beat (two
+    # static fields mixed by the cardiac phase, so it costs a few (T, S, N) products), slower, darker flow in the
+    # trabeculated apex and next to its wall (stronger in diastole, washed out in systole), darker RV apex, livelier
+    # atria (v2.4: uniform blood with a faint apical ramp)
+    rng_f = np.random.default_rng([int(p["appearance_seed"]), 20])
+    flow_k = rng_f.normal(size=(3, 3))
+    flow_k *= (2 * np.pi / rng_f.uniform(25.0, 60.0, (3, 1))) / np.linalg.norm(flow_k, axis=1, keepdims=True)
+    flow_ph, flow_amp = rng_f.uniform(0.0, 2 * np.pi, 3), rng_f.uniform(0.04, 0.07) / np.sqrt(1.5)
+    beat = 2 * np.pi * np.arange(n_t) / n_t + rng_f.uniform(0.0, 2 * np.pi)
+    beat_c, beat_s = (np.asarray(fn(beat), _F).reshape(-1, 1, 1) for fn in (np.cos, np.sin))
+    g_t = np.asarray(lv["b"] / max(p["base_descent_mm"], 1e-6), _F).reshape(-1, 1, 1)  # 0 at ED, 1 at ES
+    apex_dark = _F(p["apical_slow_flow"]) * (_F(1.25) - _F(0.5) * g_t)  # (T, 1, 1)
+    recess_dark = _F(rng_f.uniform(0.08, 0.16)) * (_F(1.2) - _F(0.4) * g_t)
+    # v2.5: the atrial wall is 0.4-2.2 mm, varying smoothly over the atria (v2.4: an even 2 mm dark rim)
+    rim_k = rng_f.normal(size=(2, 3))
+    rim_k *= (2 * np.pi / rng_f.uniform(20.0, 45.0, (2, 1))) / np.linalg.norm(rim_k, axis=1, keepdims=True)
+    rim_ph = rng_f.uniform(0.0, 2 * np.pi, 2)
     out = {}
     ii, jj = np.meshgrid(np.arange(m, dtype=np.float64), np.arange(m, dtype=np.float64), indexing="ij")
     for view, pl in planes.items():
@@ -652,7 +798,7 @@ def render_subject(p: dict, preset: dict) -> tuple[dict, float]:
         base_pts = pl["origin"] + (ii[..., None] * px) * pl["ex"] + (jj[..., None] * px) * pl["ey"]
         k_off = np.arange(nz)[:, None] * pl["spacing"] + sub[None, :]  # (Z, S)
         pts = (base_pts[None, None] + k_off[..., None, None, None] * pl["normal"]).astype(_F)  # float32 from here
-        bg = _static_background(pts, p, origin.astype(_F), axes.astype(_F), px, aorta_world)  # (Z, S, X, Y)
+        bg = _static_background(pts, p, origin.astype(_F), axes.astype(_F), px, aorta_world, ra_world)
         img = np.broadcast_to(bg.mean(axis=1)[:, None], (nz, n_t, m, m)).copy()  # (Z, T, X, Y)
         labelled = view != "la_3ch"
         seg = np.zeros((nz, n_t, m, m), np.int16) if labelled else None
@@ -671,6 +817,13 @@ def render_subject(p: dict, preset: dict) -> tuple[dict, float]:
             with_atria = float(x3.min()) < atria_x3_hi
             f = _heart_fields(x1, x2, x3, shapes, p, with_atria, reach)
             tile = np.broadcast_to(bg[k][:, sl[0], sl[1]].reshape(len(sub), -1), f["lv"].shape).copy()
+            pts_s = np.stack([x1, x2, x3], axis=-1) @ flow_k.T.astype(_F) + flow_ph.astype(_F)  # (S, N, 3)
+            wave_c = np.cos(pts_s).sum(axis=-1) * _F(flow_amp)
+            wave_s = np.sin(pts_s, out=pts_s).sum(axis=-1) * _F(flow_amp)
+            flow = beat_c * wave_c  # (T, S, N): 1 + the drifting pattern
+            flow -= beat_s * wave_s
+            flow += _F(1.0)
+            zr = np.clip(f["z"] * _F(1.0 / lv["L_ed"]), 0.0, 1.0)
             vent = np.minimum(f["epi"], f["rv_out"])
             # epicardial fat: thick in the AV groove, over the RV free wall, in the interventricular grooves and at
             # the apex, thin and patchy over the LV free wall (no uniform bright rim)
@@ -703,15 +856,34 @@ def render_subject(p: dict, preset: dict) -> tuple[dict, float]:
                 ext = np.broadcast_to(f["la_ext"], tile.shape)
                 _paint(tile, _occ(ext - _F(1.5), px), p["myocardium"])
                 _paint(tile, _occ(ext, px), p["blood"] * p["atrial_signal"] * 0.9)
+                rim = np.stack([x1, x2, x3], axis=-1) @ rim_k.T.astype(_F) + rim_ph.astype(_F)  # (S, N, 2)
+                rim = np.cos(rim, out=rim).sum(axis=-1)
+                rim *= _F(0.45)
+                rim += _F(1.3)
                 for key in ("la", "ra"):
-                    _paint(tile, _occ(f[key] - _F(2.0), px), p["myocardium"])
-                    _paint(tile, _occ(f[key], px), p["blood"] * p["atrial_signal"])  # slower atrial inflow
+                    _paint(tile, _occ(f[key] - rim, px), p["myocardium"])
+                    # slower atrial inflow; v2.5: swirling (the blood-flow pattern at 1.5x)
+                    atr = flow * _F(1.5 * p["blood"] * p["atrial_signal"])
+                    atr -= _F(0.5 * p["blood"] * p["atrial_signal"])
+                    _paint(tile, _occ(f[key], px), atr)
             _paint(tile, _occ(f["rv_out"], px), p["myocardium"])
-            _paint(tile, _occ(f["rv_open"], px), p["blood"])
+            rv_blood = np.clip(zr * _F(2.0) - _F(1.0), 0.0, 1.0)  # v2.5: darker (trabeculated) RV apex
+            rv_blood *= _F(-0.1 * p["blood"])
+            rv_blood += _F(p["blood"])
+            rv_blood *= flow
+            _paint(tile, _occ(f["rv_open"], px), rv_blood)
             if f["mb"] is not None:
                 _paint(tile, _occ(f["mb"], px), p["myocardium"])
             _paint(tile, _occ(f["epi"], px), p["myocardium"])
-            slow = _F(p["blood"]) * (1 - _F(p["apical_slow_flow"]) * np.clip(f["z"] / _F(lv["L_ed"]), 0, 1) ** 2)
+            slow = np.square(zr) * apex_dark  # v2.4's apical ramp, now stronger in diastole
+            if float(x3.max()) > 0.35 * lv["L_ed"]:  # next to the trabeculated wall from a third of the length down
+                near = np.clip(f["lv"] * _F(0.3) + _F(1.0), 0.0, 1.0)  # 1 at the endocardium, 0 from 3.3 mm in
+                near *= np.clip(zr * _F(2.5) - _F(0.9), 0.0, 1.0)
+                near *= recess_dark
+                slow += near
+            np.subtract(_F(1.0), slow, out=slow)
+            slow *= flow
+            slow *= _F(p["blood"])
             _paint(tile, _occ(f["lv_open"], px), slow)
             if f["pap"] is not None:
                 _paint(tile, _occ(np.maximum(f["pap"], f["lv"]), px), p["myocardium"])
