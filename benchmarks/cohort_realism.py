@@ -64,7 +64,7 @@ def measure_subject(subject_dir: str, p: dict) -> dict:
     """All image/label figures of one subject (dict of floats, NaN where not measurable)."""
     from scipy import ndimage
 
-    from kmtr_monai.simulate.geometry import ellipsoid_sd
+    from kmtr_monai.simulate.render import body_wall
 
     out = {}
     seg_sa, nii = _load(os.path.join(subject_dir, "seg_sa.nii.gz"))
@@ -89,14 +89,11 @@ def measure_subject(subject_dir: str, p: dict) -> dict:
     myo_mean = img[myo].mean() if myo.any() else np.nan
     out["blood_myo"] = img[blood].mean() / myo_mean if blood.any() else np.nan
     # subcutaneous fat: voxels >= 2 mm inside the torso surface and >= 2 mm outside the fat/muscle boundary
-    fat_sc = p["subcutaneous_fat_mm"]
-    if fat_sc >= 6.0:
+    if p["subcutaneous_fat_mm"] >= 6.0:
         ii, jj = np.meshgrid(np.arange(sa.shape[0]), np.arange(sa.shape[1]), indexing="ij")
         world = nii.affine @ np.stack([ii, jj, np.full_like(ii, mid), np.ones_like(ii)]).reshape(4, -1)
-        x, y = world[0], world[1]
-        ax_ = 118.0 * (p["height_cm"] / 170.0) + fat_sc
-        sd = ellipsoid_sd(x, y + 10.0, 0.0, ax_, 0.70 * ax_, 1.0).reshape(ii.shape)
-        fat = (sd < -2.0) & (sd > -(fat_sc - 2.0))
+        skin, lean = body_wall(world[0].astype(np.float32), world[1].astype(np.float32), p)  # the generator's
+        fat = ((skin < -2.0) & (lean > 2.0)).reshape(ii.shape)
         out["fat_myo"] = img[fat].mean() / myo_mean if fat.sum() > 10 else np.nan
     else:
         out["fat_myo"] = np.nan
