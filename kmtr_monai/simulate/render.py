@@ -74,6 +74,14 @@ def _paint(img, occ, value):
     img += occ
 
 
+def _paint_static(img, sd, pixel, value):
+    """``_paint(img, _occ(sd, pixel), value)`` for a static ``sd`` (S, N) that broadcasts over the frames of ``img``
+    (T, S, N): the occupancy is computed once, not per frame (the same values, three frame-wide operations fewer)."""
+    diff = np.subtract(value, img, dtype=_F)
+    diff *= _occ(sd, pixel)
+    img += diff
+
+
 def _add_rician_noise(img: np.ndarray, sigma: float, gen: torch.Generator) -> np.ndarray:
     """In place ``img = |img + sigma·(n1 + i·n2)|`` for C-contiguous float32 ``img``, with independent standard-normal
     ``n1`` and ``n2`` (the magnitude of a complex Gaussian: Rician). Drawn with ``torch``'s normal generator, about 3x
@@ -818,12 +826,13 @@ def render_subject(p: dict, preset: dict) -> tuple[dict, float]:
             f = _heart_fields(x1, x2, x3, shapes, p, with_atria, reach)
             tile = np.broadcast_to(bg[k][:, sl[0], sl[1]].reshape(len(sub), -1), f["lv"].shape).copy()
             pts_s = np.stack([x1, x2, x3], axis=-1) @ flow_k.T.astype(_F) + flow_ph.astype(_F)  # (S, N, 3)
-            wave_c = np.cos(pts_s).sum(axis=-1) * _F(flow_amp)
-            wave_s = np.sin(pts_s, out=pts_s).sum(axis=-1) * _F(flow_amp)
-            flow = beat_c * wave_c  # (T, S, N): 1 + the drifting pattern
+            wave_c = np.cos(pts_s).sum(axis=-1) * _F(flow_amp * p["blood"])
+            wave_s = np.sin(pts_s, out=pts_s).sum(axis=-1) * _F(flow_amp * p["blood"])
+            flow = beat_c * wave_c  # (T, S, N): blood × (1 + the drifting pattern)
             flow -= beat_s * wave_s
-            flow += _F(1.0)
-            zr = np.clip(f["z"] * _F(1.0 / lv["L_ed"]), 0.0, 1.0)
+            flow += _F(p["blood"])
+            # ramps in the static heart-local height (the apex barely moves): (S, N), cheap
+            zr = np.clip(x3 * _F(1.0 / lv["L_ed"]), 0.0, 1.0)
             vent = np.minimum(f["epi"], f["rv_out"])
             # epicardial fat: thick in the AV groove, over the RV free wall, in the interventricular grooves and at
             # the apex, thin and patchy over the LV free wall (no uniform bright rim)
@@ -853,25 +862,20 @@ def render_subject(p: dict, preset: dict) -> tuple[dict, float]:
             if with_atria:  # aortic root first: the LA behind it indents it (the LA keeps its full label)
                 _paint(tile, _occ(f["root"] - _F(1.5), px), p["myocardium"])  # aortic wall
                 _paint(tile, _occ(f["root"], px), p["blood"])
-                ext = np.broadcast_to(f["la_ext"], tile.shape)
-                _paint(tile, _occ(ext - _F(1.5), px), p["myocardium"])
-                _paint(tile, _occ(ext, px), p["blood"] * p["atrial_signal"] * 0.9)
+                _paint_static(tile, f["la_ext"] - _F(1.5), px, p["myocardium"])  # (S, N): static
+                _paint_static(tile, f["la_ext"], px, p["blood"] * p["atrial_signal"] * 0.9)
                 rim = np.stack([x1, x2, x3], axis=-1) @ rim_k.T.astype(_F) + rim_ph.astype(_F)  # (S, N, 2)
                 rim = np.cos(rim, out=rim).sum(axis=-1)
                 rim *= _F(0.45)
                 rim += _F(1.3)
+                atr = flow * _F(1.5 * p["atrial_signal"])  # slower atrial inflow; v2.5: swirling (the pattern at 1.5x)
+                atr -= _F(0.5 * p["blood"] * p["atrial_signal"])
                 for key in ("la", "ra"):
                     _paint(tile, _occ(f[key] - rim, px), p["myocardium"])
-                    # slower atrial inflow; v2.5: swirling (the blood-flow pattern at 1.5x)
-                    atr = flow * _F(1.5 * p["blood"] * p["atrial_signal"])
-                    atr -= _F(0.5 * p["blood"] * p["atrial_signal"])
                     _paint(tile, _occ(f[key], px), atr)
             _paint(tile, _occ(f["rv_out"], px), p["myocardium"])
-            rv_blood = np.clip(zr * _F(2.0) - _F(1.0), 0.0, 1.0)  # v2.5: darker (trabeculated) RV apex
-            rv_blood *= _F(-0.1 * p["blood"])
-            rv_blood += _F(p["blood"])
-            rv_blood *= flow
-            _paint(tile, _occ(f["rv_open"], px), rv_blood)
+            rv_blood = np.clip(zr * _F(-0.2) + _F(1.1), 0.9, 1.0)  # v2.5: darker (trabeculated) RV apex
+            _paint(tile, _occ(f["rv_open"], px), flow * rv_blood)
             if f["mb"] is not None:
                 _paint(tile, _occ(f["mb"], px), p["myocardium"])
             _paint(tile, _occ(f["epi"], px), p["myocardium"])
@@ -883,7 +887,6 @@ def render_subject(p: dict, preset: dict) -> tuple[dict, float]:
                 slow += near
             np.subtract(_F(1.0), slow, out=slow)
             slow *= flow
-            slow *= _F(p["blood"])
             _paint(tile, _occ(f["lv_open"], px), slow)
             if f["pap"] is not None:
                 _paint(tile, _occ(np.maximum(f["pap"], f["lv"]), px), p["myocardium"])
