@@ -88,12 +88,13 @@ def measure_subject(subject_dir: str, p: dict) -> dict:
     myo = ndimage.binary_erosion(seg_sa[:, :, mid, 0] == 2, iterations=1)
     myo_mean = img[myo].mean() if myo.any() else np.nan
     out["blood_myo"] = img[blood].mean() / myo_mean if blood.any() else np.nan
-    # subcutaneous fat: voxels >= 2 mm inside the torso surface and >= 2 mm outside the fat/muscle boundary
+    # subcutaneous fat: voxels >= 3.5 mm inside the skin and >= 2.5 mm outside the fat/muscle boundary (2.4.0: 2 and
+    # 2 mm; generator 2.5.0 draws dark fat-water boundary lines there)
     if p["subcutaneous_fat_mm"] >= 6.0:
         ii, jj = np.meshgrid(np.arange(sa.shape[0]), np.arange(sa.shape[1]), indexing="ij")
         world = nii.affine @ np.stack([ii, jj, np.full_like(ii, mid), np.ones_like(ii)]).reshape(4, -1)
         skin, lean = body_wall(world[0].astype(np.float32), world[1].astype(np.float32), p)  # the generator's
-        fat = ((skin < -2.0) & (lean > 2.0)).reshape(ii.shape)
+        fat = ((skin < -3.5) & (lean > 2.5)).reshape(ii.shape)
         out["fat_myo"] = img[fat].mean() / myo_mean if fat.sum() > 10 else np.nan
     else:
         out["fat_myo"] = np.nan

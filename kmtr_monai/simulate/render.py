@@ -42,8 +42,9 @@ the two papillary muscles differ in angle, size and head height, their heads sta
 endocardium); atrial walls 0.4-2.2 mm, varying over the atria (was an even 2 mm rim); curved pulmonary veins and LA
 appendage; a wider, rounded-rectangular chest (``body_wall``: 130 / 120 mm lean half-width for men / women) whose
 subcutaneous fat is thinner in front (0.6x) than at the flanks (1.1x) and back (0.85x); spleen, venae cavae and the
-posterior vertebral elements. Every latent draw is unchanged: the new randomness comes from hashed streams
-(``appearance_seed`` with 20-22) or is appended to an existing stream.
+posterior vertebral elements; bSSFP artefacts: dark fat-water boundary lines in the body wall and off-resonance
+banding (thin dark bands 130-210 mm from the shimmed heart). Every latent draw is unchanged: the new randomness comes from hashed streams
+(``appearance_seed`` with 20-23) or is appended to an existing stream.
 """
 
 from __future__ import annotations
@@ -175,6 +176,17 @@ class _Appearance:
         self.tex_phase = np.concatenate([self.tex_phase, rng.uniform(0, 2 * np.pi, 12)])
         self.tex_w = np.concatenate([np.full(8, self.tex_amp / np.sqrt(8.0)),
                                      np.full(12, 0.6 * self.tex_amp / np.sqrt(12.0))])
+        # v2.5: bSSFP off-resonance banding. The B0 offset grows away from the shimmed heart (quadratic, anisotropic,
+        # plus a linear term), and where the phase per TR reaches π the signal drops: thin dark curved bands, first at
+        # 130-210 mm from the heart (the body periphery, often outside the field of view); the heart stays within
+        # ±0.75π. Own stream: no earlier draw moves.
+        rng_b = np.random.default_rng([int(p["appearance_seed"]), 23])
+        self.band_iso = heart_frame(p)[0].astype(_F)
+        self.band_scale = (rng_b.uniform(0.8, 1.25, 3) * np.sqrt(np.pi) / rng_b.uniform(130.0, 210.0)).astype(_F)
+        g = rng_b.normal(size=3)
+        self.band_g = (g / np.linalg.norm(g) * rng_b.uniform(0.0, 0.4) * np.pi / 100.0).astype(_F)  # rad per mm
+        self.band_ph = float(rng_b.uniform(-0.5, 0.5))
+        self.band_w, self.band_depth = float(rng_b.uniform(0.1, 0.2)), float(rng_b.uniform(0.5, 0.9))
 
     def field(self, pts: np.ndarray) -> np.ndarray:
         """Multiplicative bias × texture at world points (..., 3) -> (...) float32."""
@@ -191,6 +203,18 @@ class _Appearance:
         # 1 at the heart, brighter near the coils; v2.4: half the v2.3 excess (0.25 + 0.75·coil made the anterior fat
         # ~1.75x its level at the heart; scanners' intensity normalisation flattens most of the surface-coil profile)
         tex *= _F(0.5) + _F(0.5) * coil
+        d = pts - self.band_iso
+        phase = d @ self.band_g
+        d *= self.band_scale
+        phase += np.einsum("...i,...i->...", d, d)
+        phase += _F(self.band_ph)
+        np.remainder(phase, _F(2 * np.pi), out=phase)
+        phase -= _F(np.pi)  # 0 where the phase per TR is π (mod 2π): the band centre
+        phase *= _F(1.0 / self.band_w)
+        band = np.exp(-np.square(phase, out=phase), out=phase)
+        band *= _F(-self.band_depth)
+        band += _F(1.0)
+        tex *= band
         return tex
 
 
@@ -380,6 +404,14 @@ def _static_background(pts: np.ndarray, p: dict, origin, axes, pixel: float, aor
     d_rib -= torso - lean  # + the local fat thickness
     depth = -torso
     _paint(img, _occ(lean, pixel), p["muscle"])
+    # v2.5: fat-water boundaries are dark in bSSFP (fat and water partly opposed in phase within one voxel): a ~1.5 mm
+    # dark line where the subcutaneous fat meets the muscle and the skin (v2.4: a plain partial-volume blend)
+    edge = (torso < 0.0) & (lean > -2.5)
+    if edge.any():
+        d_in, d_out = lean[edge], torso[edge] + _F(1.8)
+        dip = np.exp(-np.square(d_in * _F(1.0 / 0.8))) * _F(0.45)
+        dip += np.exp(-np.square(d_out * _F(1.0 / 0.8))) * _F(0.35)
+        img[edge] *= _F(1.0) - dip
     inner = torso + d_rib + _F(11.0)  # < 0 inside the rib cage
     # smooth random field (amplitude <= 7.5 mm / 30 %): wobbles the liver and stomach outlines and modulates the
     # mediastinal / abdominal soft tissue (fat, vessels and bowel at a coarse scale), so neither is flat and analytic
