@@ -43,8 +43,8 @@ endocardium); atrial walls 0.4-2.2 mm, varying over the atria (was an even 2 mm 
 appendage; a wider, rounded-rectangular chest (``body_wall``: 130 / 120 mm lean half-width for men / women) whose
 subcutaneous fat is thinner in front (0.6x) than at the flanks (1.1x) and back (0.85x); spleen, venae cavae and the
 posterior vertebral elements; bSSFP artefacts: dark fat-water boundary lines in the body wall and off-resonance
-banding (thin dark bands 130-210 mm from the shimmed heart). Every latent draw is unchanged: the new randomness comes from hashed streams
-(``appearance_seed`` with 20-23) or is appended to an existing stream.
+banding (thin dark bands 130-210 mm from the shimmed heart). Every latent draw is unchanged: the new randomness comes
+from hashed streams (``appearance_seed`` with 20-23) or is appended to an existing stream.
 """
 
 from __future__ import annotations
