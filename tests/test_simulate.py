@@ -390,6 +390,32 @@ def test_rv_crescent_and_long_axis_extras_v22():
     assert set(np.unique(views["la_2ch"][1])) == {0, 1}
 
 
+def test_body_wall_v25_widths_and_fat_distribution():
+    """v2.5 chest: measured along the three axes of a fine grid (the zero crossings of the skin and fat / muscle
+    distances), the subcutaneous fat is 0.6x ``subcutaneous_fat_mm`` over the sternum, 1.1x at the flanks and 0.85x
+    over the back, and men's chests are about 300 mm wide (DESIGN §6: real chests ~300 mm; v2.4 drew 236-280 mm)."""
+    from kmtr_monai.simulate.render import body_wall
+
+    def crossing(values, coords):  # first coordinate, walking outwards, where a distance turns positive
+        i = int(np.argmax(values > 0))
+        return coords[i - 1] + (coords[i] - coords[i - 1]) * -values[i - 1] / (values[i] - values[i - 1])
+
+    r = np.arange(0.0, 260.0, 0.05, dtype=np.float32)
+    zero = np.zeros_like(r)
+    widths = []
+    for index in range(40):
+        p = sample_subject(23, index)
+        fat = p["subcutaneous_fat_mm"]
+        for x, y, factor in ((zero, r - 10.0, 0.6), (zero, -r - 10.0, 0.85), (r, zero - 10.0, 1.1)):
+            skin, lean = body_wall(x, y, p)
+            thickness = crossing(skin, r) - crossing(lean, r)
+            assert thickness == pytest.approx(factor * fat, abs=0.1), (index, factor)
+        if p["sex_male"]:
+            skin, _ = body_wall(r, zero - 10.0, p)
+            widths.append(2.0 * crossing(skin, r))
+    assert len(widths) >= 10 and 285.0 < np.mean(widths) < 340.0
+
+
 def test_body_wall_v23():
     """v2.3: the lungs stay inside the rib cage (the subcutaneous fat is fat all round, v2.2 let the lungs cut through
     it laterally), and the chest wall has ribs (dark cortex) and muscle; women have breasts outside the torso."""
