@@ -49,7 +49,7 @@ def test_layout_files_shapes_and_headers(cohort):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     meta = json.load(open(os.path.join(cohort, "cohort.json")))
     assert meta["seed"] == 0 and meta["preset"] == "tiny" and len(meta["subjects"]) == N_SUBJECTS
-    assert meta["version"] == "2.5.0"
+    assert meta["version"] == "2.6.0"
     for eid, latent in zip(eids, meta["subjects"]):
         files = set(os.listdir(os.path.join(cohort, eid)))
         assert files == set(IMAGE_FILES.values()) | set(SEG_FILES.values())
@@ -427,7 +427,7 @@ def test_body_wall_v23():
         origin, axes = heart_frame(p)
         xs, ys = np.meshgrid(np.arange(-220.0, 220.0, 1.0), np.arange(-170.0, 170.0, 1.0), indexing="ij")
         pts = np.stack([xs, ys, np.full_like(xs, origin[2] - 30.0)], axis=-1).astype(np.float32)
-        bg = _static_background(pts, p, origin.astype(np.float32), axes.astype(np.float32), 1.8)
+        bg, _ = _static_background(pts, p, origin.astype(np.float32), axes.astype(np.float32), 1.8)
         torso, lean = body_wall(xs.astype(np.float32), ys.astype(np.float32), p)  # v2.5: fat thickness varies
         fat = (torso < -4.0) & (lean > 2.0)  # v2.5: clear of the dark fat-water boundary lines
         if fat.any():  # fat, darkened by at most 30 % on its thin fibrous septa (v2.4), never lung

@@ -29,7 +29,7 @@ import numpy as np
 
 from kmtr_monai.constants import DISEASE_PREVALENCE, DISEASES
 
-GENERATOR_VERSION = "2.5.0"  # render.py describes each version's changes
+GENERATOR_VERSION = "2.6.0"  # render.py describes each version's changes
 _SALT = 0x6B4D5452  # "kMTR"
 _THRESHOLD = {d: NormalDist().inv_cdf(1.0 - p) for d, p in DISEASE_PREVALENCE.items()}
 

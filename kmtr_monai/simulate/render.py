@@ -45,6 +45,16 @@ subcutaneous fat is thinner in front (0.6x) than at the flanks (1.1x) and back (
 posterior vertebral elements; bSSFP artefacts: dark fat-water boundary lines in the body wall and off-resonance
 banding (thin dark bands 130-210 mm from the shimmed heart). Every latent draw is unchanged: the new randomness comes
 from hashed streams (``appearance_seed`` with 20-23) or is appended to an existing stream.
+
+v2.6 (the heart in the chest, issue 15): the lungs fill the rib cage above the diaphragm and reach the heart (v2.5:
+ellipsoids with fixed medial edges, so a wide grey mediastinum surrounded the heart in every view); the mediastinum
+is carved out of them: the pericardial sac (``_pericardial_sac``), the anterior mediastinum in front of the RV, the
+great vessels in 6 mm of fat and the posterior mediastinum; inside the sac the lungs follow the heart frame by frame,
+1.5 mm (the pericardium) off its outer surface. The LV section is no longer a perfect ring (``geometry.lv_section``:
+oval, three-cornered, wall thicker on one side; labels and phenotypes move accordingly). The off-resonance bands are
+bent by smooth waves instead of drawing circles across the body. Respiratory ghosting: faint copies shifted both ways
+along the phase-encoding axis, 0-5 % per subject. New randomness: streams 24 (LV section) and 25 (ghosts), and two
+waves appended to stream 23.
 """
 
 from __future__ import annotations
@@ -52,8 +62,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from kmtr_monai.simulate.geometry import (av_offset, cardiac_shapes, ellipsoid_sd, heart_frame, rotation_matrix,
-                                          rv_form, truncated_sd, wall_profile)
+from kmtr_monai.simulate.geometry import (av_offset, cardiac_shapes, ellipsoid_sd, heart_frame, lv_section,
+                                          rotation_matrix, rv_form, truncated_sd, wall_profile)
 
 _F = np.float32
 SUBSAMPLES = (-0.25, 0.25)  # through-slice sample offsets (fraction of the slice thickness): midpoint rule on halves
@@ -187,26 +197,46 @@ class _Appearance:
         self.band_g = (g / np.linalg.norm(g) * rng_b.uniform(0.0, 0.4) * np.pi / 100.0).astype(_F)  # rad per mm
         self.band_ph = float(rng_b.uniform(-0.5, 0.5))
         self.band_w, self.band_depth = float(rng_b.uniform(0.1, 0.2)), float(rng_b.uniform(0.5, 0.9))
+        # v2.6: the field is not a clean quadratic (v2.5 drew perfect circles across the body): two smooth waves of
+        # 60-140 mm, scaled by the quadratic term (±0.35 of it, so the heart stays shimmed), bend the bands
+        k = rng_b.normal(size=(2, 3))
+        self.band_k = (k * (2 * np.pi / rng_b.uniform(60.0, 140.0, (2, 1))) / np.linalg.norm(k, axis=1, keepdims=True))
+        self.band_k = self.band_k.astype(_F)
+        self.band_k_ph = rng_b.uniform(0.0, 2 * np.pi, 2).astype(_F)
 
-    def field(self, pts: np.ndarray) -> np.ndarray:
-        """Multiplicative bias × texture at world points (..., 3) -> (...) float32."""
-        pts = pts.astype(_F)  # float32 SIMD cos: phases reach a few hundred rad, where the float32 step is ~3e-5 rad
-        bias = np.cos(pts @ self.bias_k.T.astype(_F) + self.bias_phase.astype(_F)) @ self.bias_amp.astype(_F)
-        arg = pts @ self.tex_k.T.astype(_F)
-        arg += self.tex_phase.astype(_F)
-        tex = np.cos(arg, out=arg) @ self.tex_w.astype(_F)
+    def field(self, plane: dict, n: int, pixel: float) -> np.ndarray:
+        """Multiplicative bias × texture × coil × banding on the (n × n) pixel centres of every slice of ``plane``
+        (``view_planes``) -> (Z, n, n) float32. The point of slice ``z``, pixel ``(i, j)`` is ``o_z + i·u + j·v``
+        (``u``, ``v`` the pixel steps), so every plane wave is ``cos(a_zi + b_j)`` and a sum of waves is two matrix
+        products of (n, W) cos / sin tables (``_plane_waves``): no cosine per pixel (v2.6; the same field as v2.5's
+        per-point evaluation up to rounding)."""
+        u, v = plane["ex"] * pixel, plane["ey"] * pixel
+        o = plane["origin"] + np.arange(plane["n_slices"])[:, None] * plane["spacing"] * plane["normal"]  # (Z, 3)
+        idx = np.arange(n, dtype=np.float64)
+        waves = lambda k, ph, amp: _plane_waves(o, u, v, n, k, ph, amp)  # noqa: E731  (Z, n, n)
+        bias = waves(self.bias_k, self.bias_phase, self.bias_amp)
+        tex = waves(self.tex_k, self.tex_phase, self.tex_w)
         tex += _F(1.0)
-        tex *= np.exp(bias)
-        y = pts[..., 1]
+        tex *= np.exp(bias, out=bias)
+        y = (o[:, 1, None, None] + idx[:, None] * u[1] + idx[None, :] * v[1]).astype(_F)  # world y (Z, n, n)
         coil = sum(_F(w / self.coil_ref) * np.exp(-np.abs(y - _F(c)) / _F(self.coil_d)) for w, c in
                    zip(self.coil_w, self.coil_y))  # fmt: skip
         # 1 at the heart, brighter near the coils; v2.4: half the v2.3 excess (0.25 + 0.75·coil made the anterior fat
         # ~1.75x its level at the heart; scanners' intensity normalisation flattens most of the surface-coil profile)
         tex *= _F(0.5) + _F(0.5) * coil
-        d = pts - self.band_iso
-        phase = d @ self.band_g
-        d *= self.band_scale
-        phase += np.einsum("...i,...i->...", d, d)
+        # banding phase: d·g + (1 + 0.175·wobble)·|s ⊙ d|² with d = o_z - iso + i·u + j·v; the quadratic expands to
+        # α_z + β_zi + γ_zj + δ·i·j (per-slice tables)
+        c = o - self.band_iso  # (Z, 3)
+        s2 = np.square(self.band_scale.astype(np.float64))
+        quad = (np.sum(s2 * c * c, axis=1)[:, None, None] + (2 * (s2 * c) @ u)[:, None, None] * idx[:, None]
+                + (2 * (s2 * c) @ v)[:, None, None] * idx[None, :] + np.sum(s2 * u * u) * idx[:, None] ** 2
+                + np.sum(s2 * v * v) * idx[None, :] ** 2 + 2 * np.sum(s2 * u * v) * np.outer(idx, idx)).astype(_F)
+        wobble = _plane_waves(c, u, v, n, self.band_k, self.band_k_ph, np.full(2, 0.175))
+        wobble += _F(1.0)
+        wobble *= quad
+        lin = (c @ self.band_g)[:, None, None] + (u @ self.band_g) * idx[:, None] + (v @ self.band_g) * idx[None, :]
+        phase = wobble
+        phase += lin.astype(_F)
         phase += _F(self.band_ph)
         np.remainder(phase, _F(2 * np.pi), out=phase)
         phase -= _F(np.pi)  # 0 where the phase per TR is π (mod 2π): the band centre
@@ -218,6 +248,19 @@ class _Appearance:
         return tex
 
 
+def _plane_waves(o: np.ndarray, u: np.ndarray, v: np.ndarray, n: int, k: np.ndarray, phase: np.ndarray,
+                 amp: np.ndarray) -> np.ndarray:
+    """``Σ_w amp_w·cos(k_w·(o_z + i·u + j·v) + phase_w)`` for slices ``z`` (o: (Z, 3)) and pixels ``i, j < n`` ->
+    (Z, n, n) float32, as ``cos(a + b) = cos a cos b - sin a sin b``: two (n, W) @ (W, n) products per slice."""
+    idx = np.arange(n, dtype=np.float64)
+    a = (o @ k.T + phase)[:, None, :] + idx[None, :, None] * (u @ k.T)  # (Z, n, W)
+    b = idx[:, None] * (v @ k.T)  # (n, W)
+    amp = np.asarray(amp, np.float64)
+    out = (np.cos(a) * amp) @ np.cos(b).T
+    out -= (np.sin(a) * amp) @ np.sin(b).T
+    return out.astype(_F)
+
+
 def _capsule_sd(pts, a, direction, radius, length):
     """Signed distance (...) at points (..., 3) to the capsule of ``radius`` round the segment of ``length`` from
     point ``a`` along the unit ``direction``."""
@@ -226,21 +269,14 @@ def _capsule_sd(pts, a, direction, radius, length):
     return np.linalg.norm(d - t[..., None] * direction, axis=-1) - radius
 
 
-def _paint_capsule(img, pts, a, direction, radius, length, pixel, value, cut=None):
-    """Paint ``value`` into ``img`` (...) inside a capsule (``_capsule_sd``) at world points (..., 3), evaluated only
-    at the points of its bounding box grown by a pixel: beyond it the occupancy is exactly 0. ``cut`` (like ``img``):
-    a signed distance the capsule is intersected with (painted only where it is negative too)."""
+def _near_capsule(pts, a, direction, radius, length, reach):
+    """The world points (..., 3) in the bounding box of a capsule (``_capsule_sd``) grown by ``reach``, as a mask
+    (...), and the capsule's signed distance there (M,): beyond the box it is more than ``reach``."""
     ends = np.stack([a, a + length * direction])
-    reach = radius + pixel
+    reach += radius
     near = np.logical_and.reduce([(pts[..., i] > ends[:, i].min() - reach) & (pts[..., i] < ends[:, i].max() + reach)
                                   for i in range(3)])  # fmt: skip
-    if near.any():
-        sub = img[near]
-        sd = _capsule_sd(pts[near], a, direction, radius, length)
-        if cut is not None:
-            np.maximum(sd, cut[near], out=sd)
-        _paint(sub, _occ(sd, pixel), value)
-        img[near] = sub
+    return near, _capsule_sd(pts[near], a, direction, radius, length)
 
 
 def aortic_root(p: dict, shapes: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -349,11 +385,46 @@ def body_wall(x, y, p: dict):
     return lean - fat, lean
 
 
-def _static_background(pts: np.ndarray, p: dict, origin, axes, pixel: float, aorta=None, ra=None) -> np.ndarray:
+def _great_vessels(p: dict, origin, axes, aorta, ra, rng: np.random.Generator) -> list:
+    """Ascending aorta and arch, pulmonary trunk and (when ``ra`` is given) the venae cavae as capsules ``(start (3,),
+    unit direction (3,), radius, length, signal)`` in world mm; ``aorta``: (world start, world direction) of the aortic
+    root drawn with the heart, or None (a root placed from the 3ch direction). Draws the caval radii from ``rng``."""
+    e1, e2, e3 = axes.T
+    caps = []
+    if aorta is None:
+        u3 = np.cos(np.deg2rad(p["lax_angles_deg"][1])) * e1 + np.sin(np.deg2rad(p["lax_angles_deg"][1])) * e2
+        root, up = origin + 0.8 * 26.0 * u3 - 4.0 * e3, -e3 + np.array([0.0, -0.2, 0.9])
+        up /= np.linalg.norm(up)
+    else:  # ascending aorta continuing the aortic root drawn with the heart; the arch turns back and to the left
+        start, up = aorta
+        root = start + 18.0 * up
+        caps.append((root, up, 13.0, 30.0, 0.95 * p["blood"]))
+        root = root + 30.0 * up
+        up = up + np.array([0.0, -0.2, 0.9]).astype(up.dtype)
+        up /= np.linalg.norm(up)
+    caps.append((root, up, 13.0, 75.0, 0.95 * p["blood"]))
+    # pulmonary trunk: from the RV outflow (anterior, towards the RV) up, leftwards and back, in front of the aorta
+    pa_dir = -e3 + np.array([-0.5, -0.4, 0.6])
+    caps.append((origin + 24.0 * e1 - 14.0 * e2 - 6.0 * e3, pa_dir / np.linalg.norm(pa_dir), 12.0, 50.0,
+                 0.95 * p["blood"]))  # fmt: skip
+    if ra is not None:  # v2.5: venae cavae (slower venous blood), from inside the RA (painted over them) down through
+        # the liver and up beside the ascending aorta
+        ivc_r, svc_r = rng.uniform(9.0, 12.0), rng.uniform(7.5, 10.0)
+        down, up = np.array([0.05, -0.15, -1.0]), np.array([-0.05, -0.2, 1.0])
+        caps.append((ra, down / np.linalg.norm(down), ivc_r, 140.0, 0.85 * p["blood"]))
+        caps.append((ra, up / np.linalg.norm(up), svc_r, 90.0, 0.9 * p["blood"]))
+    return caps
+
+
+def _static_background(pts: np.ndarray, p: dict, origin, axes, pixel: float, aorta=None, ra=None,
+                       sac=None) -> tuple[np.ndarray, np.ndarray]:
     """Torso intensity (before bias/noise) at world points (..., 3): air, skin, fat, breasts (women), chest wall
     (muscle, ribs, sternum), lungs, liver, spleen, stomach, paraspinal muscles, spine with its posterior elements,
     descending and ascending aorta (from ``aorta = (world start, world direction)`` of the aortic root when given) and
-    the venae cavae (into the RA at the world point ``ra`` (3,) when given)."""
+    the venae cavae (into the RA at the world point ``ra`` (3,) when given). ``sac`` (like ``pts[..., 0]``): signed
+    distance to the pericardial sac (``_pericardial_sac``), which the lungs stay out of (v2.6; without it, an
+    ellipsoid round the ventricles as in v2.5). Returns the image and the lungs' signed distance before the sac cut
+    (both (...) float32): the renderer lets the lungs follow the heart inside the sac, frame by frame."""
     x, y, z = pts[..., 0], pts[..., 1], pts[..., 2]
     fat_sc = p["subcutaneous_fat_mm"]
     ax0, ay0 = torso_axes(p)
@@ -447,23 +518,43 @@ def _static_background(pts: np.ndarray, p: dict, origin, axes, pixel: float, aor
         _paint(sub, _occ(sternum, pixel), 0.05)
         _paint(sub, _occ(sternum + _F(1.3), pixel), 0.5 * p["fat"])
         img[band] = sub
+    rng_o = np.random.default_rng([int(p["appearance_seed"]), 22])  # v2.5: spleen, venae cavae
+    s_ax = [float(v) for v in rng_o.uniform(0.8, 1.2) * np.array([28.0, 45.0, 50.0])]
+    s_c = np.array([-0.62 * ax0 + rng_o.uniform(-8.0, 8.0), -0.45 * ay0, -110.0])
+    vessels = _great_vessels(p, origin, axes, aorta, ra, rng_o)
+    spine_y = -ay0 + 45.0 - 10.0
     # v2.4: the anterior mediastinum, no lung between the ventricles and the sternum: an ellipsoid around the
     # ventricles swept forwards to the chest wall (in v2.3 lung ran between them, and the heart, drawn over the lungs,
-    # was outlined by one-pixel dark slivers where the lung edge fell just beyond its surface)
-    centre = origin + axes @ np.array([12.0, 0.0, 40.0], _F)
+    # was outlined by one-pixel dark slivers where the lung edge fell just beyond its surface). v2.6: in front of the
+    # RV only (centred 35 mm towards it, 0.7 / 0.8 / 0.55x as wide, high, deep)
+    centre = origin + axes @ np.array([35.0, 0.0, 40.0], _F)
     size = float(p["lv_edv_ml"] / 145.0) ** (1.0 / 3.0)
-    front = ellipsoid_sd(x - centre[0], np.minimum(y - centre[1], 0.0), z - centre[2], 45.0 * size, 40.0 * size,
-                         50.0 * size)  # fmt: skip
+    front = ellipsoid_sd(x - centre[0], np.minimum(y - centre[1], 0.0), z - centre[2], 32.0 * size, 32.0 * size,
+                         28.0 * size)  # fmt: skip
     lungs = None
-    for cx, a_x, dome in ((70.0, 62.0, -35.0), (-80.0, 55.0, -45.0)):  # right hemidiaphragm higher (liver)
+    # v2.6: the lungs fill the rib cage above the diaphragm and reach the heart (v2.5: ellipsoids with fixed medial
+    # edges at x = 8 / -25 mm, so the heart sat in a wide grey mediastinum); each extends 10 mm past the heart's
+    # centre, and what keeps them apart is the mediastinum itself: the pericardial sac (``sac``), the anterior
+    # mediastinum (``front``), the great vessels in 6 mm of fat, and the posterior mediastinum (oesophagus,
+    # descending aorta, spine) behind the heart
+    x_heart = float(origin[0])
+    for cx, dome in ((70.0, -35.0), (-80.0, -45.0)):  # right hemidiaphragm higher (liver)
         diaphragm = dome - ((x - cx) ** 2 + (y + 5.0) ** 2) / 250.0 - z  # domes, lowest at the costophrenic angles
-        # v2.3: wider outwards (same medial edge) and deeper, then cut by the rib cage
-        out = 10.0 if cx > 0 else -10.0
-        lung = np.maximum(ellipsoid_sd(x - (cx + out), y + 5.0, z - 40.0, a_x + 10.0, 0.72 * ay, 160.0), diaphragm)
+        medial = (x_heart - 10.0 - x) if cx > 0 else (x - x_heart - 10.0)
+        lung = np.maximum(medial, diaphragm)
         lung = np.maximum(lung, inner)  # v2.3: the lungs fill the rib cage up to the chest wall
-        lung = np.maximum(lung, -front)
-        _paint(img, _occ(lung, pixel), p["lung"])
         lungs = lung if lungs is None else np.minimum(lungs, lung)
+    np.maximum(lungs, -front, out=lungs)
+    posterior = np.maximum(np.abs(x + _F(6.0)) - _F(30.0), y - _F(spine_y + 40.0))
+    np.maximum(lungs, -posterior, out=lungs)
+    vessels = [(*_near_capsule(pts, a, direction, radius, length, 6.0 + pixel), value)
+               for a, direction, radius, length, value in vessels]  # fmt: skip
+    for near, sd, _ in vessels:  # the great vessels lie in 6 mm of mediastinal fat, outside the lungs
+        lungs[near] = np.maximum(lungs[near], _F(6.0) - sd)
+    lungs_free = lungs.copy()  # before the pericardial cut: where the lungs may follow the heart, frame by frame
+    if sac is not None:
+        np.maximum(lungs, -sac, out=lungs)
+    _paint(img, _occ(lungs, pixel), p["lung"])
     # v2.2: pulmonary vessels, grey tubes (near-intersections of the zero sets of two smooth random fields, so a plane
     # cuts them as dots and short curved segments), larger and brighter towards the hila, fading to the periphery
     in_lung = lungs < -1.0
@@ -498,9 +589,6 @@ def _static_background(pts: np.ndarray, p: dict, origin, axes, pixel: float, aor
         img[in_liver] += vessel * np.clip(-liver[in_liver] * _F(0.2), 0.0, 1.0) * _F(0.85 * p["blood"] - p["liver"])
     # v2.5: spleen, posterolateral under the left hemidiaphragm inside the rib cage (T1 ≈ 1,050 ms, T2 ≈ 80 ms:
     # ~1.25x the myocardium's bSSFP signal), drawn before the stomach, which indents it
-    rng_o = np.random.default_rng([int(p["appearance_seed"]), 22])
-    s_ax = [float(v) for v in rng_o.uniform(0.8, 1.2) * np.array([28.0, 45.0, 50.0])]
-    s_c = np.array([-0.62 * ax0 + rng_o.uniform(-8.0, 8.0), -0.45 * ay0, -110.0])
     near = (np.abs(x - _F(s_c[0])) < s_ax[0] + 6.0) & (np.abs(y - _F(s_c[1])) < s_ax[1] + 6.0)
     near &= np.abs(z - _F(s_c[2])) < s_ax[2] + 6.0  # its box (the wobble moves the outline by <= 3.75 mm)
     if near.any():
@@ -528,7 +616,6 @@ def _static_background(pts: np.ndarray, p: dict, origin, axes, pixel: float, aor
     back = -ay0 - 10.0
     para = np.hypot((np.abs(x) - _F(34.0)) * _F(22.0 / 27.0), y - _F(back + 20.0)) - _F(22.0)  # both sides at once
     _paint(img, _occ(np.maximum(para, lean), pixel), p["muscle"])
-    spine_y = -ay0 + 45.0 - 10.0
     # vertebral bodies (fatty marrow, mid-bright) separated by brighter intervertebral discs every ~28 mm
     disc = np.clip(np.cos((z + _F(p.get("fat_phase", 0.0) * 4.0)) * _F(2 * np.pi / 28.0)) * _F(3.0) - _F(2.0), 0.0, 1.0)
     _paint(img, _occ(np.hypot(x, y - spine_y) - 17.0, pixel), 0.5 * p["fat"] + disc * _F(0.35 * p["fat"]))
@@ -551,33 +638,11 @@ def _static_background(pts: np.ndarray, p: dict, origin, axes, pixel: float, aor
         img[near] = sub
     _paint(img, _occ(np.hypot(x, y - spine_y + 26.0) - 6.0, pixel), 0.9 * p["blood"])
     _paint(img, _occ(np.hypot(x + 22.0, y - spine_y - 22.0) - 11.0, pixel), 0.95 * p["blood"])  # descending aorta
-    e1, e2, e3 = axes.T
-    if aorta is None:
-        u3 = np.cos(np.deg2rad(p["lax_angles_deg"][1])) * e1 + np.sin(np.deg2rad(p["lax_angles_deg"][1])) * e2
-        root, up = origin + 0.8 * 26.0 * u3 - 4.0 * e3, -e3 + np.array([0.0, -0.2, 0.9])
-        up /= np.linalg.norm(up)
-    else:  # ascending aorta continuing the aortic root drawn with the heart; the arch turns back and to the left
-        start, up = aorta
-        root = start + 18.0 * up
-        _paint_capsule(img, pts, root, up, 13.0, 30.0, pixel, 0.95 * p["blood"])
-        root = root + 30.0 * up
-        up = up + np.array([0.0, -0.2, 0.9]).astype(up.dtype)
-        up /= np.linalg.norm(up)
-    _paint_capsule(img, pts, root, up, 13.0, 75.0, pixel, 0.95 * p["blood"])
-    # pulmonary trunk: from the RV outflow (anterior, towards the RV) up, leftwards and back, in front of the aorta
-    pa_root = origin + 24.0 * e1 - 14.0 * e2 - 6.0 * e3
-    pa_dir = -e3 + np.array([-0.5, -0.4, 0.6])
-    pa_dir /= np.linalg.norm(pa_dir)
-    _paint_capsule(img, pts, pa_root, pa_dir, 12.0, 50.0, pixel, 0.95 * p["blood"])
-    if ra is not None:  # v2.5: venae cavae (slower venous blood), from inside the RA (painted over them) down through
-        # the liver and up beside the ascending aorta; outside the lungs
-        ivc_r, svc_r = rng_o.uniform(9.0, 12.0), rng_o.uniform(7.5, 10.0)
-        down = np.array([0.05, -0.15, -1.0])
-        np.negative(lungs, out=lungs)  # > 0 in the lungs: the cut
-        _paint_capsule(img, pts, ra, down / np.linalg.norm(down), ivc_r, 140.0, pixel, 0.85 * p["blood"], lungs)
-        up = np.array([-0.05, -0.2, 1.0])
-        _paint_capsule(img, pts, ra, up / np.linalg.norm(up), svc_r, 90.0, pixel, 0.9 * p["blood"], lungs)
-    return img
+    for near, sd, value in vessels:
+        sub = img[near]
+        _paint(sub, _occ(sd, pixel), value)
+        img[near] = sub
+    return img, lungs_free
 
 
 def _revolution_sd(rho2, z, inv_r2, inv_l2):
@@ -623,9 +688,15 @@ def _heart_fields(x1, x2, x3, shapes: dict, p: dict, with_atria: bool, reach: fl
         s = (p["hypokinesis"] * np.exp(-0.5 * (dth / np.deg2rad(p["hypokinesis_width_deg"] / 2.355)) ** 2)).astype(_F)
         r = r + s * (_F(lv["r_ed"]) - r)
         w = w + s * (_F(lv["w_ed"]) - w)
+    # v2.6: the LV is not a circle in SAX (v2.5: a perfect ring of even thickness): zero-mean angular harmonics
+    # (``geometry.lv_section``) make the cavity slightly oval / three-cornered and the wall thicker on one side; the
+    # radius factor divides the static rho (S, N) instead of multiplying r (T, 1, 1) into a (T, S, N) array
+    r_mod, w_mod = lv_section(x1, x2, lv["section"])
+    rho2 /= np.square(r_mod)
+    w = w * w_mod
     above = -zp  # height above the AV plane: the cut of every chamber
     above_open = above - _F(1.5)  # the painted cavities open 1.5 mm into the atria
-    cav = truncated_sd(rho2, z, r, lz, c, _F(np.inf))  # uncut cavity ellipsoid
+    cav = truncated_sd(rho2, z, r, lz, c, _F(np.inf))  # uncut cavity ellipsoid (of the modulated section)
     out = {"z": z, "zp": zp, "lv": np.maximum(cav, above), "lv_open": np.maximum(cav, above_open)}
     # v2.3: the cavity offset by w·wall_profile (thin at the annular hinge and the apex); uncut copy for the groove fat
     out["epi_full"] = cav - w * wall_profile(z * (_F(1.0) / col(lv["L"])))  # = lv_epi_sd before the cut
@@ -786,6 +857,38 @@ def _heart_fields(x1, x2, x3, shapes: dict, p: dict, with_atria: bool, reach: fl
     return out
 
 
+def _smooth_min(a, b, k: float):
+    """Polynomial smooth minimum of two signed distances (float32 arrays): ``min(a, b)`` less up to ``k / 4`` where
+    they are within ``k`` mm of each other, so a union fills the creases between nearby shapes."""
+    h = np.clip(_F(1.0) - np.abs(a - b) * _F(1.0 / k), 0.0, 1.0)
+    return np.minimum(a, b) - np.square(h) * _F(k / 4.0)
+
+
+def _pericardial_sac(loc: np.ndarray, shapes: dict, p: dict) -> np.ndarray:
+    """Signed distance (mm, float32, negative inside) at heart-local points (..., 3) to the pericardial sac: a smooth
+    union (``_smooth_min``, 15 mm) of the chambers at their largest (ventricles at ED, atria at ES; ellipsoid
+    approximations) and the aortic root, grown by the epicardial fat and 2 mm. The lungs stay out of it in the static
+    torso; inside it the renderer lets them follow the heart frame by frame."""
+    lv, rv = shapes["lv"], shapes["rv"]
+    x1, x2, x3 = loc[..., 0], loc[..., 1], loc[..., 2]
+    r_epi = lv["r_ed"] + lv["w_ed"]
+    sac = ellipsoid_sd(x1, x2, x3 - _F(lv["c"][0]), _F(r_epi), _F(r_epi), _F(lv["Lz"][0] + lv["w_ed"]))
+    n, grad = rv_form(x1, x2, x3, _F(rv["d"]), _F(rv["a2r"]), _F(rv["lr"]), _F(rv["sep"]))
+    sac = _smooth_min(sac, (n - _F(rv["lam"][0])) / grad - _F(rv["wall"]), 15.0)
+    np.maximum(sac, -x3 - _F(12.0), out=sac)  # the ventricles end at the AV plane (within 8 mm of the base plane)
+    for key in ("la", "ra"):
+        at = shapes[key]
+        t = int(np.argmax(at["a"]))
+        a = _F(at["a"][t] * (1.0 + at["pear"]))
+        sac = _smooth_min(sac, ellipsoid_sd(x1 - _F(at["x1"]), x2 - _F(at["x2"]), x3 - _F(at["x3"][t]), a, a,
+                                            _F(at["c"][t])), 15.0)  # fmt: skip
+    start, up = aortic_root(p, shapes)
+    root = _capsule_sd(loc, start.astype(_F), up.astype(_F), _F(1.25 * p.get("aortic_root_mm", 12.0)), 60.0)
+    sac = _smooth_min(sac, root, 15.0)
+    sac -= _F(1.2 * p["epicardial_fat_mm"] + 2.0)
+    return sac
+
+
 def render_subject(p: dict, preset: dict) -> tuple[dict, float]:
     """Render one subject. Returns ``({view: (image (X, Y, Z, T) float32, seg (X, Y, Z, T) int16 or None,
     affine (4, 4))}, dt_ms)``; ``seg`` is None for ``la_3ch``. Intensities are in arbitrary units (blood ≈ gain)."""
@@ -830,6 +933,10 @@ def render_subject(p: dict, preset: dict) -> tuple[dict, float]:
     rim_k = rng_f.normal(size=(2, 3))
     rim_k *= (2 * np.pi / rng_f.uniform(20.0, 45.0, (2, 1))) / np.linalg.norm(rim_k, axis=1, keepdims=True)
     rim_ph = rng_f.uniform(0.0, 2 * np.pi, 2)
+    rng_g = np.random.default_rng([int(p["appearance_seed"]), 25])
+    ghost_amp = float(rng_g.uniform(-0.02, 0.05))  # <= 0 (no ghosts) for 2 subjects in 7
+    ghost_amp = max(ghost_amp, 0.0)
+    ghost_shift = dict(zip(planes, rng_g.uniform(0.25, 0.45, len(planes))))
     out = {}
     ii, jj = np.meshgrid(np.arange(m, dtype=np.float64), np.arange(m, dtype=np.float64), indexing="ij")
     for view, pl in planes.items():
@@ -838,13 +945,16 @@ def render_subject(p: dict, preset: dict) -> tuple[dict, float]:
         base_pts = pl["origin"] + (ii[..., None] * px) * pl["ex"] + (jj[..., None] * px) * pl["ey"]
         k_off = np.arange(nz)[:, None] * pl["spacing"] + sub[None, :]  # (Z, S)
         pts = (base_pts[None, None] + k_off[..., None, None, None] * pl["normal"]).astype(_F)  # float32 from here
-        bg = _static_background(pts, p, origin.astype(_F), axes.astype(_F), px, aorta_world, ra_world)
-        img = np.broadcast_to(bg.mean(axis=1)[:, None], (nz, n_t, m, m)).copy()  # (Z, T, X, Y)
-        labelled = view != "la_3ch"
-        seg = np.zeros((nz, n_t, m, m), np.int16) if labelled else None
         loc = (pts - origin.astype(_F)) @ axes.astype(_F)  # (Z, S, X, Y, 3) heart-local, float32
         inside = (loc[..., 0] > x1_lo) & (loc[..., 0] < x1_hi) & (np.abs(loc[..., 1]) < x2_hi)
         inside &= (loc[..., 2] > x3_lo) & (loc[..., 2] < x3_hi)
+        sac = np.full(inside.shape, np.inf, _F)  # the sac lies inside the heart's bounding box
+        sac[inside] = _pericardial_sac(loc[inside], shapes, p)
+        bg, lungs_free = _static_background(pts, p, origin.astype(_F), axes.astype(_F), px, aorta_world, ra_world,
+                                            sac)  # fmt: skip
+        img = np.broadcast_to(bg.mean(axis=1)[:, None], (nz, n_t, m, m)).copy()  # (Z, T, X, Y)
+        labelled = view != "la_3ch"
+        seg = np.zeros((nz, n_t, m, m), np.int16) if labelled else None
         for k in range(nz):  # slices: few; each one vectorised over frames, sub-samples and pixels
             hit = inside[k].any(axis=0)
             if not hit.any():
@@ -856,7 +966,7 @@ def render_subject(p: dict, preset: dict) -> tuple[dict, float]:
             x1, x2, x3 = (q[..., c].reshape(len(sub), -1) for c in range(3))
             with_atria = float(x3.min()) < atria_x3_hi
             f = _heart_fields(x1, x2, x3, shapes, p, with_atria, reach)
-            tile = np.broadcast_to(bg[k][:, sl[0], sl[1]].reshape(len(sub), -1), f["lv"].shape).copy()
+            tile = np.broadcast_to(bg[k][:, sl[0], sl[1]].reshape(len(sub), -1), f["lv"].shape).copy()  # (T, S, N)
             pts_s = np.stack([x1, x2, x3], axis=-1) @ flow_k.T.astype(_F) + flow_ph.astype(_F)  # (S, N, 3)
             wave_c = np.cos(pts_s).sum(axis=-1) * _F(flow_amp * p["blood"])
             wave_s = np.sin(pts_s, out=pts_s).sum(axis=-1) * _F(flow_amp * p["blood"])
@@ -890,6 +1000,19 @@ def render_subject(p: dict, preset: dict) -> tuple[dict, float]:
             groove = np.subtract(fat_sd, groove, out=groove)
             np.maximum(groove, np.minimum(f["epi_full"], f["rv_full"]), out=groove)
             np.minimum(fat_sd, groove, out=fat_sd)
+            # v2.6: inside the pericardial sac the lungs follow the heart frame by frame, 1.5 mm (pericardium) off its
+            # outer surface, epicardial fat and atrial walls included; one pixel beyond the sac too, so its edge leaves
+            # no seam in the lung
+            free = np.maximum(lungs_free[k][:, sl[0], sl[1]], sac[k][:, sl[0], sl[1]] - _F(px)).reshape(len(sub), -1)
+            if (free < px).any():
+                heart = _F(1.5) - fat_sd
+                if with_atria:
+                    for key in ("la", "ra"):
+                        np.maximum(heart, _F(3.7) - f[key], out=heart)  # atrial walls are at most 2.2 mm
+                    np.maximum(heart, _F(3.0) - f["root"], out=heart)
+                    np.maximum(heart, _F(3.0) - f["la_ext"], out=heart)
+                np.maximum(heart, free, out=heart)
+                _paint(tile, _occ(heart, px), p["lung"])
             _paint(tile, _occ(fat_sd, px), p["fat"])
             if with_atria:  # aortic root first: the LA behind it indents it (the LA keeps its full label)
                 _paint(tile, _occ(f["root"] - _F(1.5), px), p["myocardium"])  # aortic wall
@@ -942,8 +1065,17 @@ def render_subject(p: dict, preset: dict) -> tuple[dict, float]:
                     lab[is_in("la") & free & ~ra_in] = LAX_LABELS["LA"]
                 seg[k][:, sl[0], sl[1]] = lab.reshape(n_t, hb, wb)
         # bias x texture (world), Rician noise, gain
-        field = look.field(base_pts[None] + (np.arange(nz) * pl["spacing"])[:, None, None, None] * pl["normal"])
+        field = look.field(pl, m, px)
         img *= field[:, None]
+        # v2.6: respiratory ghosting (an imperfect breath-hold): faint copies of the image shifted both ways by a
+        # quarter to a half of the field of view along the phase-encoding axis (image y), 0-5 % per subject
+        if ghost_amp > 0.0:
+            shift = int(round(ghost_shift[view] * m))
+            for k in range(nz):  # img[k] += amp/2 · (roll(img[k], shift) + roll(img[k], -shift)), without rolls
+                src = img[k] * _F(ghost_amp / 2.0)
+                for s in (shift, m - shift):
+                    img[k][..., s:] += src[..., :m - s]
+                    img[k][..., :s] += src[..., m - s:]
         _add_rician_noise(img, 1.0 / p["snr_blood"], noise_gen)  # sigma relative to the reference blood signal
         img *= _F(p["gain"])
         to_xyzt = (2, 3, 0, 1)  # (Z, T, X, Y) -> (X, Y, Z, T)
