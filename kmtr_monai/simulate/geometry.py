@@ -359,6 +359,16 @@ def cardiac_shapes(p: dict, n_frames: int) -> dict:
     a3 = np.deg2rad(p["lax_angles_deg"][1] + 180.0)
     la_x1, la_x2 = 0.2 * r_ed * np.cos(a3), 0.2 * r_ed * np.sin(a3)
     ra_x1, ra_x2 = rv["d"] + 0.75 * float(rv["a1"][0]), 0.0
+    # v2.6: the atria share an interatrial septum (v2.5: the RA over the RV's middle, 10-35 mm of mediastinum between
+    # the atria): the RA moves towards the LA until their widest sections are 3 mm apart at ED (but its centre stays
+    # over the RV, at least 0.6 annulus radii beyond the LV epicardium), and both are cut by a plane between them
+    # (``septum``: unit normal (x1, x2) from the LA to the RA, and the plane's distance from the LA centre)
+    reach_la, reach_ra = la_a[0] * (1.0 + pear_la), ra_a[0] * (1.0 + pear_ra)
+    ra_x1 = max(min(ra_x1, la_x1 + reach_la + reach_ra + 3.0),
+                r_ed + lv["w_ed"] + 0.6 * ra_a.max() * np.sqrt(max(1.0 - k_ra * k_ra, 0.0)))  # fmt: skip
+    n_sep = np.array([ra_x1 - la_x1, ra_x2 - la_x2])
+    dist = float(np.linalg.norm(n_sep))
+    septum = (n_sep / dist, float(np.clip(reach_la + 1.5, 0.3 * dist, 0.7 * dist)))
     la_b = lv["b"] + float(av_offset(la_x1, la_x2, p, r_ed))
     ra_b = lv["b"] + float(av_offset(ra_x1, ra_x2, p, r_ed))
     # AV valve leaflets (render.py): hinged at the annulus (the atrial neck radius), closed (slightly tented into the
@@ -374,4 +384,5 @@ def cardiac_shapes(p: dict, n_frames: int) -> dict:
     if k_la < 1.0:
         la |= {"annulus": la_a * neck(k_la, pear_la), "leaflet_deg": leaflet_deg}
         ra |= {"annulus": ra_a * neck(k_ra, pear_ra), "leaflet_deg": leaflet_deg}
+    la["septum"] = septum
     return {"lv": lv, "rv": rv, "la": la, "ra": ra, "dt_ms": dt_ms}

@@ -835,6 +835,12 @@ def _heart_fields(x1, x2, x3, shapes: dict, p: dict, with_atria: bool, reach: fl
             out[key] = cut.copy()
             out[key][:, :, near] = np.maximum(ellipsoid_sd(x1n - _F(at["x1"]), x2n - _F(at["x2"]), dz, a, a,
                                                            col(at["c"])), cut_n)  # fmt: skip
+        # v2.6: the interatrial septum, a plane between the atria (``geometry.cardiac_shapes``), each atrium 1.5 mm off
+        normal, offset = shapes["la"]["septum"]
+        sep = (x1 - _F(shapes["la"]["x1"])) * _F(normal[0]) + (x2 - _F(shapes["la"]["x2"])) * _F(normal[1])
+        sep -= _F(offset)  # (S, N): > 0 on the RA side
+        np.maximum(out["la"], sep + _F(1.5), out=out["la"])
+        np.maximum(out["ra"], _F(1.5) - sep, out=out["ra"])
         # LA appendage and pulmonary veins (static, unlabelled blood): (S, N), broadcast over frames when painted
         ext = None
         for start, direction, cap_len, r0, r1, bend, curv in _la_extras(p, shapes):
