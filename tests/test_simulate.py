@@ -442,3 +442,86 @@ def test_body_wall_v23():
             outside = torso > 5.0
             seen_breast |= bool((bg[outside] > 0.5 * p["fat"]).sum() > 500)
     assert seen_breast
+
+
+def test_lungs_follow_the_heart_through_the_pericardium_v26():
+    """v2.6: in the mid-SAX slice at ED and ES, lung (dark) lies within 5 mm of a quarter or more of the heart's label
+    outline on average (v2.5: about a fifth, the heart sat in a wide grey mediastinum), yet touches it at no more
+    than a couple of pixels: inside the pericardial sac the lungs follow the heart 1.5 mm off its surface; the sac
+    contains every labelled pixel of every frame."""
+    from scipy import ndimage
+
+    from kmtr_monai.simulate.render import _pericardial_sac, view_planes
+
+    preset = COHORT_PRESETS["paper"]
+    px, m = preset["pixel_mm"], preset["matrix"]
+    reach = []
+    for index in range(4):
+        p = sample_subject(5, index) | {"snr_blood": 1e6}  # noise-free: dark means lung
+        views, _ = render_subject(p, preset)
+        img, seg = views["sa"][0], views["sa"][1]
+        es = int(np.argmin((seg == 1).sum(axis=(0, 1, 2))))
+        z = np.flatnonzero((seg[..., 0] == 1).any(axis=(0, 1)))
+        k = int(z[len(z) // 2])
+        for t in (0, es):
+            heart = seg[:, :, k, t] > 0
+            dark = img[:, :, k, t] < 0.15 * p["blood"] * p["gain"]
+            outline = heart & ~ndimage.binary_erosion(heart)
+            reach.append((ndimage.binary_dilation(dark, iterations=3) & outline).sum() / outline.sum())
+            assert (ndimage.binary_dilation(heart) & ~heart & dark).sum() <= 2, (index, t)
+        origin, axes = heart_frame(p)
+        plane = view_planes(p, preset, origin, axes)["sa"]
+        ii, jj = np.meshgrid(np.arange(m), np.arange(m), indexing="ij")
+        pts = plane["origin"] + (ii[..., None] * plane["ex"] + jj[..., None] * plane["ey"]) * px
+        pts = pts + k * plane["spacing"] * plane["normal"]
+        sac = _pericardial_sac(((pts - origin) @ axes).astype(np.float32), cardiac_shapes(p, preset["frames"]), p)
+        assert sac[(seg[:, :, k] > 0).any(axis=-1)].max() < -1.5
+    assert np.mean(reach) > 0.27, reach
+
+
+def test_field_by_plane_waves_matches_pointwise():
+    """The bias × texture × coil × banding field, evaluated as matrix products of per-axis cos / sin tables, equals
+    its formula evaluated point by point (float64) on every view."""
+    from kmtr_monai.simulate.render import _Appearance, view_planes
+
+    preset = COHORT_PRESETS["small"]
+    m, px = preset["matrix"], preset["pixel_mm"]
+    p = sample_subject(3, 1)
+    look, (origin, axes) = _Appearance(p), heart_frame(p)
+    for view, plane in view_planes(p, preset, origin, axes).items():
+        ii, jj = np.meshgrid(np.arange(m), np.arange(m), indexing="ij")
+        pts = plane["origin"] + (ii[..., None] * plane["ex"] + jj[..., None] * plane["ey"]) * px
+        pts = pts[None] + (np.arange(plane["n_slices"]) * plane["spacing"])[:, None, None, None] * plane["normal"]
+        wave = lambda q, k, ph, amp: np.cos(q @ k.T.astype(np.float64) + ph) @ amp  # noqa: E731
+        ref = (wave(pts, look.tex_k, look.tex_phase, look.tex_w) + 1) * np.exp(
+            wave(pts, look.bias_k, look.bias_phase, look.bias_amp))  # fmt: skip
+        ref *= 0.5 + 0.5 * sum(w / look.coil_ref * np.exp(-np.abs(pts[..., 1] - c) / look.coil_d)
+                               for w, c in zip(look.coil_w, look.coil_y))  # fmt: skip
+        d = pts - look.band_iso
+        quad = np.einsum("...i,...i->...", d * look.band_scale, d * look.band_scale)
+        phase = d @ look.band_g + (1 + wave(d, look.band_k, look.band_k_ph, np.full(2, 0.175))) * quad + look.band_ph
+        ref *= 1 - look.band_depth * np.exp(-(((phase % (2 * np.pi)) - np.pi) / look.band_w) ** 2)
+        np.testing.assert_allclose(look.field(plane, m, px), ref, atol=1e-4 * np.abs(ref).max())
+
+
+def test_lv_section_and_interatrial_septum_v26():
+    """v2.6: the LV section harmonics are zero-mean round the axis (areas change by (a2² + a3²)/2 only, so the LV
+    volume still follows its target); in 4ch at ES the LA and RA labels are 3-8 mm apart, the septum between them
+    (v2.5: 10-25 mm of mediastinum)."""
+    from scipy import ndimage
+
+    from kmtr_monai.simulate.geometry import lv_section
+
+    th = np.linspace(-np.pi, np.pi, 3600, endpoint=False)
+    for index in range(6):
+        p = sample_subject(19, index)
+        section = cardiac_shapes(p, 2)["lv"]["section"]
+        r_mod, w_mod = lv_section(np.cos(th), np.sin(th), section)
+        assert r_mod.mean() == pytest.approx(1.0, abs=1e-5) and w_mod.mean() == pytest.approx(1.0, abs=1e-5)
+        assert np.mean(r_mod.astype(np.float64) ** 2) - 1.0 < 3e-3 and 1.07 < w_mod.max() < 1.19
+    preset = COHORT_PRESETS["paper"]
+    for index in range(3):
+        seg4 = render_subject(sample_subject(5, index), preset)[0]["la_4ch"][1][:, :, 0]
+        es = int(np.argmax((seg4 == 1).sum(axis=(0, 1))))
+        gap = ndimage.distance_transform_edt(seg4[..., es] != 2)[seg4[..., es] == 1].min() * preset["pixel_mm"]
+        assert 3.0 <= gap <= 8.0, (index, gap)

@@ -877,7 +877,8 @@ def _pericardial_sac(loc: np.ndarray, shapes: dict, p: dict) -> np.ndarray:
     torso; inside it the renderer lets them follow the heart frame by frame."""
     lv, rv = shapes["lv"], shapes["rv"]
     x1, x2, x3 = loc[..., 0], loc[..., 1], loc[..., 2]
-    r_epi = lv["r_ed"] + lv["w_ed"]
+    a2, _, a3, _, aw, _ = lv["section"]  # the widest the modulated section (``geometry.lv_section``) reaches
+    r_epi = lv["r_ed"] * (1.0 + a2 + a3) + lv["w_ed"] * (1.0 + aw)
     sac = ellipsoid_sd(x1, x2, x3 - _F(lv["c"][0]), _F(r_epi), _F(r_epi), _F(lv["Lz"][0] + lv["w_ed"]))
     n, grad = rv_form(x1, x2, x3, _F(rv["d"]), _F(rv["a2r"]), _F(rv["lr"]), _F(rv["sep"]))
     sac = _smooth_min(sac, (n - _F(rv["lam"][0])) / grad - _F(rv["wall"]), 15.0)
