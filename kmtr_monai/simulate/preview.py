@@ -17,7 +17,9 @@ def write_preview(subject_dir: str, out_png: str) -> str:
 
     Rows: la_2ch, la_3ch, la_4ch and the SAX slices at 20 %, 50 % and 80 % of the LV extent at ED (base -> apex).
     Columns: ED, ES, ED with labels, ES with labels; ES is the frame of minimum LV blood-pool voxel count in
-    ``seg_sa``. Images are shown as stored, voxel axis 0 to the right and axis 1 upwards.
+    ``seg_sa``. Images are shown as stored, voxel axis 0 to the right and axis 1 upwards, windowed on the heart as a
+    reader would: white at the 99th percentile of the SAX LV blood pool at ED (brighter fat saturates; before v2.6
+    the window was each image's 99.5th percentile, so in obese subjects the fat set it and the heart looked grey).
     """
     import matplotlib
 
@@ -42,8 +44,9 @@ def write_preview(subject_dir: str, out_png: str) -> str:
         rows.append((f"sa z={k}", sa[:, :, k], seg_sa[:, :, k]))
     cols = [(0, False, "ED"), (es, False, f"ES (frame {es})"), (0, True, "ED + labels"), (es, True, "ES + labels")]
     fig, axes = plt.subplots(len(rows), len(cols), figsize=(2.4 * len(cols), 2.4 * len(rows)), squeeze=False)
+    blood = sa[..., 0][seg_sa[..., 0] == 1]
+    vmax = float(np.percentile(blood if blood.size else sa, 99.0)) or 1.0
     for r, (name, img, seg) in enumerate(rows):
-        vmax = float(np.percentile(img, 99.5)) or 1.0
         for c, (t, overlay, title) in enumerate(cols):
             ax = axes[r, c]
             ax.imshow(img[..., t].T, cmap="gray", vmin=0, vmax=vmax, origin="lower", interpolation="nearest")

@@ -204,9 +204,12 @@ class _Appearance:
         self.band_k = self.band_k.astype(_F)
         self.band_k_ph = rng_b.uniform(0.0, 2 * np.pi, 2).astype(_F)
 
-    def field(self, plane: dict, n: int, pixel: float) -> np.ndarray:
+    def field(self, plane: dict, n: int, pixel: float) -> tuple[np.ndarray, np.ndarray]:
         """Multiplicative bias × texture × coil × banding on the (n × n) pixel centres of every slice of ``plane``
-        (``view_planes``) -> (Z, n, n) float32. The point of slice ``z``, pixel ``(i, j)`` is ``o_z + i·u + j·v``
+        (``view_planes``) and the noise scale there, both (Z, n, n) float32. The noise scale is
+        ``clip(coil^-0.5, 0.6, 1.6)`` with ``coil`` the surface-coil sensitivity (1 at the heart): the intensity
+        normalisation that flattens the coil profile also raises the noise at depth (v2.6; v2.5: white noise of one
+        level everywhere). The point of slice ``z``, pixel ``(i, j)`` is ``o_z + i·u + j·v``
         (``u``, ``v`` the pixel steps), so every plane wave is ``cos(a_zi + b_j)`` and a sum of waves is two matrix
         products of (n, W) cos / sin tables (``_plane_waves``): no cosine per pixel (v2.6; the same field as v2.5's
         per-point evaluation up to rounding)."""
@@ -224,6 +227,7 @@ class _Appearance:
         # 1 at the heart, brighter near the coils; v2.4: half the v2.3 excess (0.25 + 0.75·coil made the anterior fat
         # ~1.75x its level at the heart; scanners' intensity normalisation flattens most of the surface-coil profile)
         tex *= _F(0.5) + _F(0.5) * coil
+        noise = np.clip(np.reciprocal(np.sqrt(coil, out=coil), out=coil), 0.6, 1.6, out=coil)
         # banding phase: d·g + (1 + 0.175·wobble)·|s ⊙ d|² with d = o_z - iso + i·u + j·v; the quadratic expands to
         # α_z + β_zi + γ_zj + δ·i·j (per-slice tables)
         c = o - self.band_iso  # (Z, 3)
@@ -245,7 +249,7 @@ class _Appearance:
         band *= _F(-self.band_depth)
         band += _F(1.0)
         tex *= band
-        return tex
+        return tex, noise
 
 
 def _plane_waves(o: np.ndarray, u: np.ndarray, v: np.ndarray, n: int, k: np.ndarray, phase: np.ndarray,
@@ -385,10 +389,11 @@ def body_wall(x, y, p: dict):
     return lean - fat, lean
 
 
-def _great_vessels(p: dict, origin, axes, aorta, ra, rng: np.random.Generator) -> list:
-    """Ascending aorta and arch, pulmonary trunk and (when ``ra`` is given) the venae cavae as capsules ``(start (3,),
-    unit direction (3,), radius, length, signal)`` in world mm; ``aorta``: (world start, world direction) of the aortic
-    root drawn with the heart, or None (a root placed from the 3ch direction). Draws the caval radii from ``rng``."""
+def _mediastinal_tubes(p: dict, origin, axes, aorta, ra, rng: np.random.Generator, spine_y: float) -> list:
+    """Ascending aorta and arch, pulmonary trunk, (when ``ra`` is given) the venae cavae, and the oesophagus as
+    capsules ``(start (3,), unit direction (3,), radius, length, signal)`` in world mm, painted in this order;
+    ``aorta``: (world start, world direction) of the aortic root drawn with the heart, or None (a root placed from the
+    3ch direction); ``spine_y``: the y of the vertebral bodies' axis. Draws the caval radii from ``rng``."""
     e1, e2, e3 = axes.T
     caps = []
     if aorta is None:
@@ -413,6 +418,11 @@ def _great_vessels(p: dict, origin, axes, aorta, ra, rng: np.random.Generator) -
         down, up = np.array([0.05, -0.15, -1.0]), np.array([-0.05, -0.2, 1.0])
         caps.append((ra, down / np.linalg.norm(down), ivc_r, 140.0, 0.85 * p["blood"]))
         caps.append((ra, up / np.linalg.norm(up), svc_r, 90.0, 0.9 * p["blood"]))
+    # v2.6: the oesophagus, behind the LA and in front of the spine, left of the midline: a muscular tube with a
+    # collapsed, partly air-filled lumen
+    gullet, axis = np.array([-4.0, spine_y + 33.0, -150.0]), np.array([0.0, 0.05, 1.0]) / np.hypot(0.05, 1.0)
+    caps.append((gullet, axis, 8.0, 300.0, p["muscle"]))
+    caps.append((gullet, axis, 2.5, 300.0, 0.3 * p["muscle"]))
     return caps
 
 
@@ -521,8 +531,8 @@ def _static_background(pts: np.ndarray, p: dict, origin, axes, pixel: float, aor
     rng_o = np.random.default_rng([int(p["appearance_seed"]), 22])  # v2.5: spleen, venae cavae
     s_ax = [float(v) for v in rng_o.uniform(0.8, 1.2) * np.array([28.0, 45.0, 50.0])]
     s_c = np.array([-0.62 * ax0 + rng_o.uniform(-8.0, 8.0), -0.45 * ay0, -110.0])
-    vessels = _great_vessels(p, origin, axes, aorta, ra, rng_o)
     spine_y = -ay0 + 45.0 - 10.0
+    tubes = _mediastinal_tubes(p, origin, axes, aorta, ra, rng_o, spine_y)
     # v2.4: the anterior mediastinum, no lung between the ventricles and the sternum: an ellipsoid around the
     # ventricles swept forwards to the chest wall (in v2.3 lung ran between them, and the heart, drawn over the lungs,
     # was outlined by one-pixel dark slivers where the lung edge fell just beyond its surface). v2.6: in front of the
@@ -547,9 +557,9 @@ def _static_background(pts: np.ndarray, p: dict, origin, axes, pixel: float, aor
     np.maximum(lungs, -front, out=lungs)
     posterior = np.maximum(np.abs(x + _F(6.0)) - _F(30.0), y - _F(spine_y + 40.0))
     np.maximum(lungs, -posterior, out=lungs)
-    vessels = [(*_near_capsule(pts, a, direction, radius, length, 6.0 + pixel), value)
-               for a, direction, radius, length, value in vessels]  # fmt: skip
-    for near, sd, _ in vessels:  # the great vessels lie in 6 mm of mediastinal fat, outside the lungs
+    tubes = [(*_near_capsule(pts, a, direction, radius, length, 6.0 + pixel), value)
+             for a, direction, radius, length, value in tubes]  # fmt: skip
+    for near, sd, _ in tubes:  # the great vessels and the oesophagus lie in 6 mm of mediastinal fat, outside the lungs
         lungs[near] = np.maximum(lungs[near], _F(6.0) - sd)
     lungs_free = lungs.copy()  # before the pericardial cut: where the lungs may follow the heart, frame by frame
     if sac is not None:
@@ -638,7 +648,7 @@ def _static_background(pts: np.ndarray, p: dict, origin, axes, pixel: float, aor
         img[near] = sub
     _paint(img, _occ(np.hypot(x, y - spine_y + 26.0) - 6.0, pixel), 0.9 * p["blood"])
     _paint(img, _occ(np.hypot(x + 22.0, y - spine_y - 22.0) - 11.0, pixel), 0.95 * p["blood"])  # descending aorta
-    for near, sd, value in vessels:
+    for near, sd, value in tubes:
         sub = img[near]
         _paint(sub, _occ(sd, pixel), value)
         img[near] = sub
@@ -1072,7 +1082,7 @@ def render_subject(p: dict, preset: dict) -> tuple[dict, float]:
                     lab[is_in("la") & free & ~ra_in] = LAX_LABELS["LA"]
                 seg[k][:, sl[0], sl[1]] = lab.reshape(n_t, hb, wb)
         # bias x texture (world), Rician noise, gain
-        field = look.field(pl, m, px)
+        field, noise_scale = look.field(pl, m, px)
         img *= field[:, None]
         # v2.6: respiratory ghosting (an imperfect breath-hold): faint copies of the image shifted both ways by a
         # quarter to a half of the field of view along the phase-encoding axis (image y), 0-5 % per subject
@@ -1083,7 +1093,9 @@ def render_subject(p: dict, preset: dict) -> tuple[dict, float]:
                 for s in (shift, m - shift):
                     img[k][..., s:] += src[..., :m - s]
                     img[k][..., :s] += src[..., m - s:]
+        img /= noise_scale[:, None]  # |img / s + σ·n| · s = |img + σ·s·n|: Rician noise of level σ·s
         _add_rician_noise(img, 1.0 / p["snr_blood"], noise_gen)  # sigma relative to the reference blood signal
+        img *= noise_scale[:, None]
         img *= _F(p["gain"])
         to_xyzt = (2, 3, 0, 1)  # (Z, T, X, Y) -> (X, Y, Z, T)
         out[view] = (img.transpose(to_xyzt), None if seg is None else seg.transpose(to_xyzt), affine_of(pl, px))
