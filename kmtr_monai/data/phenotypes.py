@@ -87,8 +87,12 @@ def atrial_area_length(mask: np.ndarray, dx: float, dy: float) -> tuple[np.ndarr
     """Per-frame area (cm²) and long-axis length (cm) of the largest component of ``mask`` (X, Y, T) bool.
 
     Returns ``(area (T,), length (T,), qc reasons)``; frames without the atrium give area 0 and length NaN.
-    All frames are labelled and measured at once (no loop over frames).
+    All frames are labelled and measured at once (no loop over frames), inside the mask's bounding box over all
+    frames (areas and covariances do not depend on where the box starts).
     """
+    rows, cols = np.flatnonzero(mask.any(axis=(1, 2))), np.flatnonzero(mask.any(axis=(0, 2)))
+    if rows.size:
+        mask = mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
     n_x, n_y, n_t = mask.shape
     lab, n_comp = ndimage.label(mask, structure=_IN_PLANE_8)  # (X, Y, T); components never span frames
     sizes = np.bincount(lab.ravel(), minlength=n_comp + 1)

@@ -80,7 +80,8 @@ def check_finite(data: np.ndarray, subject: str, file: str) -> None:
 
 
 def check_labels(seg: np.ndarray, view: str, subject: str) -> np.ndarray:
-    """``seg`` as an integer array after checking its labels against ``UKBB_LABEL_MAPS[view]``; one histogram pass."""
+    """``seg`` as an integer array after checking its labels against ``UKBB_LABEL_MAPS[view]``: its minimum and
+    maximum, and a histogram pass only when some value between them is not a label."""
     file = SEG_FILES[view]
     if np.issubdtype(seg.dtype, np.floating):
         check_finite(seg, subject, file)
@@ -89,6 +90,8 @@ def check_labels(seg: np.ndarray, view: str, subject: str) -> np.ndarray:
     allowed[0] = True
     allowed[list(UKBB_LABEL_MAPS[view])] = True
     lo, hi = int(seg.min()), int(seg.max())
+    if 0 <= lo and hi < allowed.size and allowed[lo:hi + 1].all():  # every value in [lo, hi] is a label: no histogram
+        return seg
     if lo < 0 or hi >= allowed.size or not allowed[np.flatnonzero(np.bincount(seg.ravel(order="K")))].all():
         bad = [int(v) for v in np.unique(seg) if v < 0 or v >= allowed.size or not allowed[v]]
         expected = sorted([0, *UKBB_LABEL_MAPS[view]])
