@@ -19,6 +19,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import nibabel as nib
 import numpy as np
+import threadpoolctl
 import torch
 from isal import igzip
 
@@ -82,10 +83,13 @@ def _make_subject(args: tuple) -> tuple[str, dict, dict]:
 
 
 def _init_worker() -> None:
-    """Set up a worker process: one torch thread (the processes are the parallelism) and, with glibc, a malloc that
-    keeps freed memory for reuse (no trimming; mmap only above 32 MB). The renderer's many short-lived multi-MB
-    temporaries otherwise go back to the kernel and fault in again, ~10 % of a subject's CPU time in page faults."""
+    """Set up a worker process: one torch thread and one BLAS thread (the processes are the parallelism; OpenBLAS's
+    threads otherwise spin for the renderer's small matrix products and cost ~9 % more CPU per subject, taken from
+    the other worker) and, with glibc, a malloc that keeps freed memory for reuse (no trimming; mmap only above
+    32 MB). The renderer's many short-lived multi-MB temporaries otherwise go back to the kernel and fault in again,
+    ~10 % of a subject's CPU time in page faults."""
     torch.set_num_threads(1)
+    threadpoolctl.threadpool_limits(1)
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:  # not glibc: keep the defaults
