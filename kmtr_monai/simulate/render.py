@@ -536,7 +536,7 @@ def _static_background(pts: np.ndarray, p: dict, origin, axes, pixel: float, aor
     # v2.4: the anterior mediastinum, no lung between the ventricles and the sternum: an ellipsoid around the
     # ventricles swept forwards to the chest wall (in v2.3 lung ran between them, and the heart, drawn over the lungs,
     # was outlined by one-pixel dark slivers where the lung edge fell just beyond its surface). v2.6: in front of the
-    # RV only (centred 35 mm towards it, 0.7 / 0.8 / 0.55x as wide, high, deep)
+    # RV only (centred 35 mm towards it; semi-axes 0.7 / 0.8 / 0.55x the v2.5 ones in x, y, z)
     centre = origin + axes @ np.array([35.0, 0.0, 40.0], _F)
     size = float(p["lv_edv_ml"] / 145.0) ** (1.0 / 3.0)
     front = ellipsoid_sd(x - centre[0], np.minimum(y - centre[1], 0.0), z - centre[2], 32.0 * size, 32.0 * size,
