@@ -273,13 +273,14 @@ def _capsule_sd(pts, a, direction, radius, length):
     return np.linalg.norm(d - t[..., None] * direction, axis=-1) - radius
 
 
-def _near_capsule(pts, a, direction, radius, length, reach):
+def _near_capsule(pts, xyz, a, direction, radius, length, reach):
     """The world points (..., 3) in the bounding box of a capsule (``_capsule_sd``) grown by ``reach``, as a mask
-    (...), and the capsule's signed distance there (M,): beyond the box it is more than ``reach``."""
+    (...), and the capsule's signed distance there (M,): beyond the box it is more than ``reach``. ``xyz``: the
+    points' three coordinates as contiguous arrays (...) each, for the box test."""
     ends = np.stack([a, a + length * direction])
     reach += radius
-    near = np.logical_and.reduce([(pts[..., i] > ends[:, i].min() - reach) & (pts[..., i] < ends[:, i].max() + reach)
-                                  for i in range(3)])  # fmt: skip
+    near = np.logical_and.reduce([(c > ends[:, i].min() - reach) & (c < ends[:, i].max() + reach)
+                                  for i, c in enumerate(xyz)])  # fmt: skip
     return near, _capsule_sd(pts[near], a, direction, radius, length)
 
 
@@ -435,7 +436,7 @@ def _static_background(pts: np.ndarray, p: dict, origin, axes, pixel: float, aor
     distance to the pericardial sac (``_pericardial_sac``), which the lungs stay out of (v2.6; without it, an
     ellipsoid round the ventricles as in v2.5). Returns the image and the lungs' signed distance before the sac cut
     (both (...) float32): the renderer lets the lungs follow the heart inside the sac, frame by frame."""
-    x, y, z = pts[..., 0], pts[..., 1], pts[..., 2]
+    x, y, z = (np.ascontiguousarray(pts[..., i]) for i in range(3))  # contiguous: every torso term reads them
     fat_sc = p["subcutaneous_fat_mm"]
     ax0, ay0 = torso_axes(p)
     ax, ay = ax0 + fat_sc, ay0 + 0.3 * fat_sc  # breasts, organ sizes: about the v2.4 skin half-width and depth
@@ -557,7 +558,7 @@ def _static_background(pts: np.ndarray, p: dict, origin, axes, pixel: float, aor
     np.maximum(lungs, -front, out=lungs)
     posterior = np.maximum(np.abs(x + _F(6.0)) - _F(30.0), y - _F(spine_y + 40.0))
     np.maximum(lungs, -posterior, out=lungs)
-    tubes = [(*_near_capsule(pts, a, direction, radius, length, 6.0 + pixel), value)
+    tubes = [(*_near_capsule(pts, (x, y, z), a, direction, radius, length, 6.0 + pixel), value)
              for a, direction, radius, length, value in tubes]  # fmt: skip
     for near, sd, _ in tubes:  # the great vessels and the oesophagus lie in 6 mm of mediastinal fat, outside the lungs
         lungs[near] = np.maximum(lungs[near], _F(6.0) - sd)
