@@ -433,8 +433,8 @@ def _static_background(pts: np.ndarray, p: dict, origin, axes, pixel: float, aor
     (muscle, ribs, sternum), lungs, liver, spleen, stomach, paraspinal muscles, spine with its posterior elements,
     descending and ascending aorta (from ``aorta = (world start, world direction)`` of the aortic root when given) and
     the venae cavae (into the RA at the world point ``ra`` (3,) when given). ``sac`` (like ``pts[..., 0]``): signed
-    distance to the pericardial sac (``_pericardial_sac``), which the lungs stay out of (v2.6; without it, an
-    ellipsoid round the ventricles as in v2.5). Returns the image and the lungs' signed distance before the sac cut
+    distance to the pericardial sac (``_pericardial_sac``), which the lungs stay out of (v2.6; without it, as in
+    torso-only calls, nothing is carved out for the heart). Returns the image and the lungs' signed distance before the sac cut
     (both (...) float32): the renderer lets the lungs follow the heart inside the sac, frame by frame."""
     x, y, z = (np.ascontiguousarray(pts[..., i]) for i in range(3))  # contiguous: every torso term reads them
     fat_sc = p["subcutaneous_fat_mm"]
