@@ -3,7 +3,13 @@
 import pytest
 import torch
 
-from kmtr_monai.networks.baselines import FrameDynUNet, FrameResNetEncoder, ImageEncoder, KspaceInterpolationRecon
+from kmtr_monai.networks.baselines import (
+    FrameDynUNet,
+    FrameResNetEncoder,
+    ImageEncoder,
+    KspaceInterpolationRecon,
+    StackedFrameResNet,
+)
 from kmtr_monai.networks.heads import TemporalMLPHead
 from kmtr_monai.networks.mae import ImageMAE, KspaceMAE
 
@@ -114,6 +120,39 @@ def test_resnet_errors():
         FrameResNetEncoder(S, T, depth=101)
     with pytest.raises(ValueError, match="input_kind"):
         FrameResNetEncoder(S, T, input_kind="sinogram")
+
+
+# ------------------------------------------------------------------------------------------- stacked CNN
+def test_stacked_cnn_reads_every_view_and_frame_as_channels():
+    enc = StackedFrameResNet(S, T, "image", widths=(4, 8, 8, 16)).eval()
+    assert enc.dim == 16 and enc.view_time_cells == (1, 1)
+    image = torch.rand(B, S, T, H, H)
+    with torch.no_grad():
+        tokens, pooled, valid = enc.encode(image, return_valid=True)
+        same = enc.net(image.reshape(B, S * T, H, H))  # channel c = view c // T, frame c % T
+        moved = image.clone()
+        moved[:, 1, 1] = torch.rand(H, H)  # the last view's last frame reaches the features
+        changed = enc.encode(moved)[1]
+    assert tokens.shape == (B, 2, 16) and valid.shape == (B, 1) and bool(valid.all())
+    torch.testing.assert_close(pooled, same)
+    assert torch.equal(tokens[:, 0], pooled) and not torch.allclose(changed, pooled)
+    head = TemporalMLPHead(dim=enc.dim, n_views=1, n_time=1, out_dim=3)
+    enc.train()
+    head(*enc.encode(image, return_valid=True)[::2]).square().sum().backward()
+    all_grads_finite(enc)
+
+
+def test_stacked_cnn_kspace_no_leakage_and_errors():
+    enc = StackedFrameResNet(S, T, "kspace", widths=(4, 8, 8, 16)).eval()
+    k, mask = kspace_batch()
+    with torch.no_grad():
+        assert torch.equal(enc.encode(k, mask)[1], enc.encode(noisy_unsampled(k, mask), mask.float())[1])
+    with pytest.raises(ValueError, match="needs the ky-t mask"):
+        enc.encode(k)
+    with pytest.raises(ValueError, match=r"\(S, T\) = \(2, 2\)"):
+        StackedFrameResNet(S, T, "image").encode(torch.rand(B, S, T + 1, H, H))
+    with pytest.raises(ValueError, match="widths and layers"):
+        StackedFrameResNet(S, T, widths=(4, 8))
 
 
 # ----------------------------------------------------------------------------------------- ViT / image MAE

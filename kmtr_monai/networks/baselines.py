@@ -1,7 +1,9 @@
 """Baseline networks of the k-MTR paper's comparison set (DESIGN §8), as Stage III encoders or whole models.
 
 * :class:`FrameResNetEncoder`: MONAI 2-D ResNet-18/34/50 shared over every (view, frame), on images (fully-sampled
-  or zero-filled) or on undersampled k-space;
+  or zero-filled) or on undersampled k-space (the paper preset's ResNet-50);
+* :class:`StackedFrameResNet`: one small MONAI 2-D ResNet over the view×frame images as channels, the CNN baseline
+  sized for the tiny and small presets;
 * :class:`ImageEncoder`: the Stage I image MAE's ViT as a Stage III image encoder ("ViT" from scratch, or "image MAE
   fine-tuned" from its checkpoint);
 * :class:`FrameDynUNet`: nnU-Net-like MONAI ``DynUNet`` per (view, frame), the segmentation baseline;
@@ -30,7 +32,7 @@ from ..transforms.fft import ifft2c
 from .mae import ImageMAE, KspaceMAE, _check_finite, normalise_sampled, pool_tokens
 from .tokenizers import check_real
 
-__all__ = ["FrameResNetEncoder", "ImageEncoder", "FrameDynUNet", "KspaceInterpolationRecon"]
+__all__ = ["FrameResNetEncoder", "StackedFrameResNet", "ImageEncoder", "FrameDynUNet", "KspaceInterpolationRecon"]
 
 _RESNETS = {18: resnet18, 34: resnet34, 50: resnet50}
 _INPUT_KINDS = ("image", "kspace")
@@ -63,7 +65,51 @@ def _unpack(kspace: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tens
     return kspace[:, :2], kspace[:, 2, ..., 0]
 
 
-class FrameResNetEncoder(nn.Module):
+class _FrameInput(nn.Module):
+    """Validated (view, frame) images or undersampled k-space → per-frame 2-D inputs, shared by the CNN baselines.
+
+    ``input_kind`` ``"image"``: ``image (B, S, T, H, W)``, 1 channel per frame; ``"kspace"``: ``kspace (B, 2, S, T,
+    H, W)`` and ``mask (B, S, T, H)``, 3 channels per frame: real and imaginary parts normalised from SAMPLED values
+    only (:func:`~kmtr_monai.networks.mae.normalise_sampled`: sampled RMS + asinh; unsampled lines are zero, so
+    nothing from them leaks in) and the mask broadcast along the readout W.
+    """
+
+    def _init_input(self, n_views: int, n_frames: int, input_kind: str, norm_alpha: float) -> None:
+        if input_kind not in _INPUT_KINDS:
+            raise ValueError(f"input_kind must be one of {_INPUT_KINDS}, got {input_kind!r}")
+        for name, v in (("n_views", n_views), ("n_frames", n_frames)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{type(self).__name__} {name} must be a positive int, got {v!r}")
+        if norm_alpha <= 0:
+            raise ValueError(f"norm_alpha must be > 0, got {norm_alpha}")
+        self.input_kind, self.alpha = input_kind, float(norm_alpha)
+        self.n_views, self.n_frames = n_views, n_frames
+        self.frame_channels = 1 if input_kind == "image" else 3
+
+    def frames(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Validated input → the (B·S·T, C, H, W) frames fed to the ResNet."""
+        st = (self.n_views, self.n_frames)
+        if self.input_kind == "image":
+            if mask is not None:
+                raise ValueError("mask: an image CNN baseline takes no mask (input_kind='kspace' does)")
+            _check_ndim("image", x, 5, "B, S, T, H, W")
+            if tuple(x.shape[1:3]) != st:
+                raise ValueError(f"image: expected shape (B, S, T, H, W) with (S, T) = {st}, got {tuple(x.shape)}")
+            _check_finite("image", x)
+            return rearrange(x, "b s t h w -> (b s t) 1 h w")
+        if mask is None:
+            raise ValueError("mask: a k-space CNN baseline needs the ky-t mask (B, S, T, H)")
+        _check_ndim("kspace", x, 6, "B, 2, S, T, H, W")
+        if x.shape[1] != 2 or tuple(x.shape[2:4]) != st:
+            raise ValueError(f"kspace: expected shape (B, 2, S, T, H, W) with (S, T) = {st}, got {tuple(x.shape)}")
+        m = _check_mask(mask, (x.shape[0], *x.shape[2:5]))
+        y, _ = normalise_sampled(x, m, "asinh", self.alpha)  # zero on unsampled lines: no leakage
+        _check_finite("kspace (sampled lines)", y)
+        m6 = m[:, None, ..., None].to(y.dtype).expand_as(y[:, :1])
+        return rearrange(torch.cat([y, m6], dim=1), "b c s t h w -> (b s t) c h w")
+
+
+class FrameResNetEncoder(_FrameInput):
     """ResNet baseline: one 2-D MONAI ResNet shared over every (view, frame) image → one token per frame.
 
     Why here: the paper's ResNet-50 baselines (fully-sampled images, zero-filled images, undersampled k-space) need
@@ -73,11 +119,7 @@ class FrameResNetEncoder(nn.Module):
 
     Args:
         n_views, n_frames: S and T of the input.
-        input_kind: ``"image"``: ``encode(image (B, S, T, H, W))``, 1 input channel (magnitudes, fully-sampled or
-            zero-filled); ``"kspace"``: ``encode(kspace (B, 2, S, T, H, W) real/imag, mask (B, S, T, H))``, 3 input
-            channels: real and imaginary parts normalised from SAMPLED values only
-            (:func:`~kmtr_monai.networks.mae.normalise_sampled`: sampled RMS + asinh; unsampled lines are zero, so
-            nothing from them leaks in) and the mask broadcast along the readout W.
+        input_kind: ``"image"`` (fully-sampled or zero-filled magnitudes) or ``"kspace"`` (:class:`_FrameInput`).
         depth: 18, 34 or 50. norm_alpha: asinh ``alpha`` of the k-space normalisation. conv1_stride: stem stride.
 
     Attributes: ``dim`` (512 for depth 18/34, 2048 for 50), ``view_time_cells`` = (S, T).
@@ -88,43 +130,13 @@ class FrameResNetEncoder(nn.Module):
     def __init__(self, n_views: int, n_frames: int, input_kind: str = "image", depth: int = 50,
                  norm_alpha: float = 0.05, conv1_stride: int = 2) -> None:  # fmt: skip
         super().__init__()
-        if input_kind not in _INPUT_KINDS:
-            raise ValueError(f"input_kind must be one of {_INPUT_KINDS}, got {input_kind!r}")
         if depth not in _RESNETS:
             raise ValueError(f"depth must be one of {sorted(_RESNETS)}, got {depth!r}")
-        for name, v in (("n_views", n_views), ("n_frames", n_frames)):
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"FrameResNetEncoder {name} must be a positive int, got {v!r}")
-        if norm_alpha <= 0:
-            raise ValueError(f"norm_alpha must be > 0, got {norm_alpha}")
-        self.input_kind, self.depth, self.alpha = input_kind, depth, float(norm_alpha)
-        self.n_views, self.n_frames = n_views, n_frames
-        self.view_time_cells = (n_views, n_frames)
-        self.net = _RESNETS[depth](spatial_dims=2, n_input_channels=1 if input_kind == "image" else 3,
+        self._init_input(n_views, n_frames, input_kind, norm_alpha)
+        self.depth, self.view_time_cells = depth, (n_views, n_frames)
+        self.net = _RESNETS[depth](spatial_dims=2, n_input_channels=self.frame_channels,
                                    conv1_t_stride=conv1_stride, feed_forward=False)  # fmt: skip
         self.dim = 512 * (4 if depth == 50 else 1)
-
-    def frames(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Validated input → the (B·S·T, C, H, W) frames fed to the ResNet."""
-        st = (self.n_views, self.n_frames)
-        if self.input_kind == "image":
-            if mask is not None:
-                raise ValueError("mask: an image FrameResNetEncoder takes no mask (input_kind='kspace' does)")
-            _check_ndim("image", x, 5, "B, S, T, H, W")
-            if tuple(x.shape[1:3]) != st:
-                raise ValueError(f"image: expected shape (B, S, T, H, W) with (S, T) = {st}, got {tuple(x.shape)}")
-            _check_finite("image", x)
-            return rearrange(x, "b s t h w -> (b s t) 1 h w")
-        if mask is None:
-            raise ValueError("mask: a k-space FrameResNetEncoder needs the ky-t mask (B, S, T, H)")
-        _check_ndim("kspace", x, 6, "B, 2, S, T, H, W")
-        if x.shape[1] != 2 or tuple(x.shape[2:4]) != st:
-            raise ValueError(f"kspace: expected shape (B, 2, S, T, H, W) with (S, T) = {st}, got {tuple(x.shape)}")
-        m = _check_mask(mask, (x.shape[0], *x.shape[2:5]))
-        y, _ = normalise_sampled(x, m, "asinh", self.alpha)  # zero on unsampled lines: no leakage
-        _check_finite("kspace (sampled lines)", y)
-        m6 = m[:, None, ..., None].to(y.dtype).expand_as(y[:, :1])
-        return rearrange(torch.cat([y, m6], dim=1), "b c s t h w -> (b s t) c h w")
 
     def encode(self, x: torch.Tensor, mask: torch.Tensor | None = None, return_valid: bool = False,
                return_hidden: bool = False):  # fmt: skip
@@ -137,6 +149,56 @@ class FrameResNetEncoder(nn.Module):
         tokens = torch.cat([pooled[:, None], feats], dim=1)
         if return_valid:
             return tokens, pooled, torch.ones(feats.shape[:2], dtype=torch.bool, device=feats.device)
+        return tokens, pooled
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.encode(x, mask)[1]
+
+
+class StackedFrameResNet(_FrameInput):
+    """CNN baseline sized for small data: every (view, frame) image is one input channel of ONE 2-D MONAI ResNet.
+
+    Why: a per-frame ResNet-50 (23 M parameters) fine-tuned on a few hundred subjects did not leave the mean
+    predictor at the small preset, while a plain CNN that takes the S·T view×frame images as channels learned the
+    phenotypes within minutes on 2 CPU cores (DESIGN §15). Stacking gives the first layer every view and frame at
+    once, so ED/ES differences (EF) and views are compared from the first convolution. Reuses MONAI's
+    ``monai.networks.nets.ResNet`` (basic blocks, ``layers`` per stage, widths ``widths``; a 3×3 stride-1 stem and no
+    max-pool, for 32–64 pixel crops; ``feed_forward=False``: globally pooled features).
+
+    Args:
+        n_views, n_frames: S and T. input_kind: ``"image"`` or ``"kspace"`` (:class:`_FrameInput`; k-space gives
+            3 channels per frame). widths: channels of the 4 stages. layers: blocks per stage ((2, 2, 2, 2):
+            ResNet-18). norm_alpha: asinh ``alpha`` of the k-space normalisation.
+
+    Attributes: ``dim`` = ``widths[-1]``, ``view_time_cells`` = (1, 1).
+    ``encode(...) -> (tokens (B, 2, dim), pooled (B, dim)[, valid (B, 1) True])``: the pooled feature as class token
+    and as the one cell token. ``forward`` = pooled.
+    """
+
+    def __init__(self, n_views: int, n_frames: int, input_kind: str = "image",
+                 widths: Sequence[int] = (32, 64, 128, 256), layers: Sequence[int] = (2, 2, 2, 2),
+                 norm_alpha: float = 0.05) -> None:  # fmt: skip
+        from monai.networks.nets import ResNet
+
+        super().__init__()
+        self._init_input(n_views, n_frames, input_kind, norm_alpha)
+        if len(widths) != 4 or len(layers) != 4 or min(*widths, *layers) < 1:
+            raise ValueError(f"widths and layers: 4 positive ints each, got {widths!r} and {layers!r}")
+        self.view_time_cells, self.dim = (1, 1), int(widths[-1])
+        self.net = ResNet("basic", list(layers), [int(w) for w in widths], spatial_dims=2,
+                          n_input_channels=self.frame_channels * n_views * n_frames, conv1_t_size=3,
+                          conv1_t_stride=1, no_max_pool=True, feed_forward=False)  # fmt: skip
+
+    def encode(self, x: torch.Tensor, mask: torch.Tensor | None = None, return_valid: bool = False,
+               return_hidden: bool = False):  # fmt: skip
+        if return_hidden:
+            raise ValueError("StackedFrameResNet: return_hidden is not supported (no transformer blocks)")
+        b = x.shape[0]
+        frames = self.frames(x, mask)  # (B·S·T, C, H, W)
+        pooled = self.net(frames.reshape(b, -1, *frames.shape[-2:]))  # (B, dim)
+        tokens = torch.stack([pooled, pooled], dim=1)
+        if return_valid:
+            return tokens, pooled, torch.ones((b, 1), dtype=torch.bool, device=pooled.device)
         return tokens, pooled
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,0 +1,113 @@
+"""Training budgets in optimizer steps, early stopping on the validation metric, and the per-epoch history file.
+
+These are trainer handlers for the bundles' ``SupervisedTrainer`` (``bundles/common/train.json``): the Stage III
+budgets are set in optimizer steps (``max_steps``), training stops when the validation key metric has not improved
+for ``early_stop_patience`` validations, and ``<output_dir>/history.csv`` holds one row per epoch (training loss,
+learning rate and every validation metric) for the report's curves.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import tempfile
+
+import numpy as np
+from ignite.engine import Engine, Events
+
+from kmtr_monai.distributed import is_main_process
+
+__all__ = ["epochs_for_steps", "EarlyStopOnValidation", "MetricHistory"]
+
+
+def epochs_for_steps(max_steps: int | None, max_epochs: int, loader) -> int:
+    """Epochs that give at least ``max_steps`` optimizer steps with ``len(loader)`` steps per epoch; ``max_epochs``
+    when ``max_steps`` is None. ValueError on an empty loader or a non-positive budget."""
+    if max_steps is None:
+        return int(max_epochs)
+    steps_per_epoch = len(loader)
+    if not isinstance(max_steps, int) or max_steps < 1:
+        raise ValueError(f"max_steps must be a positive int or null, got {max_steps!r}")
+    if steps_per_epoch < 1:
+        raise ValueError("max_steps: the training dataloader is empty (fewer training subjects than one batch?)")
+    return math.ceil(max_steps / steps_per_epoch)
+
+
+class EarlyStopOnValidation:
+    """Stop the trainer when the evaluator's key metric has not improved for ``patience`` validations.
+
+    It reads ``evaluator.state.best_metric_epoch``, which MONAI's evaluator keeps with the bundle's
+    ``metric_cmp_fn`` (the same comparison that chooses ``model.pt``), so the checkpoint kept is the best epoch and
+    training ends ``patience`` validations after it. Why not MONAI's ``EarlyStopHandler``: in a bundle config it
+    needs the trainer inside the evaluator's handlers while the trainer's ``ValidationHandler`` needs the
+    evaluator, a reference cycle the config parser cannot build. Attach it to the trainer after the
+    ``ValidationHandler``. ``patience`` None: never stops. After a resume the count starts again.
+    """
+
+    def __init__(self, evaluator: Engine, patience: int | None, val_interval: int = 1) -> None:
+        if patience is not None and (not isinstance(patience, int) or patience < 1):
+            raise ValueError(f"early_stop_patience must be a positive int or null, got {patience!r}")
+        self.evaluator, self.patience, self.val_interval = evaluator, patience, max(1, int(val_interval))
+
+    def attach(self, engine: Engine) -> None:
+        if self.patience is not None:
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        best = getattr(self.evaluator.state, "best_metric_epoch", -1)
+        if best is None or best < 1:
+            return
+        if engine.state.epoch - best >= self.patience * self.val_interval:
+            engine.logger.info(f"early stop at epoch {engine.state.epoch}: the validation key metric last improved "
+                               f"at epoch {best} (patience {self.patience})")  # fmt: skip
+            engine.terminate()
+
+
+class MetricHistory:
+    """``path`` (CSV): one row per epoch with ``epoch``, ``iteration``, ``lr``, ``train_loss`` (the epoch's mean
+    loss) and every scalar metric of the evaluator's last run (``val_*``), rewritten atomically each epoch.
+
+    Rows of epochs at or after the current one are dropped first, so a resumed run continues the file. Written on
+    the main process only. Attach to the trainer after the ``ValidationHandler``.
+    """
+
+    def __init__(self, path: str, evaluator: Engine | None = None, optimizer=None) -> None:
+        self.path, self.evaluator, self.optimizer = str(path), evaluator, optimizer
+        self._losses: list[float] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, lambda e: self._losses.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
+
+    def _collect(self, engine: Engine) -> None:
+        out = engine.state.output
+        loss = out.get("loss") if isinstance(out, dict) else None
+        if loss is not None:
+            self._losses.append(float(loss))
+
+    def _rows(self, before_epoch: int) -> list[dict]:
+        if not os.path.isfile(self.path):
+            return []
+        with open(self.path, newline="") as f:
+            return [r for r in csv.DictReader(f) if r.get("epoch", "").isdigit() and int(r["epoch"]) < before_epoch]
+
+    def _write(self, engine: Engine) -> None:
+        if not is_main_process():
+            return
+        row = {"epoch": engine.state.epoch, "iteration": engine.state.iteration,
+               "lr": self.optimizer.param_groups[0]["lr"] if self.optimizer is not None else "",
+               "train_loss": sum(self._losses) / len(self._losses) if self._losses else ""}  # fmt: skip
+        metrics = getattr(self.evaluator.state, "metrics", {}) if self.evaluator is not None else {}
+        row.update({k: float(v) for k, v in metrics.items() if np.ndim(v) == 0})
+        rows = self._rows(engine.state.epoch) + [row]
+        fields = list(dict.fromkeys(k for r in rows for k in r))
+        folder = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+        with os.fdopen(fd, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, self.path)
