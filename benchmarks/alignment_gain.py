@@ -32,13 +32,13 @@ import argparse
 import json
 import math
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from kmtr_monai.constants import PHENOTYPES
+from kmtr_monai.linear_eval import batched, bundle_parser, load_split, mean_pairwise_cosine  # noqa: F401 (re-exported)
 
 BUNDLES = Path(__file__).resolve().parent.parent / "bundles"
 SHOWN = ("LVEDV (mL)", "LVEF (%)", "LVM (g)", "RVEDV (mL)")
@@ -57,14 +57,7 @@ def run_arguments(doc: str, split: str = "test") -> argparse.ArgumentParser:
 
 def make_parser(run: Path, preset: str, acceleration: int, bundles: Path = BUNDLES):
     """``ConfigParser`` of the align bundle at ``preset`` with the run's cohort and Stage I checkpoints."""
-    from monai.bundle import ConfigParser
-
-    from kmtr_monai.bundle import config_files
-
-    parser = ConfigParser()
-    parser.read_config(config_files(bundles / "align", "train", preset))
     overrides = {
-        "bundle_root": str(bundles / "align"),
         "dataset_dir": str(run / "cohort"),
         "image_mae_ckpt": str(run / "image-mae" / "models" / "model.pt"),
         "kspace_mae_ckpt": str(run / "kspace-mae" / "models" / "model.pt"),
@@ -73,9 +66,7 @@ def make_parser(run: Path, preset: str, acceleration: int, bundles: Path = BUNDL
         "val_acceleration": int(acceleration),
         "num_workers": 0,
     }
-    for key, value in overrides.items():
-        parser[key] = value
-    return parser
+    return bundle_parser(bundles / "align", preset, overrides)
 
 
 def check_run(run: Path, preset: str, align: bool = True) -> None:
@@ -109,31 +100,6 @@ def stage1_encoder(parser, which: str):
     return load_encoder_weights(net, parser.get_parsed_content(f"{which}_mae_ckpt"), key="model").drop_decoder().eval()
 
 
-def load_split(parser, split: str) -> dict[str, torch.Tensor]:
-    """All subjects of ``split`` through ``validate#preprocessing`` (batched by the bundle's dataloader).
-
-    Returns ``image`` (N,S,T,H,W), ``kspace`` (N,2,S,T,H,W), ``mask`` (N,S,T,H), ``phenotypes`` (N,12) (NaN kept).
-    """
-    parser["validate#dataset#data"] = f"$kmtr_monai.data.datalist.read_datalist(@datalist_file, {split!r})"
-    parser["validate#dataset#progress"] = False
-    loader = parser.get_parsed_content("validate#dataloader", lazy=False)
-    batches = list(loader)
-    if not batches:
-        raise ValueError(f"split {split!r} of {parser.get_parsed_content('datalist_file')} is empty")
-    keys = ("image", "kspace", "mask", "phenotypes")
-    out = {k: torch.cat([torch.as_tensor(b[k]) for b in batches]) for k in keys}
-    out["eid"] = [e for b in batches for e in b["eid"]]
-    return out
-
-
-@torch.no_grad()
-def batched(fn: Callable[..., torch.Tensor], *tensors: torch.Tensor, batch_size: int, device) -> torch.Tensor:
-    """Apply ``fn`` to row-chunks of ``tensors`` on ``device``; concatenated (N, D) float64 on CPU."""
-    n = tensors[0].shape[0]
-    outs = [fn(*(t[i : i + batch_size].to(device) for t in tensors)).double().cpu() for i in range(0, n, batch_size)]
-    return torch.cat(outs)
-
-
 def kspace_pooled(encoder, pooling: str):
     """(kspace, mask) -> pooled (B, C) features of a KspaceMAE, pooled like the DualEncoder pools."""
 
@@ -146,13 +112,6 @@ def kspace_pooled(encoder, pooling: str):
 
 def image_pooled(encoder, pooling: str):
     return lambda image: encoder.pool_tokens(encoder.encode(image)[0], pooling)
-
-
-def mean_pairwise_cosine(x: torch.Tensor) -> float:
-    """Mean cosine similarity over the distinct pairs of rows of ``x`` (N, D)."""
-    z = torch.nn.functional.normalize(x.double(), dim=1)
-    n = z.shape[0]
-    return float(((z @ z.T).sum() - n) / (n * (n - 1)))
 
 
 def probe(train_x, train_y, test_x, test_y) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
