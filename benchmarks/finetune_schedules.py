@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from kmtr_monai import report
-from kmtr_monai.pipeline import PipelineRun, Progress, all_stages
+from kmtr_monai.pipeline import PipelineRun, Progress
+from kmtr_monai.stages import all_stages
 
 SCHEDULES: dict[str, tuple[dict, int]] = {  # name: (stage overrides, Stage III epochs)
     # the base run's schedule (2 epochs end to end) with the head's batch standardisation of its input features
@@ -48,7 +49,7 @@ def train_schedule(run: Path, name: str, stages: list) -> PipelineRun:
         if not (out / upstream).exists():
             (out / upstream).symlink_to(run / upstream)
     overrides, epochs = SCHEDULES[name]
-    sched = PipelineRun(out, manifest["preset"], Path(manifest["cohort"]), manifest["accelerations"],
+    sched = PipelineRun(out, manifest["preset"], run / manifest["cohort"], manifest["accelerations"],
                         epochs={task: epochs for task in TASKS})  # fmt: skip
     progress = Progress(len(stages))
     for k, stage in enumerate(stages, 1):

@@ -2,34 +2,34 @@
 
 Every stage runs exactly the command a user would type (``python -m monai.bundle run ...``, or ``torchrun`` with the
 bundle's ``multi_gpu_train.json`` when ``nproc > 1``) in a subprocess whose output goes to ``DIR/<stage>/log.txt``;
-the terminal shows one progress line (stage, epoch, ETA) and ends with the report's summary.
+the terminal shows one progress line (stage, epoch, ETA) and ends with the report's summary. The stages are the
+table of :mod:`kmtr_monai.stages`; each runs with the runner of its ``kind`` (:data:`RUNNERS`).
 
 Layout of ``DIR``::
 
     cohort/                      simulated cohort (or --cohort), datalist.json
     <stage>/models/model.pt      best checkpoint (chosen on validation)
-    <stage>/eval/metrics.csv     validation metrics of the last epoch
+    <stage>/eval/metrics.csv     validation metrics of the last epoch (history.csv: per epoch, when written)
     <stage>/test/R<r>|full/      the bundle's evaluate.json on the held-out test split at acceleration r
     <stage>/stage.json           status, minutes, the overrides it ran with and its fingerprint
     <stage>/log.txt              every line the bundle printed
-    pipeline.json                the stage list the report reads
-    report/                      results.json, report.md, figures (kmtr_monai.report)
+    pipeline.json                the manifest: every stage, its status, overrides and outputs; all the report reads
+    report/                      results.json, report.md, figures, log.txt (kmtr_monai.report)
 
 Budget: the preset's ``pipeline`` block sets the subject count, ``epochs`` and bundle ``overrides`` per task or
 stage name (a stage name wins over its task), e.g. the small preset's frozen encoders for the pretrained models.
 
 Resume: a stage whose ``stage.json`` says done, with the same fingerprint (its overrides, the preset, the epochs and
-the finishing times of the stages it reads), and whose checkpoint and metrics exist, is skipped. ``force`` names
-stages to redo; stages downstream of a redone one are redone because their fingerprint changes. A stage
-interrupted during training resumes from its last epoch (the bundles' ``resume: auto``).
+the finishing times of the stages it reads), and whose outputs exist (test metrics; a model's checkpoint and
+validation metrics), is skipped. ``force`` names stages to redo; stages downstream of a redone one are redone
+because their fingerprint changes. A stage interrupted during training resumes from its last epoch (the bundles'
+``resume: auto``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
-import logging
 import re
 import shutil
 import subprocess
@@ -39,73 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kmtr_monai.bundle import bundle_command, bundle_run_args, default_bundles_dir
+from kmtr_monai.capture import output_to
 from kmtr_monai.presets import PRESETS
-
-VECTOR_METHODS = (  # (method, label, overrides, upstream stage): the paper's column order
-    ("resnet50-image", "ResNet-50 (fully-sampled image)", {"encoder": "@baselines#resnet50", "input": "image"}, None),
-    ("vit-image", "ViT (fully-sampled image)", {"encoder": "@baselines#vit", "input": "image"}, None),
-    ("imagemae-image", "Image MAE fine-tuned (fully-sampled image)",
-     {"encoder": "@baselines#image_mae", "input": "image", "init": "stage1"}, "image-mae"),
-    ("resnet50-zf", "ResNet-50 (zero-filled image)", {"encoder": "@baselines#resnet50", "input": "zero_filled"}, None),
-    ("resnet50-kspace", "ResNet-50 (k-space)", {"encoder": "@baselines#resnet50"}, None),
-    ("scratch", "k-space ViT from scratch", {"init": "scratch"}, None),
-    ("stage1", "k-space MAE, unaligned", {"init": "stage1"}, "kspace-mae"),
-    ("kmtr", "k-MTR", {"init": "aligned"}, "align"),
-)  # fmt: skip
-SEGMENT_METHODS = (
-    ("dynunet-image", "DynUNet (fully-sampled image)", {"network_def": "@baselines#dynunet", "input": "image"}, None),
-    ("dynunet-zf", "DynUNet (zero-filled image)", {"network_def": "@baselines#dynunet", "input": "zero_filled"}, None),
-    ("kmtr", "k-MTR", {"init": "aligned"}, "align"),
-)  # fmt: skip
-RECON_METHODS = (
-    ("kgin", "k-GIN-style line interpolator", {"network_def": "@baselines#kgin", "tokenizer": "line"}, None),
-    ("kmtr", "k-MTR", {"init": "aligned"}, "align"),
-)
-TASK_BUNDLES = {"regress": "regress", "classify": "classify", "segment": "segment-unetr", "recon": "recon"}
-# Run order of Stage III: k-MTR on every task first, then the baselines the report's questions need most (unaligned
-# and scratch encoders, the zero-filled and fully-sampled image models, DynUNet, the k-GIN-style interpolator), so
-# that a run cut short still answers the main questions. The report's tables keep the paper's order.
-RUN_PRIORITY = ("kmtr", "stage1", "scratch", "resnet50-zf", "resnet50-image", "dynunet-zf", "kgin", "resnet50-kspace",
-                "vit-image", "imagemae-image", "dynunet-image")  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One bundle run: ``name`` is its folder under DIR; ``overrides`` select the method and are repeated at test."""
-
-    name: str
-    bundle: str
-    task: str
-    method: str
-    label: str
-    overrides: dict = field(default_factory=dict)
-    upstream: tuple[str, ...] = ()
-
-    @property
-    def image_domain(self) -> bool:
-        """True when the model reads the fully-sampled image (no acceleration to vary)."""
-        return self.overrides.get("input") == "image"
-
-
-def all_stages() -> list[Stage]:
-    """Stage I, Stage II, then every Stage III task with k-MTR and its baselines (in the paper's method order)."""
-    stages = [Stage("image-mae", "image-mae", "pretrain", "image-mae", "Image MAE (Stage I)"),
-              Stage("kspace-mae", "kspace-mae", "pretrain", "kspace-mae", "k-space MAE (Stage I)"),
-              Stage("align", "align", "pretrain", "align", "Alignment (Stage II)",
-                    upstream=("image-mae", "kspace-mae"))]
-    for task, methods in (("regress", VECTOR_METHODS), ("classify", VECTOR_METHODS), ("segment", SEGMENT_METHODS),
-                          ("recon", RECON_METHODS)):  # fmt: skip
-        for method, label, overrides, upstream in methods:
-            stages.append(Stage(f"{task}-{method}", TASK_BUNDLES[task], task, method, label, dict(overrides),
-                                (upstream,) if upstream else ()))  # fmt: skip
-    return stages
-
-
-def run_order(stages: list[Stage]) -> list[Stage]:
-    """``stages`` in the order they run: Stage I and II first, then Stage III by :data:`RUN_PRIORITY`, task order."""
-    tasks = list(TASK_BUNDLES)
-    return sorted(stages, key=lambda s: (s.task != "pretrain", RUN_PRIORITY.index(s.method) if s.task != "pretrain"
-                                         else 0, tasks.index(s.task) if s.task in tasks else -1))  # fmt: skip
+from kmtr_monai.stages import Stage, all_stages, run_order, select_stages
 
 
 def read_metrics(output_dir: Path) -> dict[str, float]:
@@ -181,37 +117,6 @@ def _clock(seconds: float) -> str:
         return "--:--"
     m, s = divmod(int(seconds), 60)
     return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
-
-
-@contextlib.contextmanager
-def output_to(log: Path):
-    """Send this process's stdout, stderr, warnings and logging to ``log`` (appended) for the duration, and undo
-    what a bundle's ``logging.conf`` (``logging.config.fileConfig``) does to the process's logging. Loggers that
-    already write to the terminal (MONAI's own, set up at import) are pointed at ``log`` meanwhile; handlers added
-    meanwhile that write to ``log`` (e.g. an Ignite engine's, made on the redirected stderr) are removed after, so
-    that a later evaluation does not write to the closed file."""
-    root, loggers = logging.getLogger(), [lg for lg in logging.Logger.manager.loggerDict.values()
-                                          if isinstance(lg, logging.Logger)]  # fmt: skip
-    saved = root.handlers[:], root.level, {lg: lg.disabled for lg in loggers}
-    terminal = (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
-    streams = {h: h.stream for lg in [root, *loggers] for h in lg.handlers
-               if isinstance(h, logging.StreamHandler) and h.stream in terminal}  # fmt: skip
-    with open(log, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-        for handler in streams:
-            handler.setStream(f)
-        try:
-            yield f
-        finally:
-            root.handlers[:] = saved[0]
-            root.setLevel(saved[1])
-            for lg, disabled in saved[2].items():
-                lg.disabled = disabled
-            for handler, stream in streams.items():
-                handler.setStream(stream)
-            for lg in [root, *logging.Logger.manager.loggerDict.values()]:
-                for handler in getattr(lg, "handlers", [])[:]:
-                    if getattr(handler, "stream", None) is f:
-                        lg.removeHandler(handler)
 
 
 def _evaluate_logged(args: dict, log: Path, progress: Progress, k: int, what: str) -> float:
@@ -309,15 +214,18 @@ class PipelineRun:
         return {"preset": self.preset, "overrides": over, "tests": self.test_accelerations(stage), "upstream": finished}
 
     def is_done(self, stage: Stage) -> bool:
+        """Its ``stage.json`` says done with the current fingerprint and its outputs exist: every test folder's
+        ``metrics.csv`` and, for a model, its checkpoint and validation metrics."""
         d = self.stage_dir(stage.name)
         state = d / "stage.json"
         if not state.is_file():
             return False
         record = json.loads(state.read_text())
-        tests = [d / "test" / _test_folder(r) / "metrics.csv" for r in self.test_accelerations(stage)]
+        outputs = [d / "test" / _test_folder(r) / "metrics.csv" for r in self.test_accelerations(stage)]
+        if stage.kind == "model":
+            outputs += [d / "models" / "model.pt", d / "eval" / "metrics.csv"]
         return (record.get("status") == "done" and record.get("fingerprint") == self.fingerprint(stage)
-                and (d / "models" / "model.pt").is_file() and (d / "eval" / "metrics.csv").is_file()
-                and all(t.is_file() for t in tests))  # fmt: skip
+                and all(t.is_file() for t in outputs))  # fmt: skip
 
     def command(self, stage: Stage, overrides: dict, workflow: str = "train") -> list[str]:
         multi = workflow == "train" and self.nproc > 1
@@ -328,27 +236,43 @@ class PipelineRun:
         return cmd
 
     def run_stage(self, stage: Stage, k: int, progress: Progress) -> dict:
+        """Run ``stage`` with the runner of its kind (:data:`RUNNERS`) and write its ``stage.json`` (running, then
+        the runner's record with the bundle, kind and fingerprint); returns the record."""
         d = self.stage_dir(stage.name)
         d.mkdir(parents=True, exist_ok=True)
-        log = d / "log.txt"
-        state = {"status": "running", "bundle": stage.bundle, "fingerprint": self.fingerprint(stage)}
+        state = {"status": "running", "kind": stage.kind, "bundle": stage.bundle,
+                 "fingerprint": self.fingerprint(stage)}
         (d / "stage.json").write_text(json.dumps(state, indent=2))
-        over = self.train_overrides(stage)
-        minutes = _run_logged(self.command(stage, over), log, progress, k, f"{stage.name} (train)")
-        tests = {}
-        for r in self.test_accelerations(stage):
-            folder = d / "test" / _test_folder(r)
-            test_over = {**over, "output_dir": folder, "eval_split": "test"}
-            test_over.pop("max_epochs", None)
-            if r != "full":
-                test_over["val_acceleration"] = int(r)
-            args = bundle_run_args(self.bundles / stage.bundle, self.preset, test_over, "evaluate")
-            minutes += _evaluate_logged(args, log, progress, k, f"{stage.name} (test R={r})")
-            tests[r] = str(folder.relative_to(self.out))
-        state.update(status="done", minutes=round(minutes, 2), tests=tests, finished=time.time(),
-                     validation=read_metrics(d / "eval"))  # fmt: skip
+        state.update(RUNNERS[stage.kind](self, stage, k, progress))
         (d / "stage.json").write_text(json.dumps(state, indent=2))
         return state
+
+
+def run_bundle_stage(run: PipelineRun, stage: Stage, k: int, progress: Progress) -> dict:
+    """The runner of a ``model`` stage: its bundle's training command (a subprocess), then its ``evaluate.json`` on
+    the test split at each of :meth:`PipelineRun.test_accelerations` (in process). Returns the stage.json record:
+    ``status``, ``minutes``, ``tests`` ({R or "full": test folder relative to DIR}), ``finished``, ``validation``."""
+    d = run.stage_dir(stage.name)
+    log = d / "log.txt"
+    over = run.train_overrides(stage)
+    minutes = _run_logged(run.command(stage, over), log, progress, k, f"{stage.name} (train)")
+    tests = {}
+    for r in run.test_accelerations(stage):
+        folder = d / "test" / _test_folder(r)
+        test_over = {**over, "output_dir": folder, "eval_split": "test"}
+        test_over.pop("max_epochs", None)
+        if r != "full":
+            test_over["val_acceleration"] = int(r)
+        args = bundle_run_args(run.bundles / stage.bundle, run.preset, test_over, "evaluate")
+        minutes += _evaluate_logged(args, log, progress, k, f"{stage.name} (test R={r})")
+        tests[r] = str(folder.relative_to(run.out))
+    return {"status": "done", "minutes": round(minutes, 2), "tests": tests, "finished": time.time(),
+            "validation": read_metrics(d / "eval")}
+
+
+# How each kind of stage runs: ``runner(run, stage, k, progress) -> stage.json record`` (status, minutes, tests,
+# finished, validation). A new kind of stage (Stage.kind) is one entry here.
+RUNNERS = {"model": run_bundle_stage}
 
 
 def _test_folder(r: str) -> str:
@@ -362,20 +286,6 @@ def _config_value(bundle: Path, key: str):
         if key in config:
             return config[key]
     raise KeyError(f"{key!r} is set neither in {bundle}/configs/train.json nor in common/train.json")
-
-
-def select_stages(stages: list[Stage], only: str | None) -> list[Stage]:
-    """``only``: comma-separated stage names or task names (``regress``, ``pretrain``...); None: every stage."""
-    if not only:
-        return stages
-    items = only.split(",") if isinstance(only, str) else list(only)
-    wanted = {str(w).strip() for w in items if str(w).strip()}
-    known = {s.name for s in stages} | {s.task for s in stages}
-    unknown = sorted(wanted - known)
-    if unknown:
-        raise ValueError(f"unknown stage(s) {unknown}; expected stage names {[s.name for s in stages]} or tasks "
-                         f"{sorted({s.task for s in stages})}")  # fmt: skip
-    return [s for s in stages if s.name in wanted or s.task in wanted]
 
 
 def run_pipeline(out: str = "runs/tiny", preset: str = "tiny", cohort: str | None = None,
@@ -429,12 +339,30 @@ def run_pipeline(out: str = "runs/tiny", preset: str = "tiny", cohort: str | Non
     write_manifest(run, everything)
     if not report:
         return records
+    return _report(out_dir)
+
+
+def _report(out_dir: Path) -> dict:
+    """The report data, the report and, last on the terminal, its summary. Everything the report prints or warns
+    goes to ``DIR/report/log.txt`` (the summary counts the warnings); an error in it stops the pipeline as usual."""
+    import warnings
+
     from kmtr_monai.report import summary_text, write_report
     from kmtr_monai.report_data import collect_report_data
 
-    collect_report_data(run)
-    results = write_report(out_dir)
-    print("\n" + summary_text(results), flush=True)
+    log = out_dir / "report" / "log.txt"
+    with output_to(log) as f, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        try:
+            collect_report_data(out_dir)
+            results = write_report(out_dir)
+        finally:
+            for w in caught:
+                f.write(warnings.formatwarning(w.message, w.category, w.filename, w.lineno))
+    summary = summary_text(results)
+    if caught:
+        summary += f"\n{len(caught)} warning(s) while writing the report: {log}"
+    print("\n" + summary, flush=True)
     return results
 
 
@@ -456,23 +384,55 @@ def _cohort(out_dir: Path, cohort: str | None, preset: str, subjects: int | None
     return path
 
 
+def _rel(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` when inside it, else absolute (as a string)."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(path.resolve())
+
+
+def _json_safe(value, root: Path):
+    """An override value as JSON: a path relative to ``root`` when inside it; lists, dicts, numbers, strings and
+    booleans as they are; anything else as its string."""
+    if isinstance(value, Path):
+        return _rel(value, root)
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v, root) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v, root) for k, v in value.items()}
+    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
+
+
+def manifest_entry(run: PipelineRun, stage: Stage) -> dict:
+    """The ``pipeline.json`` entry of one stage (see :mod:`kmtr_monai.report` for the format)."""
+    d, rel = run.stage_dir(stage.name), (lambda p: _rel(p, run.out))
+    state = d / "stage.json"
+    rec = json.loads(state.read_text()) if state.is_file() else {"status": "not run"}
+    over = run.train_overrides(stage)
+    label = f"{stage.label}, frozen encoder" if over.get("freeze_encoder") is True else stage.label
+    entry = {"name": stage.name, "task": stage.task, "method": stage.method, "label": label, "kind": stage.kind,
+             "bundle": stage.bundle, "status": rec.get("status"), "done": run.is_done(stage),
+             "minutes": rec.get("minutes"), "upstream": list(stage.upstream),
+             "overrides": {k: _json_safe(v, run.out) for k, v in over.items()},
+             "paths": sorted(k for k, v in over.items() if isinstance(v, Path)),
+             "outputs": {"ckpt": rel(d / "models" / "model.pt"), "eval": rel(d / "eval"),
+                         "history": rel(d / "eval" / "history.csv"), "log": rel(d / "log.txt"),
+                         "tests": rec.get("tests", {})}}  # fmt: skip
+    if stage.kind == "model" and stage.task != "pretrain":
+        entry["input"] = stage.input
+    return entry | {k: v for k, v in stage.meta.items() if k not in entry}
+
+
 def write_manifest(run: PipelineRun, stages: list[Stage]) -> Path:
-    """``DIR/pipeline.json``: what the report reads (stages that have a record, their labels and test folders; a
-    label says "frozen encoder" when the budget froze the stage's encoder)."""
-    entries = []
-    for s in stages:
-        state = run.stage_dir(s.name) / "stage.json"
-        if state.is_file():
-            rec = json.loads(state.read_text())
-            frozen = run.train_overrides(s).get("freeze_encoder") is True
-            label = f"{s.label}, frozen encoder" if frozen else s.label
-            entries.append({"name": s.name, "task": s.task, "method": s.method, "label": label,
-                            "status": rec.get("status"), "minutes": rec.get("minutes"),
-                            "tests": rec.get("tests", {})})  # fmt: skip
-    seg_r = _config_value(run.bundles / "segment-unetr", "val_acceleration")
-    manifest = {"preset": run.preset, "cohort": str(run.cohort), "accelerations": run.accelerations,
+    """``DIR/pipeline.json``: everything the report reads about the run, every stage of ``stages`` in their order
+    (the paper's), run or not; paths relative to DIR when inside it (the format: :mod:`kmtr_monai.report`)."""
+    manifest = {"version": 2, "preset": run.preset, "bundles": str(Path(run.bundles).resolve()),
+                "cohort": _rel(run.cohort, run.out), "accelerations": run.accelerations,
                 "acceleration": _config_value(run.bundles / "regress", "val_acceleration"),
-                "seg_acceleration": seg_r, "stages": entries}  # fmt: skip
+                "seg_acceleration": _config_value(run.bundles / "segment-unetr", "val_acceleration"),
+                "stages": [manifest_entry(run, s) for s in stages]}  # fmt: skip
     path = run.out / "pipeline.json"
     path.write_text(json.dumps(manifest, indent=2))
     return path

@@ -1,22 +1,21 @@
 """The main job end to end at the tiny preset: every stage through its bundle, test evaluations, the report, resume,
---force and --cohort. One pipeline run is shared by the module (about ten minutes on two cores)."""
+--force and --cohort. One pipeline run is shared by the module (about ten minutes on two cores). Also the manifest
+format, the dispatch on a stage's kind and the absence of import circles in the package."""
 
+import ast
+import contextlib
+import io
 import json
 import math
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from kmtr_monai.pipeline import (
-    PipelineRun,
-    all_stages,
-    parse_accelerations,
-    run_pipeline,
-    select_stages,
-    write_manifest,
-)
+from kmtr_monai.pipeline import PipelineRun, parse_accelerations, run_pipeline, write_manifest
 from kmtr_monai.presets import PRESETS
+from kmtr_monai.stages import Stage, all_stages, run_order, select_stages
 
 ACCELERATIONS = "4,8"  # two test accelerations keep the CI run short; the default is 2,4,8,16
 
@@ -24,8 +23,25 @@ ACCELERATIONS = "4,8"  # two test accelerations keep the CI run short; the defau
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("pipeline") / "run"
-    results = run_pipeline(out=str(out), preset="tiny", accelerations=ACCELERATIONS)
+    terminal = io.StringIO()
+    with contextlib.redirect_stdout(terminal), contextlib.redirect_stderr(terminal):
+        results = run_pipeline(out=str(out), preset="tiny", accelerations=ACCELERATIONS)
+    (out.parent / "terminal.txt").write_text(terminal.getvalue())
     return out, results
+
+
+def test_the_terminal_ends_with_the_summary(tiny_run):
+    """What the report prints or warns goes to report/log.txt; the summary is the last thing on the terminal."""
+    from kmtr_monai.report import summary_text
+
+    out, results = tiny_run
+    terminal = (out.parent / "terminal.txt").read_text()
+    summary = summary_text(results)
+    assert summary in terminal
+    tail = terminal[terminal.index(summary) + len(summary):].strip()
+    assert tail == "" or (tail.startswith(tuple("0123456789")) and "report/log.txt" in tail and "\n" not in tail), tail
+    assert "Warning" not in terminal, terminal[-3000:]
+    assert (out / "report" / "log.txt").is_file()
 
 
 def test_tiny_pipeline_writes_the_report_with_every_method(tiny_run):
@@ -113,9 +129,13 @@ def test_preset_overrides_by_task_and_stage_name_reach_the_command_and_the_finge
     assert "--freeze_encoder True" in cmd and "--head_hidden 64" in cmd, cmd
     for name in ("regress-kmtr", "regress-stage1"):
         (tmp_path / name).mkdir()
-        (tmp_path / name / "stage.json").write_text(json.dumps({"status": "done"}))
-    labels = {e["name"]: e["label"] for e in json.loads(write_manifest(run, all_stages()).read_text())["stages"]}
-    assert labels == {"regress-kmtr": "k-MTR, frozen encoder", "regress-stage1": "k-space MAE, unaligned"}
+        (tmp_path / name / "stage.json").write_text(json.dumps({"status": "done", "minutes": 1.0}))
+    entries = {e["name"]: e for e in json.loads(write_manifest(run, all_stages()).read_text())["stages"]}
+    assert list(entries) == [s.name for s in all_stages()]  # every stage, in the paper's order
+    assert entries["regress-kmtr"]["label"] == "k-MTR, frozen encoder"
+    assert entries["regress-stage1"]["label"] == "k-space MAE, unaligned"
+    assert entries["regress-kmtr"]["status"] == "done" and entries["regress-kmtr"]["done"] is False  # no outputs
+    assert entries["classify-kmtr"]["status"] == "not run" and entries["classify-kmtr"]["minutes"] is None
     before = run.fingerprint(stages["regress-kmtr"])
     run.overrides["regress-kmtr"] = {"freeze_encoder": False}
     assert run.fingerprint(stages["regress-kmtr"]) != before
@@ -181,8 +201,6 @@ def test_progress_line_reads_epoch_and_iteration_from_the_stage_log(tmp_path):
 
 
 def test_run_order_puts_kmtr_and_the_main_comparisons_first():
-    from kmtr_monai.pipeline import run_order
-
     names = [s.name for s in run_order(all_stages())]
     assert names[:7] == ["image-mae", "kspace-mae", "align", "regress-kmtr", "classify-kmtr", "segment-kmtr",
                          "recon-kmtr"]  # fmt: skip
@@ -196,7 +214,7 @@ def test_output_to_leaves_no_handler_on_the_closed_log(tmp_path):
     import logging
     import sys
 
-    from kmtr_monai.pipeline import output_to
+    from kmtr_monai.capture import output_to
 
     name = "kmtr-test-engine-logger"
     for k in range(2):
@@ -209,3 +227,150 @@ def test_output_to_leaves_no_handler_on_the_closed_log(tmp_path):
     texts = [(tmp_path / f"log{k}.txt").read_text() for k in range(2)]
     assert "evaluation 0" in texts[0] and "evaluation 1" in texts[1]
     assert "Logging error" not in texts[1] and not logging.getLogger(name).handlers
+
+
+def test_the_report_works_on_a_run_folder_moved_elsewhere(tiny_run, tmp_path):
+    """pipeline.json holds everything the report and its data need (paths relative to the run folder): a copy
+    reports with the original out of reach."""
+    from kmtr_monai.report import write_report
+    from kmtr_monai.report_data import collect_report_data
+
+    out, results = tiny_run
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved, ignore=shutil.ignore_patterns("report", "log.txt"))
+    hidden = out.with_name("hidden")
+    out.rename(hidden)
+    try:
+        collect_report_data(moved)
+        res = write_report(moved)
+    finally:
+        hidden.rename(out)
+    assert res["run"]["dir"] == str(moved) and res["run"]["cohort"] == str(moved / "cohort")
+    assert (moved / "report" / "data" / "embeddings.npz").is_file()
+    assert res["regress"]["methods"].keys() == results["regress"]["methods"].keys()
+    assert res["regress"]["methods"]["kmtr"]["mean_mae"] == results["regress"]["methods"]["kmtr"]["mean_mae"]
+
+
+def test_manifest_holds_what_the_report_reads(tmp_path):
+    """Run settings, and per stage its kind, input, status, the overrides (paths relative to DIR, listed in
+    ``paths``) and its outputs; the cohort relative to DIR."""
+    run = PipelineRun(tmp_path, "tiny", tmp_path / "cohort", [4, 8], device="cpu")
+    (tmp_path / "regress-kmtr").mkdir()
+    (tmp_path / "regress-kmtr" / "stage.json").write_text(json.dumps(
+        {"status": "done", "minutes": 2.0, "tests": {"4": "regress-kmtr/test/R4"}}))
+    doc = json.loads(write_manifest(run, all_stages()).read_text())
+    assert (doc["preset"], doc["cohort"], doc["accelerations"]) == ("tiny", "cohort", [4, 8])
+    assert Path(doc["bundles"]).is_absolute() and (doc["acceleration"], doc["seg_acceleration"]) == (4, 8)
+    e = {s["name"]: s for s in doc["stages"]}
+    k = e["regress-kmtr"]
+    assert (k["kind"], k["input"], k["bundle"], k["status"], k["done"], k["minutes"]) == (
+        "model", "kspace", "regress", "done", False, 2.0)
+    assert k["overrides"]["dataset_dir"] == "cohort" and k["overrides"]["align_ckpt"] == "align/models/model.pt"
+    assert k["overrides"]["ckpt_dir"] == "regress-kmtr/models" and k["overrides"]["train_accelerations"] == [4, 8]
+    assert k["overrides"]["device"] == "$torch.device('cpu')" and k["overrides"]["init"] == "aligned"
+    assert {"dataset_dir", "ckpt_dir", "output_dir", "align_ckpt"} <= set(k["paths"]) and "init" not in k["paths"]
+    assert k["outputs"] == {"ckpt": "regress-kmtr/models/model.pt", "eval": "regress-kmtr/eval",
+                            "history": "regress-kmtr/eval/history.csv", "log": "regress-kmtr/log.txt",
+                            "tests": {"4": "regress-kmtr/test/R4"}}  # fmt: skip
+    assert e["regress-resnet50-zf"]["input"] == "zero_filled" and e["classify-vit-image"]["input"] == "image"
+    assert "input" not in e["align"] and e["align"]["upstream"] == ["image-mae", "kspace-mae"]
+    json.dumps(doc, allow_nan=False)
+
+
+def test_run_stage_dispatches_on_the_stage_kind(tmp_path, monkeypatch):
+    """A kind is one entry of RUNNERS; the pipeline writes stage.json around it, and a non-model stage is done
+    with its test metrics (no checkpoint)."""
+    from kmtr_monai import pipeline
+
+    def floor_runner(run, stage, k, progress):
+        folder = run.stage_dir(stage.name) / "test" / "R4"
+        folder.mkdir(parents=True)
+        (folder / "metrics.csv").write_text("val_mean_r2,0.5\n")
+        return {"status": "done", "minutes": 0.1, "tests": {"4": "floor/test/R4"}, "finished": 1.0, "validation": {}}
+
+    monkeypatch.setitem(pipeline.RUNNERS, "floor", floor_runner)
+    stage = Stage("regress-floor-kspace", "regress", "regress", "floor-kspace", "floor", kind="floor")
+    run = PipelineRun(tmp_path, "tiny", tmp_path / "cohort", [4])
+    record = run.run_stage(stage, 1, pipeline.Progress(1, stream=io.StringIO()))
+    saved = json.loads((tmp_path / stage.name / "stage.json").read_text())
+    assert saved == record and record["kind"] == "floor" and record["fingerprint"] == run.fingerprint(stage)
+    assert run.is_done(stage)
+    assert set(pipeline.RUNNERS) >= {"model", "floor"} and pipeline.RUNNERS["model"] is pipeline.run_bundle_stage
+    with pytest.raises(ValueError, match="kind"):
+        Stage("x", "regress", "regress", "x", "x", kind="nope")
+
+
+def _import_graph(package: Path) -> dict[str, set[str]]:
+    """{module: package modules it imports}, module-level and function-level imports alike (relative ones
+    resolved); ``from pkg import name`` points at the submodule ``pkg.name`` when there is one."""
+    root = package.parent
+    modules = {}
+    for path in package.rglob("*.py"):
+        parts = list(path.relative_to(root).with_suffix("").parts)
+        is_pkg = parts[-1] == "__init__"
+        modules[".".join(parts[:-1] if is_pkg else parts)] = (path, is_pkg)
+
+    def known(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph = {}
+    for name, (path, is_pkg) in modules.items():
+        here = name if is_pkg else name.rpartition(".")[0]
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = here.split(".")[: len(here.split(".")) - node.level + 1]
+                    base = ".".join(up + ([base] if base else []))
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+            else:
+                continue
+            edges |= {t for t in map(known, targets) if t and t != name}
+        graph[name] = edges
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Import circles: the strongly connected components of more than one module."""
+    index, low, stack, on, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_circle_in_the_package():
+    import kmtr_monai
+
+    graph = _import_graph(Path(kmtr_monai.__file__).parent)
+    assert {"kmtr_monai.pipeline", "kmtr_monai.stages", "kmtr_monai.report.tables"} <= set(graph)
+    assert "kmtr_monai.report" in graph["kmtr_monai.pipeline"]  # function-level imports count
+    assert _cycles(graph) == []
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
