@@ -252,8 +252,12 @@ def fig_curves(results: dict, path: Path) -> str | None:
                 row[1].plot(c["epoch"], c["values"], "o-", ms=3, label=c["label"])
         row[0].set(xlabel="epoch", ylabel="train loss", title=f"{task}: training loss")
         row[1].set(xlabel="epoch", ylabel=", ".join(metrics) or "–", title=f"{task}: validation")
+        epochs = sorted({e for c in mine.values() for e in c["epoch"] if np.isfinite(e)})
         for ax in row:
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if len(epochs) <= 10:  # a short run: one tick per epoch (a single epoch would get fractional ticks)
+                ax.set_xticks(epochs)
+            else:
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.title.set_fontsize(9)
             ax.legend(fontsize=5)
     _save(fig, path)
