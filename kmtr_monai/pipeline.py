@@ -195,13 +195,14 @@ class PipelineRun:
         return over
 
     def test_accelerations(self, stage: Stage) -> list[str]:
-        """Folder keys of the test evaluations: ``full`` for image-domain models; every requested R for phenotype
-        regression (the report's MAE-against-R figure); the bundle's own evaluation R otherwise."""
+        """Folder keys of the test evaluations: ``full`` for image-domain stages; every requested R for phenotype
+        regression models (the report's MAE-against-R figure); the bundle's own evaluation R otherwise (floors and
+        probes included)."""
         if stage.task == "pretrain":
             return []
         if stage.image_domain:
             return ["full"]
-        if stage.task == "regress":
+        if stage.task == "regress" and stage.kind == "model":
             return [str(r) for r in self.accelerations]
         return [str(_config_value(self.bundles / stage.bundle, "val_acceleration"))]
 
@@ -270,9 +271,40 @@ def run_bundle_stage(run: PipelineRun, stage: Stage, k: int, progress: Progress)
             "validation": read_metrics(d / "eval")}
 
 
+def _linear_stage(run: PipelineRun, stage: Stage, k: int, progress: Progress, fit) -> dict:
+    """Run ``fit(acceleration, out, cache)`` (a floor or a probe) in this process, its output appended to the stage's
+    log; the stage.json record of :func:`run_bundle_stage`. Loaded inputs and features are cached in
+    ``DIR/linear_cache`` and shared by every floor and probe of the run."""
+    r = run.test_accelerations(stage)[0]
+    progress.show(f"[{k}/{progress.total}] {stage.name}")
+    with output_to(run.stage_dir(stage.name) / "log.txt"):
+        rec = fit(None if r == "full" else int(r), run.stage_dir(stage.name), run.out / "linear_cache")
+    return {"status": "done", "minutes": round(rec["minutes"], 2), "tests": rec["tests"], "finished": time.time(),
+            "validation": rec["validation"]}
+
+
+def run_floor_stage(run: PipelineRun, stage: Stage, k: int, progress: Progress) -> dict:
+    """The runner of a ``floor`` stage: :func:`kmtr_monai.floors.run_floor` on the stage's input."""
+    from kmtr_monai.floors import run_floor
+
+    return _linear_stage(run, stage, k, progress, lambda r, out, cache: run_floor(
+        run.cohort, run.bundles, run.preset, stage.input, r, stage.task, out, cache))  # fmt: skip
+
+
+def run_probe_stage(run: PipelineRun, stage: Stage, k: int, progress: Progress) -> dict:
+    """The runner of a ``probe`` stage: :func:`kmtr_monai.probes.run_probe` on the run's Stage I/II checkpoints."""
+    from kmtr_monai.probes import run_probe
+
+    c = run.upstream_ckpts()
+    ckpts = {"align": c["align_ckpt"], "stage1": c["kspace_mae_ckpt"], "imagemae": c["image_mae_ckpt"]}
+    return _linear_stage(run, stage, k, progress, lambda r, out, cache: run_probe(
+        run.cohort, run.bundles, run.preset, stage.meta["encoder"], stage.meta["pooling"], stage.task, ckpts, r,
+        out, cache))  # fmt: skip
+
+
 # How each kind of stage runs: ``runner(run, stage, k, progress) -> stage.json record`` (status, minutes, tests,
 # finished, validation). A new kind of stage (Stage.kind) is one entry here.
-RUNNERS = {"model": run_bundle_stage}
+RUNNERS = {"model": run_bundle_stage, "floor": run_floor_stage, "probe": run_probe_stage}
 
 
 def _test_folder(r: str) -> str:

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 KINDS = ("model", "floor", "probe")
 
 VECTOR_METHODS = (  # (method, label, overrides, upstream stage): the paper's column order
-    ("resnet50-image", "ResNet-50 (fully-sampled image)", {"encoder": "@baselines#resnet50", "input": "image"}, None),
+    ("cnn-image", "CNN (fully-sampled image)", {"encoder": "@cnn_baseline", "input": "image"}, None),
     ("vit-image", "ViT (fully-sampled image)", {"encoder": "@baselines#vit", "input": "image"}, None),
     ("imagemae-image", "Image MAE fine-tuned (fully-sampled image)",
      {"encoder": "@baselines#image_mae", "input": "image", "init": "stage1"}, "image-mae"),
-    ("resnet50-zf", "ResNet-50 (zero-filled image)", {"encoder": "@baselines#resnet50", "input": "zero_filled"}, None),
-    ("resnet50-kspace", "ResNet-50 (k-space)", {"encoder": "@baselines#resnet50"}, None),
+    ("cnn-zf", "CNN (zero-filled image)", {"encoder": "@cnn_baseline", "input": "zero_filled"}, None),
+    ("cnn-kspace", "CNN (k-space)", {"encoder": "@cnn_baseline"}, None),
     ("scratch", "k-space ViT from scratch", {"init": "scratch"}, None),
     ("stage1", "k-space MAE, unaligned", {"init": "stage1"}, "kspace-mae"),
     ("kmtr", "k-MTR", {"init": "aligned"}, "align"),
@@ -35,13 +35,26 @@ RECON_METHODS = (
     ("kgin", "k-GIN-style line interpolator", {"network_def": "@baselines#kgin", "tokenizer": "line"}, None),
     ("kmtr", "k-MTR", {"init": "aligned"}, "align"),
 )
+FLOOR_METHODS = (  # (method, label, input): linear models on the raw inputs, no network (kmtr_monai.floors)
+    ("floor-image", "Linear floor: fully-sampled pixels", "image"),
+    ("floor-zf", "Linear floor: zero-filled pixels", "zero_filled"),
+    ("floor-kspace", "Linear floor: sampled k-space values", "kspace"),
+)
+PROBE_ENCODERS = (  # (encoder, label, input, upstream stage): frozen encoders probed linearly (kmtr_monai.probes)
+    ("kmtr", "k-MTR", "kspace", "align"),
+    ("stage1", "k-space MAE, unaligned", "kspace", "kspace-mae"),
+    ("scratch", "k-space ViT, random init", "kspace", None),
+    ("imagemae", "Image MAE (fully-sampled image)", "image", "image-mae"),
+)
+PROBE_POOLINGS = ("mean", "layout")
 TASK_BUNDLES = {"regress": "regress", "classify": "classify", "segment": "segment-unetr", "recon": "recon"}
 # Run order of Stage III: k-MTR on every task first, then the baselines the report's questions need most (unaligned
 # and scratch encoders, the zero-filled and fully-sampled image models, DynUNet, the k-GIN-style interpolator), so
 # that a run cut short still answers the main questions. Methods not listed run after these. The report's tables
 # keep the paper's order (the order of pipeline.json).
-RUN_PRIORITY = ("kmtr", "stage1", "scratch", "resnet50-zf", "resnet50-image", "dynunet-zf", "kgin", "resnet50-kspace",
-                "vit-image", "imagemae-image", "dynunet-image")  # fmt: skip
+RUN_PRIORITY = (*(m for m, _, _ in FLOOR_METHODS), *(f"probe-{e}-{p}" for e, *_ in PROBE_ENCODERS for p in PROBE_POOLINGS),
+                "kmtr", "stage1", "scratch", "cnn-zf", "cnn-image", "dynunet-zf", "kgin", "cnn-kspace", "vit-image",
+                "imagemae-image", "dynunet-image")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -76,7 +89,8 @@ class Stage:
 
 
 def all_stages() -> list[Stage]:
-    """Stage I, Stage II, then every Stage III task with k-MTR and its baselines (in the paper's method order)."""
+    """Stage I, Stage II, every Stage III task with k-MTR and its baselines (in the paper's method order), then the
+    linear floors and probes of the vector tasks."""
     stages = [Stage("image-mae", "image-mae", "pretrain", "image-mae", "Image MAE (Stage I)"),
               Stage("kspace-mae", "kspace-mae", "pretrain", "kspace-mae", "k-space MAE (Stage I)"),
               Stage("align", "align", "pretrain", "align", "Alignment (Stage II)",
@@ -86,6 +100,16 @@ def all_stages() -> list[Stage]:
         for method, label, overrides, upstream in methods:
             stages.append(Stage(f"{task}-{method}", TASK_BUNDLES[task], task, method, label, dict(overrides),
                                 (upstream,) if upstream else ()))  # fmt: skip
+    for task in ("regress", "classify"):
+        for method, label, inp in FLOOR_METHODS:
+            stages.append(Stage(f"{task}-{method}", TASK_BUNDLES[task], task, method, label, {"input": inp},
+                                kind="floor"))  # fmt: skip
+        for encoder, label, inp, upstream in PROBE_ENCODERS:
+            for pooling in PROBE_POOLINGS:
+                stages.append(Stage(f"{task}-probe-{encoder}-{pooling}", TASK_BUNDLES[task], task,
+                                    f"probe-{encoder}-{pooling}", f"Linear probe: {label}, {pooling} pooling",
+                                    {"input": inp}, (upstream,) if upstream else (), kind="probe",
+                                    meta={"encoder": encoder, "pooling": pooling}))  # fmt: skip
     return stages
 
 

@@ -174,9 +174,16 @@ def test_stage_table_is_the_papers_comparison():
     names = [s.name for s in stages]
     assert names[:3] == ["image-mae", "kspace-mae", "align"]
     for task in ("regress", "classify"):
-        methods = [s.method for s in stages if s.task == task]
-        assert methods == ["resnet50-image", "vit-image", "imagemae-image", "resnet50-zf", "resnet50-kspace",
+        methods = [s.method for s in stages if s.task == task and s.kind == "model"]
+        assert methods == ["cnn-image", "vit-image", "imagemae-image", "cnn-zf", "cnn-kspace",
                            "scratch", "stage1", "kmtr"]  # fmt: skip
+        floors = [s for s in stages if s.task == task and s.kind == "floor"]
+        assert [(s.method, s.input) for s in floors] == [("floor-image", "image"), ("floor-zf", "zero_filled"),
+                                                         ("floor-kspace", "kspace")]  # fmt: skip
+        probes = {(s.meta["encoder"], s.meta["pooling"]): s for s in stages if s.task == task and s.kind == "probe"}
+        assert set(probes) == {(e, p) for e in ("kmtr", "stage1", "scratch", "imagemae") for p in ("mean", "layout")}
+        assert probes["kmtr", "mean"].upstream == ("align",) and probes["scratch", "layout"].upstream == ()
+        assert probes["imagemae", "mean"].input == "image" and probes["stage1", "mean"].input == "kspace"
     assert [s.method for s in stages if s.task == "segment"] == ["dynunet-image", "dynunet-zf", "kmtr"]
     assert [s.method for s in stages if s.task == "recon"] == ["kgin", "kmtr"]
     assert all(s.upstream == ("align",) for s in stages if s.method == "kmtr")
@@ -204,7 +211,7 @@ def test_run_order_puts_kmtr_and_the_main_comparisons_first():
     names = [s.name for s in run_order(all_stages())]
     assert names[:7] == ["image-mae", "kspace-mae", "align", "regress-kmtr", "classify-kmtr", "segment-kmtr",
                          "recon-kmtr"]  # fmt: skip
-    assert names.index("regress-stage1") < names.index("regress-resnet50-image") < names.index("regress-vit-image")
+    assert names.index("regress-stage1") < names.index("regress-cnn-image") < names.index("regress-vit-image")
     assert sorted(names) == sorted(s.name for s in all_stages())
 
 
@@ -272,7 +279,7 @@ def test_manifest_holds_what_the_report_reads(tmp_path):
     assert k["outputs"] == {"ckpt": "regress-kmtr/models/model.pt", "eval": "regress-kmtr/eval",
                             "history": "regress-kmtr/eval/history.csv", "log": "regress-kmtr/log.txt",
                             "tests": {"4": "regress-kmtr/test/R4"}}  # fmt: skip
-    assert e["regress-resnet50-zf"]["input"] == "zero_filled" and e["classify-vit-image"]["input"] == "image"
+    assert e["regress-cnn-zf"]["input"] == "zero_filled" and e["classify-vit-image"]["input"] == "image"
     assert "input" not in e["align"] and e["align"]["upstream"] == ["image-mae", "kspace-mae"]
     json.dumps(doc, allow_nan=False)
 

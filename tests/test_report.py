@@ -114,14 +114,14 @@ def run_dir(tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
     eids, ph, dis = _cohort(run / "cohort", rng)
     stages = [_stage("align", "pretrain", "align", []),
-              _stage("regress-resnet50-image", "regress", "resnet50-image", ["full"]),
+              _stage("regress-cnn-image", "regress", "cnn-image", ["full"]),
               _stage("regress-vit-image", "regress", "vit-image", ["full"], done=False),  # never run
-              _stage("regress-resnet50-zf", "regress", "resnet50-zf", ["4"]),
+              _stage("regress-cnn-zf", "regress", "cnn-zf", ["4"]),
               _stage("regress-scratch", "regress", "scratch", ["4"]),  # listed as done, folder missing
               _stage("regress-stage1", "regress", "stage1", ["4"]),
               _stage("regress-kmtr", "regress", "kmtr", ["2", "4", "8", "16"]),
-              _stage("classify-resnet50-image", "classify", "resnet50-image", ["full"]),
-              _stage("classify-resnet50-zf", "classify", "resnet50-zf", ["4"]),
+              _stage("classify-cnn-image", "classify", "cnn-image", ["full"]),
+              _stage("classify-cnn-zf", "classify", "cnn-zf", ["4"]),
               _stage("classify-stage1", "classify", "stage1", ["4"]),
               _stage("classify-kmtr", "classify", "kmtr", ["4"]),
               _stage("segment-dynunet-zf", "segment", "dynunet-zf", ["8"]),
@@ -301,12 +301,12 @@ def test_each_model_against_its_floor_and_the_headline(run_dir, results):
     """Evidence (i) pairs each model with the floor of its input; the image model loses to floor-image, so the
     headline says the run cannot rank methods, first in report.md and in the summary."""
     ev = {(i["task"], i["method"]): i for i in results["evidence"]["floors"]}
-    assert set(ev) == {("regress", m) for m in ("resnet50-image", "resnet50-zf", "stage1", "kmtr")} | {
-        ("classify", m) for m in ("resnet50-image", "resnet50-zf", "stage1", "kmtr")}
-    assert [ev[("regress", m)]["floor"] for m in ("resnet50-image", "resnet50-zf", "kmtr")] == [
+    assert set(ev) == {("regress", m) for m in ("cnn-image", "cnn-zf", "stage1", "kmtr")} | {
+        ("classify", m) for m in ("cnn-image", "cnn-zf", "stage1", "kmtr")}
+    assert [ev[("regress", m)]["floor"] for m in ("cnn-image", "cnn-zf", "kmtr")] == [
         "floor-image", "floor-zf", "floor-kspace"]
     assert ev[("regress", "kmtr")]["answer"] == "yes" and ev[("classify", "kmtr")]["answer"] == "yes"
-    assert ev[("regress", "resnet50-image")]["answer"] == "no"
+    assert ev[("regress", "cnn-image")]["answer"] == "no"
     head = results["headline"]
     assert head["can_rank"] is False and "cannot rank" in head["text"] and "floor-image" in head["text"]
     md = (run_dir / "report" / "report.md").read_text()
@@ -368,7 +368,7 @@ def test_report_reads_only_the_run_folder_in_the_manifests_order(run_dir, result
 def test_headline_can_rank_when_an_image_model_beats_floor_image(tmp_path):
     rng = np.random.default_rng(5)
     eids, ph, _ = _cohort(tmp_path / "cohort", rng)
-    stages = [_stage("regress-resnet50-image", "regress", "resnet50-image", ["full"]),
+    stages = [_stage("regress-cnn-image", "regress", "cnn-image", ["full"]),
               _stage("regress-floor-image", "regress", "floor-image", ["full"], kind="floor")]  # fmt: skip
     _regress(tmp_path / stages[0]["outputs"]["tests"]["full"], eids, ph, ph + rng.normal(0, 2, ph.shape))
     _regress(tmp_path / stages[1]["outputs"]["tests"]["full"], eids, ph, ph + rng.normal(0, 15, ph.shape))

@@ -41,7 +41,7 @@ from kmtr_monai.report.run import (
 from kmtr_monai.report.stats import abs_err, auc_of, bootstrap, paired_diff, r2_of, weighted_mae
 
 MEAN_LABEL, CHANCE_LABEL = "Training-mean predictor", "Chance / prevalence"
-KMTR, IMAGE_BOUND, ZF_BASELINE = "kmtr", "resnet50-image", "resnet50-zf"
+KMTR, IMAGE_BOUND, ZF_BASELINE = "kmtr", "cnn-image", "cnn-zf"
 FLOORS = ("floor-image", "floor-zf", "floor-kspace")  # the linear models on each input, as their methods are named
 FLOOR_OF_INPUT = {"image": "floor-image", "zero_filled": "floor-zf", "kspace": "floor-kspace"}
 PROBE_PHENOTYPES = ("LVEDV (mL)", "LVM (g)", "RVEDV (mL)", "LVEF (%)")
