@@ -284,6 +284,19 @@ def test_temporal_head_input_norm_ignores_a_common_feature_offset_and_scale():
     torch.testing.assert_close(head(tokens[:1]), head(tokens)[:1])
 
 
+def test_single_cell_head_is_an_mlp_on_the_class_token_and_keeps_its_scale():
+    """One (view, time) cell (a CNN that pools everything itself): no mixer and no LayerNorm, so the output is the
+    MLP of the class token, and a pooled feature twice as large (a size) gives another output."""
+    torch.manual_seed(0)
+    head = TemporalMLPHead(16, 1, 1, 3, hidden=32)
+    assert head.mixer is None
+    tokens = torch.rand(4, 2, 16)
+    torch.testing.assert_close(head(tokens), head.mlp(tokens[:, 0]))
+    assert not torch.allclose(head(2 * tokens), head(tokens))
+    layered = TemporalMLPHead(16, 2, 1, 3, hidden=32)  # two cells: the mixer and its LayerNorm
+    assert layered.mixer is not None
+
+
 # --------------------------------------------------------------------------------------------------- losses
 def test_standardised_huber_by_hand_and_nan_targets():
     loss = StandardisedHuberLoss([10.0, 0.0], [2.0, 0.5], delta=1.0)

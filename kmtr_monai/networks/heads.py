@@ -39,6 +39,12 @@ class TemporalMLPHead(nn.Module):
        can form ED/ES comparisons directly) and an MLP ``Linear → GELU → Dropout → Linear`` of width ``hidden``
        gives the output.
 
+    One cell (``n_views = n_time = 1``, an encoder that pools everything itself, e.g. the stacked-frame CNN): there
+    is nothing to mix, and the head is the MLP on the class token (step 3 without the mixer and its LayerNorm). Why:
+    the LayerNorm removes the scale of the pooled feature vector, which is where a globally pooled CNN carries a
+    size; with it the CNN baseline reached validation mean R² 0.34, without it 0.48 (small preset, 700 training
+    subjects, 800 steps, BENCHMARKS "Stage III: the CNN baseline").
+
     ``input_norm``: standardise each feature of the cell tokens over the batch before step 2 (``BatchNorm1d``
     without affine parameters, running statistics at evaluation; the linear-probe recipe of the MAE paper). Why:
     pretrained MAE features vary little between subjects around a large common offset (image MAE at the small
@@ -66,13 +72,14 @@ class TemporalMLPHead(nn.Module):
         self.dim, self.cells, self.out_dim = dim, (n_views, n_time), out_dim
         n_cells = 1 + n_views * n_time
         self.input_norm = nn.BatchNorm1d(dim, affine=False) if input_norm else None
-        self.in_proj = nn.Linear(dim, mix_dim)
-        self.cell_embed = nn.Parameter(torch.randn(1, n_cells, mix_dim) * 0.02)
-        self.mixer = nn.ModuleList(Block(mix_dim, heads) for _ in range(mix_layers))
-        self.norm = nn.LayerNorm(mix_dim)
-        self.mlp = nn.Sequential(
-            nn.Linear(n_cells * mix_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim)
-        )
+        self.mixer, mlp_in = None, dim  # one cell: the MLP on the class token (docstring)
+        if n_views * n_time > 1:
+            self.in_proj = nn.Linear(dim, mix_dim)
+            self.cell_embed = nn.Parameter(torch.randn(1, n_cells, mix_dim) * 0.02)
+            self.mixer = nn.ModuleList(Block(mix_dim, heads) for _ in range(mix_layers))
+            self.norm = nn.LayerNorm(mix_dim)
+            mlp_in = n_cells * mix_dim
+        self.mlp = nn.Sequential(nn.Linear(mlp_in, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim))
         self.apply(init_vit_weights)
 
     def forward(self, tokens: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -82,6 +89,8 @@ class TemporalMLPHead(nn.Module):
         x = torch.cat([tokens[:, :1], cells], dim=1)  # (B, 1 + S·T', C)
         if self.input_norm is not None:
             x = self.input_norm(x.transpose(1, 2)).transpose(1, 2)
+        if self.mixer is None:
+            return self.mlp(x[:, 0])
         x = self.in_proj(x) + self.cell_embed
         for blk in self.mixer:
             x = blk(x)
