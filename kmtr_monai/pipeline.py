@@ -189,7 +189,8 @@ class PipelineRun:
             over["train_accelerations"] = self.accelerations
         if stage.task in self.epochs or stage.name in self.epochs:
             over["max_epochs"] = int(self.epochs.get(stage.name, self.epochs.get(stage.task)))
-        over.update({**self.overrides.get(stage.task, {}), **self.overrides.get(stage.name, {})})
+        over.update({**self.overrides.get(stage.task, {}), **self.overrides.get(stage.method, {}),
+                     **self.overrides.get(stage.name, {})})  # task < method (family, every task) < stage name
         if self.device is not None and self.nproc == 1:
             over["device"] = f"$torch.device('{self.device}')"
         return over
