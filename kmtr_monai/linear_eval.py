@@ -358,7 +358,8 @@ def linear_eval(features: Mapping[str, np.ndarray], targets: Mapping[str, np.nda
 
 
 def _split_metrics(task: str, y: np.ndarray, pred: np.ndarray, names: Sequence[str], thresholds, strength) -> dict:
-    """``metrics.csv`` rows of one split, named as a model's evaluator names them, plus the chosen strengths."""
+    """``metrics.csv`` rows of one split, named as a model's evaluator names them, plus the chosen strengths; a
+    per-target row is left out where it is undefined (a disease with one class on the split)."""
     from kmtr_monai.evaluation import classification_metrics, regression_metrics
 
     with warnings.catch_warnings():
@@ -377,7 +378,8 @@ def _split_metrics(task: str, y: np.ndarray, pred: np.ndarray, names: Sequence[s
                  "val_threshold": float(np.mean(thresholds))}  # fmt: skip
             m.update({f"val_auc_{n}": res[n]["auc"] for n in names})
             m.update({f"C_{n}": strength[n] for n in names})
-    return m
+    means = ("val_mean_mae", "val_mean_r2", "val_mean_auc", "val_f1", "val_threshold")
+    return {k: v for k, v in m.items() if k in means or np.isfinite(v)}  # a target undefined on this split: no row
 
 
 # ----------------------------------------------------------------------------------------------------- outputs

@@ -18,6 +18,25 @@ def tiny_cohort(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="session")
+def split_cohort(tiny_cohort, tmp_path_factory):
+    """The 16 tiny subjects (linked) with a training / validation / test datalist (8 / 4 / 4), for the floors and
+    probes, which need all three splits."""
+    import shutil
+
+    from kmtr_monai.data.datalist import write_datalist
+
+    root = tmp_path_factory.mktemp("linear") / "cohort"
+    root.mkdir()
+    for p in tiny_cohort.iterdir():
+        if p.is_dir():
+            (root / p.name).symlink_to(p.resolve(), target_is_directory=True)
+        elif p.suffix == ".csv" or p.name == "cohort.json":
+            shutil.copy(p, root / p.name)
+    write_datalist(str(root), val_fraction=0.25, test_fraction=0.25, seed=0)
+    return root
+
+
 def _leaves(tree):
     """Every leaf value of nested dicts and lists (e.g. a loaded results.json)."""
     if isinstance(tree, dict):

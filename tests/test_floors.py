@@ -120,22 +120,6 @@ def test_written_results_read_back_in_the_output_formats(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ on a tiny cohort
-@pytest.fixture(scope="module")
-def split_cohort(tiny_cohort, tmp_path_factory):
-    """The session's 16 tiny subjects (linked) with a training / validation / test datalist (8 / 4 / 4)."""
-    from kmtr_monai.data.datalist import write_datalist
-
-    root = tmp_path_factory.mktemp("linear") / "cohort"
-    root.mkdir()
-    for p in Path(tiny_cohort).iterdir():
-        if p.is_dir():
-            (root / p.name).symlink_to(p.resolve(), target_is_directory=True)
-        elif p.suffix == ".csv" or p.name == "cohort.json":
-            shutil.copy(p, root / p.name)
-    write_datalist(str(root), val_fraction=0.25, test_fraction=0.25, seed=0)
-    return root
-
-
 def test_floor_end_to_end_writes_a_model_test_folder(split_cohort, tmp_path):
     from kmtr_monai.floors import run_floor
 

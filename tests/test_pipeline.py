@@ -213,9 +213,13 @@ def test_progress_line_reads_epoch_and_iteration_from_the_stage_log(tmp_path):
 
 
 def test_run_order_puts_kmtr_and_the_main_comparisons_first():
-    names = [s.name for s in run_order(all_stages())]
-    assert names[:7] == ["image-mae", "kspace-mae", "align", "regress-kmtr", "classify-kmtr", "segment-kmtr",
-                         "recon-kmtr"]  # fmt: skip
+    """Stage I/II, then the floors and probes (minutes, and the headline needs them), then k-MTR on every task."""
+    ordered = run_order(all_stages())
+    names = [s.name for s in ordered]
+    linear = sum(s.kind != "model" for s in ordered)
+    assert linear == 22 and {s.kind for s in ordered[3:3 + linear]} == {"floor", "probe"}
+    assert names[:3] == ["image-mae", "kspace-mae", "align"]
+    assert names[3 + linear:7 + linear] == ["regress-kmtr", "classify-kmtr", "segment-kmtr", "recon-kmtr"]
     assert names.index("regress-stage1") < names.index("regress-cnn-image") < names.index("regress-vit-image")
     assert sorted(names) == sorted(s.name for s in all_stages())
 
