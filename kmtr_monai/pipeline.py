@@ -16,8 +16,9 @@ Layout of ``DIR``::
     pipeline.json                the manifest: every stage, its status, overrides and outputs; all the report reads
     report/                      results.json, report.md, figures, log.txt (kmtr_monai.report)
 
-Budget: the preset's ``pipeline`` block sets the subject count, ``epochs`` and bundle ``overrides`` per task or
-stage name (a stage name wins over its task), e.g. the small preset's frozen encoders for the pretrained models.
+Budget: the preset's ``pipeline`` block sets the subject count, ``epochs`` and bundle ``overrides`` per task, method
+family (:attr:`Stage.family`, e.g. ``cnn``) or stage name (a stage name wins over its family, which wins over its
+task), e.g. the small preset's frozen encoders for the pretrained models and the CNN family's step budget.
 
 Resume: a stage whose ``stage.json`` says done, with the same fingerprint (its overrides, the preset, the epochs and
 the finishing times of the stages it reads), and whose outputs exist (test metrics; a model's checkpoint and
@@ -189,8 +190,8 @@ class PipelineRun:
             over["train_accelerations"] = self.accelerations
         if stage.task in self.epochs or stage.name in self.epochs:
             over["max_epochs"] = int(self.epochs.get(stage.name, self.epochs.get(stage.task)))
-        over.update({**self.overrides.get(stage.task, {}), **self.overrides.get(stage.method, {}),
-                     **self.overrides.get(stage.name, {})})  # task < method (family, every task) < stage name
+        over.update({**self.overrides.get(stage.task, {}), **self.overrides.get(stage.family, {}),
+                     **self.overrides.get(stage.name, {})})  # task < method family (every task) < stage name
         if self.device is not None and self.nproc == 1:
             over["device"] = f"$torch.device('{self.device}')"
         return over

@@ -83,6 +83,12 @@ class Stage:
         return self.overrides.get("input") == "image"
 
     @property
+    def family(self) -> str:
+        """The method's family, the part before its first hyphen (``cnn`` for cnn-image, cnn-zf, cnn-kspace): preset
+        overrides can name it once for every input and task."""
+        return self.method.split("-")[0]
+
+    @property
     def input(self) -> str:
         """What the stage reads: ``"image"``, ``"zero_filled"`` or ``"kspace"`` (the bundles' default)."""
         return str(self.overrides.get("input", "kspace"))

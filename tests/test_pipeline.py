@@ -117,16 +117,17 @@ def test_a_redone_upstream_stage_makes_its_dependents_stale(tiny_run):
 
 
 def test_preset_overrides_by_task_and_stage_name_reach_the_command_and_the_fingerprint(tmp_path):
-    """A stage name's overrides win over its method's, which win over its task's; other tasks get only the
-    method's; changing one makes the stage stale."""
+    """A stage name's overrides win over its method family's, which win over its task's; other tasks get only the
+    family's; changing one makes the stage stale."""
     stages = {s.name: s for s in all_stages()}
     overrides = {"regress": {"head_hidden": 64, "freeze_encoder": False}, "regress-kmtr": {"freeze_encoder": True},
-                 "kmtr": {"freeze_encoder": "method", "max_steps": 7}}  # a method's overrides reach every task
+                 "kmtr": {"freeze_encoder": "family", "max_steps": 7}}  # a family's overrides reach every task
     run = PipelineRun(tmp_path, "tiny", tmp_path / "cohort", [4], epochs={"regress": 3}, overrides=overrides)
     kmtr, stage1 = run.train_overrides(stages["regress-kmtr"]), run.train_overrides(stages["regress-stage1"])
     assert (kmtr["freeze_encoder"], kmtr["head_hidden"], kmtr["max_epochs"], kmtr["max_steps"]) == (True, 64, 3, 7)
     classify_kmtr = run.train_overrides(stages["classify-kmtr"])
-    assert (classify_kmtr["freeze_encoder"], classify_kmtr["max_steps"]) == ("method", 7)
+    assert (classify_kmtr["freeze_encoder"], classify_kmtr["max_steps"]) == ("family", 7)
+    assert [s.family for s in (stages["regress-cnn-zf"], stages["classify-cnn-kspace"])] == ["cnn", "cnn"]
     del run.overrides["kmtr"]
     assert (stage1["freeze_encoder"], stage1["head_hidden"]) == (False, 64)
     assert "freeze_encoder" not in run.train_overrides(stages["classify-kmtr"])
