@@ -25,16 +25,11 @@ import time
 from pathlib import Path
 
 from kmtr_monai.bundle import bundle_command
+from kmtr_monai.stages import all_stages
 
 BUNDLES = Path(__file__).resolve().parent.parent / "bundles"
-FAMILIES = {  # name: (bundle, overrides): the pipeline's methods, one per family
-    "cnn-image": {"encoder": "@baselines#cnn", "input": "image"},
-    "cnn-zf": {"encoder": "@baselines#cnn", "input": "zero_filled"},
-    "cnn-kspace": {"encoder": "@baselines#cnn"},
-    "vit-image": {"encoder": "@baselines#vit", "input": "image"},
-    "kspace-vit-scratch": {"init": "scratch"},
-    "kspace-vit-kmtr": {"init": "aligned"},
-}
+# the pipeline's Stage III vector methods and their overrides (kmtr_monai.stages): cnn-image, vit-image, kmtr, ...
+FAMILIES = {s.method: s.overrides for s in all_stages() if s.task == "regress" and s.kind == "model"}
 TASK_BUNDLE = {"regress": ("regress", "val_mean_mae", "val_mean_r2"), "classify": ("classify", "val_mean_auc", None)}
 
 
