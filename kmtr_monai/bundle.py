@@ -89,9 +89,12 @@ def bundle_run_args(bundle: str | Path, preset: str, overrides: dict, workflow: 
 
 
 def bundle_command(bundle: str | Path, preset: str, overrides: dict, workflow: str = "train",
-                   multi_gpu: bool = False) -> list[str]:  # fmt: skip
-    """The ``python -m monai.bundle run`` command line for one bundle, preset and workflow."""
-    cmd = [sys.executable, "-m", "monai.bundle", "run"]
+                   multi_gpu: bool = False, module: str = "monai.bundle") -> list[str]:  # fmt: skip
+    """The ``python -m monai.bundle run`` command line for one bundle, preset and workflow.
+
+    ``module="kmtr_monai.bundle_run"``: the same run, which also writes its root cause to ``$KMTR_ERROR_FILE``.
+    """
+    cmd = [sys.executable, "-m", module, "run"]
     for key, value in bundle_run_args(bundle, preset, overrides, workflow, multi_gpu).items():
         cmd += [f"--{key}", repr(value) if key == "config_file" else str(value)]
     return cmd

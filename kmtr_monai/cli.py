@@ -4,7 +4,9 @@ Each command is a thin wrapper around a public Python function; imports are lazy
 
 Errors: a failing command prints its root cause in one line (``kmtr <command>: error: <reason>``, naming the file
 or argument) on stderr and exits with status 1; wrappers such as MONAI's ``applying transform <...>`` are unwrapped.
-The full traceback is printed only with ``--debug`` (anywhere on the command line) or ``KMTR_DEBUG=1``.
+The full traceback is printed only with ``--debug`` (anywhere on the command line) or ``KMTR_DEBUG=1``. A bundle run
+in a subprocess (``kmtr infer``) reports its own root cause the same way (``kmtr_monai.bundle_run``).
+``kmtr --help`` and ``kmtr <command> --help`` (or ``-h``) print the help and exit 0.
 
 Bad subjects (``phenotypes``, ``datalist``, ``kspace``): ``--on-bad-subject fail`` (default) stops at a bad
 subject, ``skip`` leaves it out; both list it in ``bad_subjects.csv`` next to the output (phenotypes, datalist).
@@ -87,15 +89,18 @@ def export_bundle(name: str, out: str, preset: str = "small", weights: str | Non
 
 
 def infer(bundle: str, input: str, out: str, acceleration: int | None = None, preset: str = "small",
-          weights: str | None = None, device: str | None = None, **overrides):
+          weights: str | None = None, device: str | None = None, missing_views: str = "invalid", **overrides):
     """Run a Stage III bundle's inference on INPUT (a subject folder, a cohort folder or an HDF5 k-space file) and
-    write its clinical outputs to OUT (phenotypes.csv, diseases.csv or per-view NIfTI files). Further --key value
-    pairs are bundle config overrides (e.g. --kspace_scale_max 1.4142)."""
-    import subprocess
-
+    write its clinical outputs to OUT (phenotypes.csv, diseases.csv, segmentations on the input's grid or per-view
+    NIfTI files). --missing-views {invalid,fail}: a view file that a subject lacks (a SAX-only subject) enters the
+    model as zeros and gets no output (invalid, the default), or stops the run naming the file (fail). Further
+    --key value pairs are bundle config overrides (e.g. --kspace_scale_max 1.4142)."""
     from kmtr_monai.bundle import bundle_command
 
-    overrides = {**overrides, "input_path": str(Path(input).resolve()), "output_dir": str(Path(out).resolve())}
+    if missing_views not in ("invalid", "fail"):
+        raise ValueError(f"--missing-views must be 'invalid' or 'fail' for inference, got {missing_views!r}")
+    overrides = {**overrides, "input_path": str(Path(input).resolve()), "output_dir": str(Path(out).resolve()),
+                 "missing_views": missing_views}  # fmt: skip
     if weights is not None:
         weights = Path(weights).resolve()
         if weights.name != "model.pt":
@@ -105,14 +110,55 @@ def infer(bundle: str, input: str, out: str, acceleration: int | None = None, pr
         overrides["val_acceleration"] = int(acceleration)
     if device is not None:
         overrides["device"] = f"$torch.device('{device}')"
-    cmd = bundle_command(bundle, preset, overrides, workflow="inference")
-    if subprocess.run(cmd).returncode != 0:
-        raise RuntimeError(f"inference failed; the command was:\n{subprocess.list2cmdline(cmd)}")
+    run_bundle_subprocess(bundle_command(bundle, preset, overrides, workflow="inference",
+                                         module="kmtr_monai.bundle_run"))  # fmt: skip
     print(f"outputs written to {out}")
 
 
+class SubprocessError(Exception):
+    """A bundle subprocess failed; the message is its root cause in one line (``Type: message``)."""
+
+
+_STATE = {"debug": False}  # set by ``main`` for the command it runs
+
+
+def run_bundle_subprocess(cmd: list[str]) -> None:
+    """Run a ``python -m kmtr_monai.bundle_run ...`` command (output streamed); SubprocessError with the
+    subprocess's root cause when it fails (``$KMTR_ERROR_FILE``), or its exit status and command line when it
+    died without one (killed, a usage error)."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="kmtr-") as tmp:
+        error_file = os.path.join(tmp, "error.txt")
+        env = {**os.environ, "KMTR_ERROR_FILE": error_file,
+               "KMTR_DEBUG": "1" if _STATE["debug"] or os.environ.get("KMTR_DEBUG", "") not in ("", "0") else "0"}
+        code = subprocess.run(cmd, env=env).returncode
+        if code == 0:
+            return
+        cause = open(error_file).read().strip() if os.path.isfile(error_file) else ""
+    if not cause:
+        cause = f"the bundle run exited with status {code} without a Python error; the command was: " \
+                f"{subprocess.list2cmdline(cmd)}"
+    raise SubprocessError(cause)
+
+
+def kspace_info(file: str, virtual_coils: int | None = None, mask: str | None = None,
+                readout_oversampling: float | None = None, raw: bool = False):
+    """Print what is read from a scanner k-space FILE (ISMRMRD, fastMRI-style HDF5 or CMRxRecon .mat v7.3): format,
+    coils (--virtual-coils V: and the energy V SVD-compressed coils keep), matrix, FOV, pixel spacing, slices,
+    frames, R per frame, calibration lines, readout oversampling, noise scans. --mask: a CMRxRecon mask .mat;
+    --readout-oversampling: the factor for files without a header; --raw: no pre-whitening or oversampling removal."""
+    from kmtr_monai.io.scanner import read_scanner_kspace
+
+    scan = read_scanner_kspace(file, prewhiten=not raw, remove_oversampling=not raw, mask_path=mask,
+                               readout_oversampling=readout_oversampling)  # fmt: skip
+    print(scan.summary(n_virtual=virtual_coils))
+
+
 COMMANDS = {"simulate": simulate, "phenotypes": phenotypes, "datalist": datalist, "kspace": kspace,
-            "pipeline": pipeline, "export-bundle": export_bundle, "infer": infer}  # fmt: skip
+            "pipeline": pipeline, "export-bundle": export_bundle, "infer": infer,
+            "kspace-info": kspace_info}  # fmt: skip
 _WRAPPER_PREFIXES = ("applying transform",)
 
 
@@ -136,6 +182,8 @@ def root_cause(err: BaseException) -> BaseException:
 
 def one_line(err: BaseException) -> str:
     """``Type: message`` of ``err`` on one line (a DataLoader worker's embedded traceback reduced to its last line)."""
+    if isinstance(err, SubprocessError):  # already "Type: message" of the subprocess's root cause
+        return " ".join(str(err).split())
     text = str(err).strip()
     if "Original Traceback" in text:
         text = text.splitlines()[-1]
@@ -151,8 +199,14 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("KMTR_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
+    _STATE["debug"] = debug
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     command = argv[0] if argv and not argv[0].startswith("-") else ""
+    options = argv[: argv.index("--")] if "--" in argv else argv
+    if ("--help" in options or "-h" in options) and (command in COMMANDS or not command):
+        # fire consumes --help as a value of **kwargs (kmtr infer) and then fails on the missing arguments; after
+        # its "--" separator, --help is always the help flag
+        argv = [command, "--", "--help"] if command else ["--", "--help"]
     try:
         fire.Fire(COMMANDS, command=argv, name="kmtr")
     except fire.core.FireExit:

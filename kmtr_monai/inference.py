@@ -3,7 +3,13 @@
 Inputs: a UK Biobank-layout subject folder (undersampled k-space is simulated at the bundle's R from the ``eid``
 seed), a cohort folder of such subjects, or an HDF5 k-space file on the model's grid (:mod:`kmtr_monai.io.kspace_h5`).
 Either way every item ends with ``view_affine`` (S, 4, 4), the voxel-to-world matrix of each view's (H, W) model grid,
-and ``frame_interval_ms``, so that per-view NIfTI outputs overlay the source images in a viewer.
+and ``frame_interval_ms``. Segmentations of a subject folder are written on the grid of its input files
+(``seg_sa.nii.gz`` ... with the input's shape and affine, :func:`kmtr_monai.io.outputs.write_source_niftis`); other
+outputs are per-view NIfTI files on the model grid that overlay the source in a viewer.
+
+A subject folder may lack view files (a SAX-only subject): the inference config's ``missing_views`` (``kmtr infer
+--missing_views``) is ``"invalid"`` by default (the view enters the network as zeros, as in training under that
+policy, and gets no output file) or ``"fail"`` (stop, naming the missing file).
 """
 
 from __future__ import annotations
@@ -53,9 +59,11 @@ class ViewGeometryd(MapTransform):
     """After ``LoadCohortSubjectd(return_geometry=True)``: ``view_affine`` (S, 4, 4) and ``frame_interval_ms``.
 
     Each view's affine is that of its source file moved to the crop window and slice the loader took
-    (:func:`kmtr_monai.io.outputs.uncrop_affine` with the loader's ``crop_centre`` and ``source_slice``); the frame
-    interval is the source interval (ms unless the header sets a time unit) times the loader's mean frame step,
-    (T_source − 1) / (n_frames − 1). Reads only the headers of the files in ``d["subject_dir"]``.
+    (:func:`kmtr_monai.io.outputs.uncrop_affine` with the loader's ``crop_centre`` and ``source_slice``); the loader's
+    own ``view_affine`` is kept when present (it knows the grid after in-plane resampling). The frame interval is the
+    source interval (ms unless the header sets a time unit) times the loader's mean frame step,
+    (T_source − 1) / (n_frames − 1). Reads only the headers of the files in ``d["subject_dir"]``; views whose file is
+    missing (``source_slice`` −1) are skipped.
     """
 
     def __init__(self, views: Sequence[str], crop: int, n_frames: int, keys: KeysCollection = "subject_dir") -> None:
@@ -74,6 +82,9 @@ class ViewGeometryd(MapTransform):
                                "LoadCohortSubjectd(return_geometry=True)")  # fmt: skip
         affines, intervals = [], []
         for i, view in enumerate(self.views):
+            if int(d["source_slice"][i]) < 0:  # the view's file was not given (missing_views="invalid")
+                affines.append(np.full((4, 4), np.nan))
+                continue
             file = os.path.join(str(d[self.first_key(d)]), IMAGE_FILES[view if is_lax(view) else "sa"])
             img = nib.load(file)
             shape, zooms = img.shape, img.header.get_zooms()
@@ -82,7 +93,8 @@ class ViewGeometryd(MapTransform):
                                          int(d["source_slice"][i])))  # fmt: skip
             if len(shape) > 3 and self.n_frames > 1 and len(zooms) > 3:
                 intervals.append(float(zooms[3]) * to_ms * (shape[3] - 1) / (self.n_frames - 1))
-        d["view_affine"] = torch.as_tensor(np.stack(affines))
+        if "view_affine" not in d:
+            d["view_affine"] = torch.as_tensor(np.stack(affines))
         d["frame_interval_ms"] = float(np.mean(intervals)) if intervals else float("nan")
         return d
 
@@ -104,15 +116,20 @@ class KspaceGeometryd(MapTransform):
 class SaveViewNiftis:
     """Evaluator handler: one NIfTI per subject and view from dense predictions (B, C, S, T, H, W).
 
-    ``kind="seg"``: the argmax label map; ``kind="recon"``: channel 0 (magnitude). Written by
-    :func:`kmtr_monai.io.outputs.write_view_niftis` under ``save_dir/<eid>/`` with the batch's ``view_affine`` and
-    ``frame_interval_ms``.
+    ``kind="seg"``: the argmax label map; ``kind="recon"``: channel 0 (magnitude). Written under
+    ``save_dir/<eid>/``: with ``source_grid`` and a subject-folder input (``subject_dir`` in the batch), segmentations
+    on the grid of the input files (:func:`kmtr_monai.io.outputs.write_source_niftis`); otherwise one file per view
+    on the model grid (:func:`kmtr_monai.io.outputs.write_view_niftis`, the batch's ``view_affine`` and
+    ``frame_interval_ms``). Views with ``view_valid`` 0 (file not given) get no file.
     """
 
-    def __init__(self, save_dir: str, views: Sequence[str], kind: str) -> None:
+    def __init__(self, save_dir: str, views: Sequence[str], kind: str, source_grid: bool = False) -> None:
         if kind not in ("seg", "recon"):
             raise ValueError(f"kind must be 'seg' or 'recon', got {kind!r}")
+        if source_grid and kind != "seg":
+            raise ValueError("source_grid=True is for segmentations (kind='seg') only")
         self.save_dir, self.views, self.kind = str(save_dir), list(views), kind
+        self.source_grid = bool(source_grid)
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
@@ -127,6 +144,15 @@ class SaveViewNiftis:
                 raise KeyError(f"SaveViewNiftis needs {key!r} in the batch; got {sorted(batch)}")
         if not is_main_process():
             return
+        from kmtr_monai.io.outputs import write_source_niftis
+
         for i, eid in enumerate(batch["eid"]):
             affine, interval = batch["view_affine"][i].numpy(), float(batch["frame_interval_ms"][i])
-            write_view_niftis(self.save_dir, str(eid), self.views, volumes[i].numpy(), affine, interval, kind=self.kind)
+            valid = batch["view_valid"][i].numpy() if "view_valid" in batch else np.ones(len(self.views))
+            if self.source_grid and "subject_dir" in batch:
+                write_source_niftis(self.save_dir, str(eid), self.views, volumes[i].numpy(), affine,
+                                    str(batch["subject_dir"][i]), view_valid=valid)  # fmt: skip
+                continue
+            keep = [j for j in range(len(self.views)) if valid[j] > 0]
+            write_view_niftis(self.save_dir, str(eid), [self.views[j] for j in keep], volumes[i].numpy()[keep],
+                              affine[keep], interval, kind=self.kind)  # fmt: skip

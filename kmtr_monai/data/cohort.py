@@ -12,8 +12,8 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 import numpy as np
 import torch
 from scipy import ndimage
-from monai.data import CacheDataset, Dataset
-from monai.transforms import Compose, MapTransform, Randomizable
+from monai.data import CacheDataset, Dataset, MetaTensor
+from monai.transforms import Compose, MapTransform, Randomizable, Spacing
 
 from kmtr_monai.constants import (
     DISEASES,
@@ -89,6 +89,38 @@ def motion_centre(image: np.ndarray, quantile: float = 0.75, sigma: float = 2.0)
     return int(round(cx)), int(round(cy))
 
 
+PIXEL_TOL = 1e-3  # relative: a file within 0.1 % of the target spacing is used as it is (float32 headers)
+
+
+def in_plane_spacing(affine: np.ndarray) -> tuple[float, float]:
+    """(dx, dy) mm: the lengths of the affine's first two columns (the voxel size along NIfTI X and Y)."""
+    a = np.asarray(affine, dtype=np.float64)
+    return float(np.linalg.norm(a[:3, 0])), float(np.linalg.norm(a[:3, 1]))
+
+
+def needs_resampling(affine: np.ndarray, pixel_mm: float | None, tol: float = PIXEL_TOL) -> bool:
+    """True when ``pixel_mm`` is given and either in-plane spacing of ``affine`` differs from it by more than
+    ``tol`` (relative)."""
+    if pixel_mm is None:
+        return False
+    return any(abs(s - pixel_mm) > tol * pixel_mm for s in in_plane_spacing(affine))
+
+
+def resample_in_plane(data: np.ndarray, affine: np.ndarray, pixel_mm: float, mode: str = "bilinear"
+                      ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """(X, Y, Z, T) volume resampled in-plane to ``pixel_mm`` × ``pixel_mm`` with ``monai.transforms.Spacing``.
+
+    Z (the SAX stack) keeps its spacing, slices and positions; the frames are the channels. The orientation of
+    ``affine`` is kept (an oblique plane stays oblique) and voxel (0, 0, z) keeps its world position. ``mode``:
+    ``"bilinear"`` for images, ``"nearest"`` for label maps. Returns float32 data (X', Y', Z, T) and its affine
+    (4, 4) float64.
+    """
+    img = MetaTensor(torch.from_numpy(np.ascontiguousarray(np.moveaxis(np.asarray(data, np.float32), 3, 0))),
+                     affine=torch.as_tensor(np.asarray(affine, np.float64)))  # fmt: skip
+    out = Spacing(pixdim=(pixel_mm, pixel_mm, 0), mode=mode, padding_mode="border", dtype=torch.float32)(img)
+    return np.moveaxis(out.numpy(), 0, 3), np.asarray(out.affine, dtype=np.float64)
+
+
 def remap_labels(seg: np.ndarray, label_map: Mapping[int, int], subject: str, file: str) -> np.ndarray:
     """UK Biobank file labels -> unified labels (``constants.LABELS``) by look-up table; int64, same shape."""
     lut = np.full(max(label_map) + 1, -1, dtype=np.int64)
@@ -119,10 +151,12 @@ class LoadCohortSubjectd(MapTransform):
         ``frame_indices``; min–max normalised to [0, 1] over the whole stack (zero padding stays 0).
         ``seg`` int64 (S, T, H, W) in unified labels and ``seg_valid`` float32 (S,) (0 for la_3ch) when ``load_seg``.
         ``view_valid`` float32 (S,): 1 when the view's image file exists (0 only under ``missing_views="invalid"``).
-        ``crop_centre`` int64 (S, 2) and ``source_slice`` int64 (S,) when ``return_geometry``: the (x, y) voxel of
-        the source file at the crop centre (the crop starts at centre − crop // 2) and the source Z index of each
-        view (0 for LAX); −1 for a missing view. With the file's affine they place a prediction back on the source
-        grid (``kmtr_monai.io.outputs.uncrop_affine``).
+        ``crop_centre`` int64 (S, 2), ``source_slice`` int64 (S,) and ``view_affine`` float64 (S, 4, 4) when
+        ``return_geometry``: the (x, y) voxel at the crop centre (the crop starts at centre − crop // 2) of the grid
+        the crop was cut from (the file's own grid, or its in-plane resampling to ``pixel_mm``), the source Z index
+        of each view (0 for LAX), and the voxel-to-world matrix of each view's (H, W) crop
+        (``kmtr_monai.io.outputs.uncrop_affine`` of that grid); −1 and NaN for a missing view. The affine places a
+        prediction back on the source grid (``kmtr_monai.io.outputs.resample_to_source``).
         ``phenotypes`` float32 (12,), ``diseases`` float32 (3,) when present in the item; ``eid`` (str).
 
     ``eid`` may also be the path of the subject folder (``monai.data.load_decathlon_datalist`` turns ids into paths
@@ -137,6 +171,13 @@ class LoadCohortSubjectd(MapTransform):
     segmentations, so inference cannot use it) centres on the labelled heart at frame 0, the rule training used
     before. One centre per file (the SAX slices stay aligned). ``RandLoadCohortSubjectd`` adds a random shift for training. ``benchmarks/crop_rule.py``
     measures how much of the labelled heart each rule keeps.
+
+    Geometry: with ``pixel_mm`` (the preset's ``cohort.pixel_mm``; bundles pass it as the config key ``pixel_mm``),
+    a file whose in-plane spacing differs from it by more than ``PIXEL_TOL`` (relative) is first resampled in-plane
+    to ``pixel_mm`` (``resample_in_plane``: bilinear for images, nearest for segmentations), so that ``crop`` pixels
+    cover the field of view the model was trained on; a file already at ``pixel_mm`` (the synthetic cohort) is used
+    bit-identically, and ``pixel_mm=None`` never resamples. Any frame count is accepted: ``frame_indices`` picks
+    ``n_frames`` of the file's T (repeating frames when T < ``n_frames``).
 
     Missing view files (``missing_views``): ``"fail"`` raises FileNotFoundError naming the file; ``"invalid"``
     gives the view zeros, ``view_valid`` 0 and ``seg_valid`` 0 (a missing segmentation alone: ``seg_valid`` 0). A
@@ -156,6 +197,7 @@ class LoadCohortSubjectd(MapTransform):
         missing_views: str = "fail",
         crop_centre: str = "motion",
         return_geometry: bool = False,
+        pixel_mm: float | None = None,
     ):
         super().__init__(keys=eid_key)
         self.root, self.load_seg = root, load_seg
@@ -177,22 +219,27 @@ class LoadCohortSubjectd(MapTransform):
             raise ValueError(f"crop_centre must be one of {list(CROP_CENTRES)}, got {crop_centre!r}")
         self.views, self.missing_views, self.crop_centre = views, missing_views, crop_centre
         self.return_geometry = bool(return_geometry)
+        if pixel_mm is not None and not (isinstance(pixel_mm, (int, float)) and np.isfinite(pixel_mm) and pixel_mm > 0):
+            raise ValueError(f"pixel_mm must be a positive number of mm (the preset's cohort.pixel_mm) or None, "
+                             f"got {pixel_mm!r}")  # fmt: skip
+        self.pixel_mm = None if pixel_mm is None else float(pixel_mm)
 
     # -- file access -------------------------------------------------------------------------------------------
     def _read(self, folder: str, subject: str, files: Mapping[str, str], key: str):
         """(X, Y, Z, T) data and affine of one file, with header, geometry and value checks."""
         path = os.path.join(folder, files[key])
         data, _, affine = read_nifti(path, subject, return_affine=True)
-        check_geometry(data.shape, key, subject, files[key], self.n_frames, self.n_sax if key == "sa" else 0)
+        check_geometry(data.shape, key, subject, files[key], 1, self.n_sax if key == "sa" else 0)
         return data, affine
 
     def _exists(self, folder: str, file: str) -> bool:
         return os.path.isfile(os.path.join(folder, file))
 
     def _view_stack(self, folder: str, subject: str, key: str
-                    ) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int], list[int]]:  # fmt: skip
+                    ) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int], list[int], np.ndarray, tuple[int, int]]:  # fmt: skip
         """Image and unified seg (None when unavailable) of one file as (n, K, X, Y), n = 1 (LAX) or the SAX views,
-        and the crop centre (x, y) from the image alone (``crop_centre`` rule, all slices and frames of the file)."""
+        the crop centre (x, y) from the image alone (``crop_centre`` rule, all slices and frames of the file), the
+        source Z indices, and the affine (4, 4) and (X, Y) of the grid cropped (resampled to ``pixel_mm`` if needed)."""
         image, affine = self._read(folder, subject, IMAGE_FILES, key)
         check_finite(image, subject, IMAGE_FILES[key])
         seg = None
@@ -201,6 +248,11 @@ class LoadCohortSubjectd(MapTransform):
             seg, seg_affine = self._read(folder, subject, SEG_FILES, key)
             check_pair(image.shape, seg.shape, affine, seg_affine, key, subject)
             seg = check_labels(seg, key, subject)  # the whole file, not only the loaded slices and frames
+        if needs_resampling(affine, self.pixel_mm):
+            image, grid_affine = resample_in_plane(image, affine, self.pixel_mm, "bilinear")
+            if seg is not None:
+                seg = np.rint(resample_in_plane(seg, affine, self.pixel_mm, "nearest")[0]).astype(np.int16)
+            affine = grid_affine
         centre = (image.shape[0] // 2, image.shape[1] // 2)
         if self.crop_centre == "motion":
             centre = motion_centre(image)
@@ -208,12 +260,13 @@ class LoadCohortSubjectd(MapTransform):
             xs, ys = np.nonzero((seg[..., 0] > 0).any(axis=2))  # labelled voxels of any slice at frame 0
             centre = (int(round(xs.mean())), int(round(ys.mean())))
         slices = [0] if key != "sa" else self._sax_slices(image, seg)
+        grid_x, grid_y = image.shape[:2]
         t = frame_indices(image.shape[3], self.n_frames)
         image = np.asarray(image[:, :, slices][..., t], dtype=np.float32).transpose(2, 3, 0, 1)  # (n, K, X, Y)
         if seg is not None:
             seg = remap_labels(seg[:, :, slices][..., t], UKBB_LABEL_MAPS[key], subject, SEG_FILES[key])
             seg = seg.transpose(2, 3, 0, 1)
-        return image, seg, centre, slices
+        return image, seg, centre, slices, np.asarray(affine, dtype=np.float64), (grid_x, grid_y)
 
     def _sax_slices(self, image: np.ndarray, seg: np.ndarray | None) -> list[int]:
         """Z indices of the requested sax_i views (``sax_start`` + i); raw UK Biobank labels, LV = 1."""
@@ -240,9 +293,14 @@ class LoadCohortSubjectd(MapTransform):
             raise FileNotFoundError(f"subject {subject!r}: folder {folder} does not exist")
 
         files = [v for v in self.views if is_lax(v)] + (["sa"] if any(not is_lax(v) for v in self.views) else [])
-        images, segs, valid, present, centres, source_z = [], [], [], [], [], []
+        images, segs, valid, present, centres, source_z, view_affines = [], [], [], [], [], [], []
         for key in files:  # one file per iteration; all its slices and frames are cropped in one op
             n_views = 1 if key != "sa" else sum(not is_lax(v) for v in self.views)
+            if self.missing_views == "fail" and not self._exists(folder, IMAGE_FILES[key]):
+                raise MissingFileError(subject, IMAGE_FILES[key], f"subject {subject!r}: missing file "
+                                       f"{IMAGE_FILES[key]!r} (expected {os.path.join(folder, IMAGE_FILES[key])}) "
+                                       "under missing_views='fail'; missing_views='invalid' gives a missing view "
+                                       "zeros and flags it invalid")  # fmt: skip
             if self.missing_views == "invalid" and not self._exists(folder, IMAGE_FILES[key]):
                 shape = (n_views, self.n_frames, self.crop, self.crop)
                 images.append(np.full(shape, np.nan, dtype=np.float32))  # becomes 0 after normalisation
@@ -251,8 +309,9 @@ class LoadCohortSubjectd(MapTransform):
                 present += [0.0] * n_views
                 centres += [(-1, -1)] * n_views
                 source_z += [-1] * n_views
+                view_affines += [np.full((4, 4), np.nan)] * n_views
                 continue
-            image, seg, centre, slices = self._view_stack(folder, subject, key)
+            image, seg, centre, slices, grid_affine, grid_shape = self._view_stack(folder, subject, key)
             shift = self._shift()
             centre = (centre[0] + shift[0], centre[1] + shift[1])
             images.append(crop_centred(image, centre, self.crop, fill=np.nan))
@@ -262,6 +321,10 @@ class LoadCohortSubjectd(MapTransform):
             present += [1.0] * n_views
             centres += [centre] * n_views
             source_z += list(slices)
+            if self.return_geometry:
+                from kmtr_monai.io.outputs import uncrop_affine
+
+                view_affines += [uncrop_affine(grid_affine, grid_shape, self.crop, centre, z) for z in slices]
         if not any(present):
             names = sorted({IMAGE_FILES[k] for k in files})
             raise MissingFileError(subject, IMAGE_FILES[files[0]],
@@ -277,6 +340,7 @@ class LoadCohortSubjectd(MapTransform):
         if self.return_geometry:
             d["crop_centre"] = torch.tensor(centres, dtype=torch.int64)
             d["source_slice"] = torch.tensor(source_z, dtype=torch.int64)
+            d["view_affine"] = torch.as_tensor(np.stack(view_affines))
         for key, names in (("phenotypes", PHENOTYPES), ("diseases", DISEASES)):
             if key in d:
                 value = torch.as_tensor(np.asarray(d[key], dtype=np.float32))

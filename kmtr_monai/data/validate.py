@@ -1,7 +1,7 @@
 """Checks of one cohort subject and the bad-subject policy (no torch import).
 
 A *problem* is one fault of one subject: ``Problem(eid, file, reason)``. The faults checked by ``check_subject``:
-a missing, empty, truncated or corrupt NIfTI; a wrongly shaped (not 4-D, LAX with Z != 1, too few frames or SAX
+a missing, empty, truncated or corrupt NIfTI; a wrongly shaped (not 4-D, LAX with Z != 1, no frames, too few SAX
 slices) or wrongly typed (complex, RGB, non-numeric) volume; NaN or Inf voxels; image and segmentation with
 different shapes or affines; labels outside the UK Biobank label map. ``kmtr datalist`` adds a missing row in
 ``phenotypes.csv`` / ``diseases.csv``.
@@ -119,13 +119,17 @@ def check_pair(image_shape, seg_shape, image_affine, seg_affine, view: str, subj
 
 
 def check_geometry(shape, view: str, subject: str, file: str, n_frames: int = 1, n_sax: int = 0) -> None:
-    """SubjectFileError when an (X, Y, Z, T) ``shape`` does not fit: LAX Z = 1, T >= n_frames, SAX Z >= n_sax."""
+    """SubjectFileError when an (X, Y, Z, T) ``shape`` does not fit: LAX Z = 1, T >= 1, SAX Z >= n_sax.
+
+    Any frame count is accepted whatever ``n_frames`` is (kept for callers): the loader picks ``n_frames`` frames
+    with ``frame_indices``, repeating frames when T < n_frames.
+    """
     if view != "sa" and shape[2] != 1:
         raise SubjectFileError(subject, file, f"subject {subject!r}: {file!r} has shape {tuple(shape)}; "
                                               f"expected one slice (Z=1)")  # fmt: skip
-    if shape[3] < n_frames:
-        raise SubjectFileError(subject, file, f"subject {subject!r}: {file!r} has {shape[3]} frames; "
-                                              f"need at least n_frames={n_frames}")  # fmt: skip
+    if shape[3] < 1:
+        raise SubjectFileError(subject, file, f"subject {subject!r}: {file!r} has no frames (T=0); "
+                                              "expected at least one")  # fmt: skip
     if view == "sa" and shape[2] < n_sax:
         raise SubjectFileError(subject, file, f"subject {subject!r}: {file!r} has {shape[2]} slices; "
                                               f"need n_sax={n_sax}")  # fmt: skip

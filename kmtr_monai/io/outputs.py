@@ -11,6 +11,14 @@
   viewer: the world coordinates agree because the view's affine already carries its slice position, see
   :func:`uncrop_affine`).
 
+* NIfTI on the source grid (segmentations of a subject-folder input, ``write_source_niftis``):
+  ``<out_dir>/<eid>/seg_sa.nii.gz``, ``seg_la_2ch.nii.gz``, ... named as the UK Biobank segmentation of each input
+  file, with that file's shape (X, Y, Z, T) and affine, so it overlays the input exactly. The model's crop is put back
+  by nearest-neighbour resampling in world coordinates (``resample_to_source``: undoes the crop and any in-plane
+  resampling to the preset's pixel spacing); voxels outside the crop, and SAX slices the model did not see, are 0;
+  every source frame takes the labels of the nearest model frame (``frame_indices``). No file for a view file that
+  was not given.
+
 Values are written with ``repr``-level precision (``%.6g``); NaN is an empty cell (as pandas writes it).
 """
 
@@ -26,7 +34,8 @@ import torch
 
 from kmtr_monai.constants import DISEASES, PHENOTYPES
 
-__all__ = ["write_phenotypes_csv", "write_diseases_csv", "write_view_niftis", "uncrop_affine", "view_nifti_name"]
+__all__ = ["write_phenotypes_csv", "write_diseases_csv", "write_view_niftis", "uncrop_affine", "view_nifti_name",
+           "resample_to_source", "nearest_frames", "write_source_niftis"]
 
 
 def _np(x: Any, name: str, ndim: int | None = None) -> np.ndarray:
@@ -175,3 +184,91 @@ def uncrop_affine(
     shift = np.eye(4)
     shift[:3, 3] = (cx - int(crop) // 2, cy - int(crop) // 2, int(z))
     return a @ shift
+
+
+def resample_to_source(pred: Any, view_affine: Any, source_affine: Any, source_shape: Sequence[int]) -> np.ndarray:
+    """Label maps on one view's crop grid, put on the source grid by nearest-neighbour resampling in world space.
+
+    Args:
+        pred: (K, H, W) labels on the crop grid whose voxel (i, j, 0) -> world is ``view_affine`` (4, 4).
+        source_affine: (4, 4) voxel -> world of the source file; ``source_shape``: its (X, Y, Z).
+    Returns: (X, Y, Z, K) int16; 0 wherever the crop does not reach (other slices, outside the window). Uses
+    ``monai.transforms.SpatialResample`` (exact for a crop of the source grid: whole-voxel offsets).
+    """
+    from monai.data import MetaTensor
+    from monai.transforms import SpatialResample
+
+    p = _np(pred, "pred", 3)
+    img = MetaTensor(torch.from_numpy(np.ascontiguousarray(p[..., None], dtype=np.float32)),
+                     affine=torch.as_tensor(_np(view_affine, "view_affine", 2).astype(np.float64)))  # fmt: skip
+    out = SpatialResample(mode="nearest", padding_mode="zeros")(
+        img, dst_affine=torch.as_tensor(_np(source_affine, "source_affine", 2).astype(np.float64)),
+        spatial_size=tuple(int(v) for v in source_shape[:3]))  # fmt: skip
+    return np.rint(np.moveaxis(out.numpy(), 0, 3)).astype(np.int16)
+
+
+def nearest_frames(n_source: int, n_model: int) -> np.ndarray:
+    """(n_source,) int64: for each source frame, the model frame whose source index (``frame_indices``) is nearest
+    (the earlier one on a tie)."""
+    from kmtr_monai.data.cohort import frame_indices
+
+    taken = frame_indices(n_source, n_model)
+    return np.abs(np.arange(n_source)[:, None] - taken[None, :]).argmin(axis=1)
+
+
+def write_source_niftis(
+    out_dir: str,
+    eid: str,
+    views: Sequence[str],
+    volumes: Any,
+    view_affines: Any,
+    subject_dir: str,
+    view_valid: Any = None,
+) -> list[str]:
+    """Write segmentations on the grid of the input files under ``<out_dir>/<eid>/`` (module docstring); returns
+    the paths.
+
+    Args:
+        volumes: (S, K, H, W) labels on the model grid, views in ``views`` order.
+        view_affines: (S, 4, 4) voxel -> world of each view's crop (the loader's ``view_affine``).
+        subject_dir: the input subject folder; each output copies the shape, affine and header of its input file.
+        view_valid: (S,) 0 for a view whose file was not given (no output for it); default all given.
+    """
+    import nibabel as nib
+
+    from kmtr_monai.constants import IMAGE_FILES, is_lax
+
+    vol = _np(volumes, "volumes", 4)
+    aff = _np(view_affines, "view_affines", 3).astype(np.float64)
+    views = [str(v) for v in views]
+    valid = np.ones(len(views)) if view_valid is None else _np(view_valid, "view_valid", 1)
+    if aff.shape != (vol.shape[0], 4, 4) or len(views) != vol.shape[0] or valid.shape != (len(views),):
+        raise ValueError(f"volumes {vol.shape} need (S, 4, 4) affines, S view names and (S,) view_valid; got "
+                         f"{aff.shape}, {len(views)}, {valid.shape}")  # fmt: skip
+    if np.iscomplexobj(vol) or (vol.dtype.kind == "f" and not np.array_equal(vol, np.round(vol))):
+        raise ValueError("seg volumes must hold integer labels")
+    folder = os.path.join(out_dir, str(eid))
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for key in dict.fromkeys("sa" if not is_lax(v) else v for v in views):  # input files, contract order
+        rows = [i for i, v in enumerate(views) if (v if is_lax(v) else "sa") == key and valid[i] > 0]
+        if not rows:
+            continue  # the view file was not given: no output
+        src = nib.load(os.path.join(subject_dir, IMAGE_FILES[key]))
+        shape = tuple(src.shape) + (1,) * (4 - len(src.shape))  # (X, Y, Z, T); a 3-D file is one frame
+        out = np.zeros(shape[:3] + (vol.shape[1],), dtype=np.int16)  # (X, Y, Z, K)
+        for i in rows:
+            placed = resample_to_source(vol[i], aff[i], src.affine, shape[:3])
+            out = np.where(placed > 0, placed, out)
+        data = out[..., nearest_frames(shape[3], vol.shape[1])]  # (X, Y, Z, T)
+        if len(src.shape) == 3:
+            data = data[..., 0]
+        img = nib.Nifti1Image(np.ascontiguousarray(data), src.affine, header=src.header.copy())
+        img.set_data_dtype(np.int16)
+        img.header.set_slope_inter(1, 0)
+        img.set_qform(*src.get_qform(coded=True))
+        img.set_sform(*src.get_sform(coded=True))
+        path = os.path.join(folder, f"seg_{key}.nii.gz")
+        nib.save(img, path)
+        paths.append(path)
+    return paths
