@@ -247,7 +247,10 @@ def test_inference_on_subject_folder_and_hdf5(stage_outputs, tiny_cohort, tmp_pa
         else:
             assert f"{PHENOTYPES[0]} lower" in rows[0][0]
         return
-    kind = "seg" if name == "segment-unetr" else "recon"
+    if name == "segment-unetr":
+        _check_segmentation_on_source_grid(subject, tmp_path / "folder" / subject.name, tmp_path / "h5" / subject.name)
+        return
+    kind = "recon"
     for view, source in (("la_4ch", "la_4ch.nii.gz"), ("sax_1", "sa.nii.gz")):
         got = [nib.load(tmp_path / d / subject.name / f"{kind}_{view}.nii.gz") for d in ("folder", "h5")]
         np.testing.assert_allclose(got[0].get_fdata(), got[1].get_fdata(), atol=1e-4)
@@ -260,6 +263,34 @@ def test_inference_on_subject_folder_and_hdf5(stage_outputs, tiny_cohort, tmp_pa
         np.testing.assert_allclose(offset, np.round(offset), atol=1e-5)
         offset = np.round(offset)
         assert 0 <= offset[2] < src.shape[2] and abs(offset[0]) < src.shape[0] and abs(offset[1]) < src.shape[1]
+
+
+def _check_segmentation_on_source_grid(subject: Path, folder: Path, h5: Path) -> None:
+    """Folder input: ``seg_<file>.nii.gz`` with each input file's shape and affine. HDF5 input (no source NIfTI):
+    one file per view on the model grid. The same k-space gives the same labels: the model-grid file, put at its
+    whole-voxel offset in the source grid and at the source frames the loader took, equals the source-grid file."""
+    import nibabel as nib
+
+    from kmtr_monai.data.cohort import frame_indices
+
+    assert sorted(os.listdir(folder)) == ["seg_la_2ch.nii.gz", "seg_la_3ch.nii.gz", "seg_la_4ch.nii.gz", "seg_sa.nii.gz"]
+    for view, source in (("la_4ch", "la_4ch.nii.gz"), ("sax_0", "sa.nii.gz"), ("sax_1", "sa.nii.gz")):
+        src = nib.load(subject / source)
+        full = nib.load(folder / f"seg_{source}")
+        assert full.shape == src.shape and np.array_equal(full.affine, src.affine)
+        crop = nib.load(h5 / f"seg_{view}.nii.gz")
+        assert crop.shape == (32, 32, 1, 4)
+        offset = np.linalg.inv(src.affine) @ crop.affine
+        np.testing.assert_allclose(offset[:3, :3], np.eye(3), atol=1e-6)
+        x0, y0, z = (int(v) for v in np.round(offset[:3, 3]))
+        got = np.asanyarray(full.dataobj)[..., z, :][..., frame_indices(src.shape[3], 4)]  # (X, Y, 4)
+        ref = np.asanyarray(crop.dataobj)[:, :, 0]  # (32, 32, 4)
+        xs, ys = slice(max(x0, 0), min(x0 + 32, src.shape[0])), slice(max(y0, 0), min(y0 + 32, src.shape[1]))
+        np.testing.assert_array_equal(got[xs, ys], ref[xs.start - x0: xs.stop - x0, ys.start - y0: ys.stop - y0])
+        outside = np.ones(src.shape[:2], bool)
+        outside[xs, ys] = False
+        if source == "la_4ch.nii.gz":
+            assert not got[outside].any()  # nothing outside the crop
 
 
 def test_inference_refuses_a_checkpoint_of_another_bundle(stage_outputs, tiny_cohort, tmp_path):
