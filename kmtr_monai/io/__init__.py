@@ -1,5 +1,6 @@
-"""Inference input/output: HDF5 k-space files on the model's grid (:mod:`kspace_h5`) and the clinical output
-files, CSV and NIfTI (:mod:`outputs`)."""
+"""Inference input/output: HDF5 k-space files on the model's grid (:mod:`kspace_h5`), scanner k-space files
+(ISMRMRD, fastMRI-style, CMRxRecon; :mod:`scanner`, :mod:`scanner_prep`) and the clinical output files, CSV and
+NIfTI (:mod:`outputs`)."""
 
 from kmtr_monai.io.kspace_h5 import (
     FORMAT,
@@ -12,6 +13,8 @@ from kmtr_monai.io.kspace_h5 import (
     time_average_max,
     write_kspace_h5,
 )
+from kmtr_monai.io.scanner import ScannerFileError, ScannerKspace, detect_format, read_scanner_kspace
+from kmtr_monai.io.scanner_prep import svd_coil_compression, to_kspace_item, to_model_kspace
 from kmtr_monai.io.outputs import (
     uncrop_affine,
     view_nifti_name,

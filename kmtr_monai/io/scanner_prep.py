@@ -1,0 +1,330 @@
+"""Scanner k-space → the model's input: noise pre-whitening, readout-oversampling removal, SVD coil compression,
+coil maps from calibration lines, coil combination, and conversion to a ``kmtr-kspace`` item on the model's grid.
+
+Which input the model takes, and why: **coil-combined, single-coil-equivalent k-space** ``mask · fft2c(x)``
+(S, T, H, W) with x the complex image (DESIGN §2). The networks were trained on exactly that (one complex image per
+view and frame, simulated from images), so their input layer has no coil axis, and coil count, coil geometry and
+coil ordering differ between scanners and sessions. Every step below is linear in the measured data and uses the
+sampled ky lines only; the combination (CG-SENSE, :func:`~kmtr_monai.io.kspace_h5.combine_coils`) re-masks its output,
+so nothing is invented at unsampled lines.
+
+Order (:func:`to_model_kspace`): pre-whiten (coil noise covariance from the noise scans → ``L⁻¹`` with
+``Ψ = L Lᴴ``) → remove readout oversampling (exact: inverse FFT along kx, keep the central 1/os, FFT back) →
+optional SVD coil compression (unitary, so whitened noise stays white) → coil maps from the calibration lines (or
+the fully-sampled time-averaged centre) → CG-SENSE → ``mask · fft2c(x)``. :func:`read_scanner_kspace
+<kmtr_monai.io.scanner.read_scanner_kspace>` does the first two by default.
+
+The combined image equals x only up to a smooth complex gain: the measured coil images are ``S_c · x`` and the split
+into maps and object is not unique (the estimated maps are normalised to Σ_c |Ŝ_c|² = 1 and carry the phase of the
+low-resolution calibration image). The models are trained with a random smooth phase per subject for this reason;
+the magnitude gain is the usual receive-coil intensity bias.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kmtr_monai.io.scanner import ScannerKspace
+
+__all__ = ["noise_covariance", "whitening_matrix", "prewhiten", "fft1c", "ifft1c", "remove_readout_oversampling",
+           "calibration_block", "CoilCompression", "svd_coil_compression", "estimate_sens_maps", "to_model_kspace",
+           "to_kspace_item"]  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------- noise whitening
+def noise_covariance(noise: np.ndarray, dwell_ratio: float = 1.0) -> np.ndarray:
+    """Coil noise covariance Ψ (C, C) complex128 from noise samples (C, N): ``Ψ = X Xᴴ / N`` (zero-mean noise).
+
+    ``dwell_ratio`` = noise-scan dwell time / imaging dwell time: white noise variance scales with the receiver
+    bandwidth (1 / dwell), so the imaging data see ``Ψ_noise · dwell_ratio``.
+    """
+    x = np.asarray(noise, dtype=np.complex128)
+    if x.ndim != 2 or x.shape[1] < x.shape[0]:
+        raise ValueError(f"noise samples must be (C, N) with N >= C, got {x.shape}")
+    return (x @ x.conj().T) / x.shape[1] * float(dwell_ratio)
+
+
+def whitening_matrix(cov: np.ndarray) -> np.ndarray:
+    """``L⁻¹`` (C, C) with ``cov = L Lᴴ`` (Cholesky): ``L⁻¹ n`` has identity covariance. Raises ValueError when
+    ``cov`` is not positive definite (a dead or duplicated coil)."""
+    try:
+        chol = np.linalg.cholesky(np.asarray(cov, dtype=np.complex128))
+    except np.linalg.LinAlgError as err:
+        raise ValueError("the noise covariance is not positive definite (a dead or duplicated coil?)") from err
+    return np.linalg.inv(chol)
+
+
+def prewhiten(kspace: np.ndarray, white: np.ndarray) -> np.ndarray:
+    """Apply a coil matrix (C', C) to k-space (C, ...) → (C', ...) complex64 (whitening or compression)."""
+    k = np.asarray(kspace)
+    out = np.tensordot(np.asarray(white, dtype=np.complex64), k.reshape(k.shape[0], -1), axes=(1, 0))
+    return out.reshape(-1, *k.shape[1:]).astype(np.complex64, copy=False)
+
+
+# ------------------------------------------------------------------------------------------ readout oversampling
+def fft1c(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Centred orthonormal 1-D FFT along ``axis`` (the DESIGN §2 convention, one axis)."""
+    return np.fft.fftshift(np.fft.fft(np.fft.ifftshift(x, axes=axis), axis=axis, norm="ortho"), axes=axis)
+
+
+def ifft1c(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Inverse of :func:`fft1c`."""
+    return np.fft.fftshift(np.fft.ifft(np.fft.ifftshift(x, axes=axis), axis=axis, norm="ortho"), axes=axis)
+
+
+def remove_readout_oversampling(kspace: np.ndarray, factor: float = 2.0, axis: int = -1) -> np.ndarray:
+    """k-space (..., W) sampled with ``factor``× readout oversampling → (..., W / factor) complex64.
+
+    Inverse centred FFT along the readout, keep the central ``W / factor`` samples (the prescribed field of view),
+    centred FFT back. Exact: for an object inside the central FOV, the result is the k-space of the object sampled
+    on the prescribed grid (:func:`fft1c` of the cropped hybrid-space line).
+    """
+    k = np.asarray(kspace)
+    w = k.shape[axis]
+    keep = w / float(factor)
+    if factor < 1 or abs(keep - round(keep)) > 1e-9:
+        raise ValueError(f"readout length {w} is not divisible by the oversampling factor {factor}")
+    keep = int(round(keep))
+    if keep == w:
+        return k.astype(np.complex64, copy=False)
+    start = w // 2 - keep // 2  # keeps the centre sample (index w // 2) at index keep // 2
+    hybrid = np.take(ifft1c(k, axis), np.arange(start, start + keep), axis=axis)
+    return fft1c(hybrid, axis).astype(np.complex64)
+
+
+# ------------------------------------------------------------------------------------------------- calibration
+def calibration_block(mask: np.ndarray, frames_all: bool = True) -> np.ndarray:
+    """The fully-sampled centre: bool (S, H) marking, per slice, the contiguous run of ky lines around H // 2 that is
+    sampled in every frame (``frames_all``) or in some frame (the time-averaged k-space, which VISTA samples fully).
+
+    Args: mask: bool (S, T, H). Empty where the centre line itself is not sampled.
+    """
+    m = np.asarray(mask, dtype=bool)
+    full = m.all(1) if frames_all else m.any(1)  # (S, H)
+    out = np.zeros_like(full)
+    c = full.shape[1] // 2
+    for s in range(full.shape[0]):
+        if not full[s, c]:
+            continue
+        lo, hi = c, c
+        while lo > 0 and full[s, lo - 1]:
+            lo -= 1
+        while hi < full.shape[1] - 1 and full[s, hi + 1]:
+            hi += 1
+        out[s, lo : hi + 1] = True
+    return out
+
+
+# ------------------------------------------------------------------------------------------- coil compression
+class CoilCompression:
+    """SVD coil compression: per slice a matrix (V, C) with orthonormal rows, the V left singular vectors of the
+    coil data (C, samples) with the largest singular values.
+
+    Attributes: ``matrices`` complex64 (S, V, C); ``energy`` float (S,): fraction of the estimation data's energy
+    (Σ |k|²) the V virtual coils keep (exact on that data: Σ of the V largest σ² over Σ σ²); ``singular_values``
+    (S, C).
+    """
+
+    def __init__(self, matrices: np.ndarray, energy: np.ndarray, singular_values: np.ndarray) -> None:
+        self.matrices, self.energy, self.singular_values = matrices, energy, singular_values
+
+    @property
+    def n_virtual(self) -> int:
+        return int(self.matrices.shape[1])
+
+    def apply(self, kspace: np.ndarray) -> np.ndarray:
+        """Coil k-space (C, S, ...) → virtual-coil k-space (V, S, ...) complex64 (zeros stay zeros)."""
+        k = np.asarray(kspace)
+        out = np.einsum("svc,cs...->vs...", self.matrices, k, optimize=True)
+        return out.astype(np.complex64, copy=False)
+
+
+def svd_coil_compression(kspace: np.ndarray, mask: np.ndarray, n_virtual: int | None = None,
+                         energy: float | None = None) -> CoilCompression:  # fmt: skip
+    """Estimate SVD coil compression from the sampled lines of coil k-space (C, S, T, H, W) with mask (S, T, H).
+
+    Give ``n_virtual`` (V virtual coils) or ``energy`` (the smallest V keeping that fraction of the energy, the
+    largest V over slices used for all). Only sampled lines enter (pass calibration k-space and its mask to estimate
+    on the calibration lines). Apply with :meth:`CoilCompression.apply`.
+    """
+    k, m = np.asarray(kspace), np.asarray(mask, dtype=bool)
+    n_c, n_s = k.shape[:2]
+    if (n_virtual is None) == (energy is None):
+        raise ValueError("give exactly one of n_virtual or energy")
+    if n_virtual is not None and not 1 <= int(n_virtual) <= n_c:
+        raise ValueError(f"n_virtual must be in 1..{n_c} (the physical coils), got {n_virtual}")
+    us, sv = [], []
+    for s in range(n_s):
+        rows = k[:, s][:, m[s]]  # (C, lines, W): sampled lines of all frames
+        u, sig, _ = np.linalg.svd(rows.reshape(n_c, -1).astype(np.complex128), full_matrices=False)
+        us.append(u)
+        sv.append(np.pad(sig, (0, n_c - sig.size)))
+    sv = np.stack(sv)  # (S, C)
+    frac = np.cumsum(sv**2, 1) / np.maximum((sv**2).sum(1, keepdims=True), 1e-30)
+    if n_virtual is None:
+        n_virtual = int(max(np.searchsorted(f, float(energy) - 1e-12) + 1 for f in frac))
+        n_virtual = min(n_virtual, n_c)
+    v = int(n_virtual)
+    mats = np.stack([u[:, :v].conj().T for u in us]).astype(np.complex64)  # (S, V, C)
+    return CoilCompression(mats, frac[:, v - 1], sv)
+
+
+# ------------------------------------------------------------------------------------------------- coil maps
+def estimate_sens_maps(calib: np.ndarray, calib_mask: np.ndarray, kernel: int = 5, eps: float = 1e-3) -> np.ndarray:
+    """Coil sensitivity maps (C, S, H, W) complex64 from calibration lines (Walsh's adaptive method).
+
+    Args:
+        calib: coil k-space (C, S, T, H, W) at the calibration lines (other lines ignored).
+        calib_mask: bool (S, T, H). Each line is averaged over the frames that sampled it; the central contiguous
+            block of lines sampled in some frame is kept, windowed (Hann) along ky and, over the same fraction of
+            k-space, along kx, giving low-resolution coil images I (C, H, W).
+        kernel: the neighbourhood (kernel × kernel pixels) of the coil correlation matrices.
+    Map at a pixel: the dominant eigenvector of Σ_{neighbourhood} I Iᴴ (C × C), so Σ_c |Ŝ_c|² = 1, with its phase
+    relative to the first SVD virtual coil (a smooth phase, like the coils' own: the combined image keeps the
+    object's phase, and its k-space at the sampled lines stays determined by the sampled coil lines); 0 where the low-resolution signal is below ``eps`` × its
+    maximum. Walsh et al., MRM 2000. Written here because MONAI has no sensitivity estimator outside its learned
+    ``CoilSensitivityModel`` (and sigpy's ESPIRiT is not a dependency).
+    """
+    from scipy.ndimage import uniform_filter
+
+    from kmtr_monai.transforms import ifft2c
+
+    k, m = np.asarray(calib), np.asarray(calib_mask, dtype=bool)
+    n_c, n_s, _, h, w = k.shape
+    block = calibration_block(m, frames_all=False)  # (S, H)
+    maps = np.zeros((n_c, n_s, h, w), np.complex64)
+
+    def box(a: np.ndarray) -> np.ndarray:  # neighbourhood sum over the last two axes of complex a
+        size = (1,) * (a.ndim - 2) + (kernel, kernel)
+        return uniform_filter(a.real, size, mode="constant") + 1j * uniform_filter(a.imag, size, mode="constant")
+
+    for s in range(n_s):
+        rows = np.flatnonzero(block[s])
+        if rows.size < 2:
+            raise ValueError(f"slice {s}: no calibration region (fewer than 2 contiguous sampled centre lines)")
+        cnt = m[s].sum(0)  # (H,) frames per line
+        avg = (k[:, s] * m[s][None, :, :, None]).sum(1) / np.maximum(cnt, 1)[None, :, None]  # (C, H, W)
+        win_y = np.zeros(h)
+        win_y[rows] = np.hanning(rows.size + 2)[1:-1]
+        nx = min(max(3, int(round(rows.size / h * w)) | 1), w - 1 + w % 2)  # same k-space fraction along kx
+        win_x = np.zeros(w)
+        win_x[w // 2 - nx // 2 : w // 2 - nx // 2 + nx] = np.hanning(nx + 2)[1:-1]
+        low = ifft2c(torch.from_numpy((avg * win_y[None, :, None] * win_x[None, None, :]).astype(np.complex64)))
+        low = low.numpy().astype(np.complex128)  # (C, H, W)
+        corr = box(low[:, None] * low[None].conj())  # (C, C, H, W)
+        _, vec = np.linalg.eigh(corr.transpose(2, 3, 0, 1))  # ascending eigenvalues
+        v = vec[..., -1]  # (H, W, C) dominant eigenvector, unit norm
+        u = np.linalg.svd(low.reshape(n_c, -1), full_matrices=False)[0][:, 0]  # (C,) the first virtual coil
+        v = v * np.exp(-1j * np.angle(v @ u.conj()))[..., None]  # phase relative to it: smooth like the coils
+        rss = np.sqrt((np.abs(box(low)) ** 2).sum(0))
+        maps[:, s] = np.where(rss > eps * rss.max(), v.transpose(2, 0, 1), 0)
+    return maps
+
+
+# ---------------------------------------------------------------------------------------------- model input
+def to_model_kspace(scan: ScannerKspace, n_virtual: int | None = None, sens_maps: np.ndarray | None = None,
+                    method: str = "cg-sense", n_iter: int = 30) -> dict[str, Any]:  # fmt: skip
+    """A read scanner file → single-coil-equivalent k-space on the scanner grid (the model's input kind).
+
+    Pre-whitens and removes readout oversampling when the reader did not; ``n_virtual`` compresses the coils first
+    (estimated on the calibration lines, else on the sampled lines); maps are ``sens_maps`` (C, S, H, W) when given
+    (on the whitened/compressed coils) or estimated from the calibration lines, else from the fully-sampled
+    time-averaged centre of the imaging lines; the combination is ``combine_coils(method=...)``.
+
+    Returns ``{"kspace": complex64 (S, T, H, W) = mask · fft2c(x), "mask": bool (S, T, H), "sens_maps": (C', S, H, W),
+    "compression": CoilCompression or None}``; single-coil files are only masked.
+    """
+    from kmtr_monai.io.kspace_h5 import combine_coils
+
+    scan = scan.preprocessed()
+    k, m = scan.kspace, scan.mask
+    calib, cmask = (scan.calib, scan.calib_mask) if scan.calib is not None else (k, m)
+    comp = None
+    if n_virtual is not None and n_virtual < k.shape[0]:
+        comp = svd_coil_compression(calib, cmask, n_virtual=n_virtual)
+        k, calib = comp.apply(k), comp.apply(calib)
+    if k.shape[0] == 1 and sens_maps is None:
+        return {"kspace": (k[0] * m[..., None]).astype(np.complex64), "mask": m, "sens_maps": None,
+                "compression": comp}  # fmt: skip
+    if sens_maps is None:
+        sens_maps = estimate_sens_maps(calib, cmask)
+    out = combine_coils(k, m, sens_maps, method=method, n_iter=n_iter).numpy()
+    return {"kspace": out, "mask": m, "sens_maps": np.asarray(sens_maps), "compression": comp}
+
+
+def _frame_indices(n_in: int, n_out: int) -> list[int]:
+    """The loader's frame subsampling ``round(i (T−1) / (K−1))`` (DESIGN §2)."""
+    if n_out == 1:
+        return [0]
+    return [int(round(i * (n_in - 1) / (n_out - 1))) for i in range(n_out)]
+
+
+def _fit_ky(k: np.ndarray, m: np.ndarray, h: int) -> tuple[np.ndarray, np.ndarray]:
+    """ky (axis −2 of k, −1 of m) to h lines around the centre: central lines kept (h smaller: same FOV, coarser
+    pixels) or unsampled zero lines added (h larger: finer pixels, mask 0 there)."""
+    n = k.shape[-2]
+    if n == h:
+        return k, m
+    if n > h:
+        s = n // 2 - h // 2
+        return k[..., s : s + h, :], m[..., s : s + h]
+    s = h // 2 - n // 2
+    pk = [(0, 0)] * (k.ndim - 2) + [(s, h - n - s), (0, 0)]
+    pm = [(0, 0)] * (m.ndim - 1) + [(s, h - n - s)]
+    return np.pad(k, pk), np.pad(m, pm)
+
+
+def to_kspace_item(scan: ScannerKspace, grid: Sequence[int], n_frames: int | None = None,
+                   slices: Sequence[int] | None = None, views: Sequence[str] | None = None, eid: str | None = None,
+                   readout_centre_mm: float = 0.0, frame_interval_ms: float | None = None,
+                   pixel_spacing: Sequence[float] | None = None, **combine: Any) -> dict[str, Any]:  # fmt: skip
+    """The keyword arguments of :func:`~kmtr_monai.io.kspace_h5.write_kspace_h5` (a ``kmtr-kspace`` item) for the
+    model grid ``grid`` = (H, W), ``n_frames`` frames and the chosen ``slices`` named ``views``.
+
+    Steps: :func:`to_model_kspace` (``combine`` passed on) on the scanner grid; frames subsampled as the loader does;
+    readout **cropped** to W in hybrid space around ``readout_centre_mm`` (exact: a crop of the prescribed FOV along
+    kx, pixel size kept); ky **fitted** to H (central lines kept, or unsampled zero lines added: the FOV along
+    phase-encode cannot be cropped in k-space, DESIGN §16, so the pixel size along H becomes FOV_y / H). The affine
+    (LPS → RAS, NIfTI axes (H, W, slice)) is rebuilt for that grid; geometry missing from the file
+    (``pixel_spacing`` (dy, dx) mm, ``frame_interval_ms``) must be passed. Views default to ``sax_0..``.
+
+    Returns ``{"kspace": complex64 (S, T, H, W), "mask": bool (S, T, H), "views", "affine" (S, 4, 4),
+    "pixel_spacing" (2,), "frame_interval_ms", "eid"}``: ``write_kspace_h5(path, **item)`` writes it.
+    """
+    from kmtr_monai.io.scanner import ScannerFileError
+
+    h, w = (int(v) for v in grid)
+    res = to_model_kspace(scan, **combine)
+    k, m = res["kspace"], res["mask"]  # (S, T, Hs, Ws)
+    s_idx = list(range(k.shape[0])) if slices is None else [int(v) for v in slices]
+    t_idx = list(range(k.shape[1])) if n_frames is None else _frame_indices(k.shape[1], int(n_frames))
+    k, m = k[s_idx][:, t_idx], m[s_idx][:, t_idx]
+    spacing = scan.pixel_spacing if pixel_spacing is None else tuple(float(v) for v in pixel_spacing)
+    if spacing is None:
+        raise ScannerFileError(scan.path, "pixel_spacing", "not in the file; pass pixel_spacing=(dy, dx) in mm")
+    interval = scan.frame_interval_ms if frame_interval_ms is None else float(frame_interval_ms)
+    if interval is None:
+        raise ScannerFileError(scan.path, "frame_interval_ms", "not in the file; pass frame_interval_ms")
+    n_h, n_w = k.shape[-2:]
+    if w > n_w:
+        raise ScannerFileError(scan.path, "kspace", f"the readout has {n_w} samples after oversampling removal; "
+                                                    f"cannot crop to W = {w}")  # fmt: skip
+    shift_px = int(round(readout_centre_mm / spacing[1]))
+    start = n_w // 2 + shift_px - w // 2
+    if start < 0 or start + w > n_w:
+        raise ValueError(f"readout_centre_mm {readout_centre_mm} puts the {w}-pixel crop outside the FOV")
+    k = fft1c(ifft1c(k, -1)[..., start : start + w], -1)
+    k, m = _fit_ky(k, m, h)
+    k = (k * m[..., None]).astype(np.complex64)
+    dy = spacing[0] * n_h / h
+    affine = scan.affine_for_grid((h, w), (dy, spacing[1]), readout_shift_px=shift_px)[s_idx]
+    if views is None:
+        views = [f"sax_{i}" for i in range(len(s_idx))]
+    return {"kspace": k, "mask": m, "views": list(views), "affine": affine,
+            "pixel_spacing": np.array([dy, spacing[1]], dtype=np.float64), "frame_interval_ms": float(interval),
+            "eid": eid if eid is not None else scan.eid}  # fmt: skip
