@@ -173,6 +173,7 @@ def test_ismrmrd_read_back(files, subject):
     assert scan.calib_mask[:, 0][:, CALIB].all() and scan.calib_mask.sum() == 2 * CALIB.size
     assert scan.calib_only_lines == 2 * CALIB.size and scan.n_noise_acquisitions == 2
     assert scan.noise.shape == (C, N_NOISE)
+    np.testing.assert_allclose(noise_covariance(scan.noise), np.eye(C), atol=1e-4)  # whitened with its own noise
     np.testing.assert_allclose(scan.acceleration, 4.0)
     np.testing.assert_allclose(scan.position[:, 2], [0.0, 10.0])
     raw = read_scanner_kspace(files["ismrmrd"], prewhiten=False, remove_oversampling=False)
@@ -223,7 +224,7 @@ def test_estimated_maps_give_the_input_up_to_a_smooth_gain(files, subject, fmt):
 
 def test_kspace_item_writes_a_kmtr_kspace_file(files, subject, tmp_path):
     """The scanner file on the model grid (here the same 32² grid, 4 frames) is a valid kmtr-kspace file."""
-    from kmtr_monai.io import read_kspace_h5
+    from kmtr_monai.io import read_kspace_h5, time_average_max
 
     scan = read_scanner_kspace(files["ismrmrd"])
     item = to_kspace_item(scan, grid=(32, 32), n_frames=4, frame_interval_ms=40.0, eid="s1", n_virtual=6)
@@ -231,6 +232,7 @@ def test_kspace_item_writes_a_kmtr_kspace_file(files, subject, tmp_path):
     r = read_kspace_h5(p, expected_views=["sax_0", "sax_1"], expected_shape=(2, 4, 32, 32))
     np.testing.assert_array_equal(r["mask"], subject["mask"])
     np.testing.assert_allclose(r["pixel_spacing"], [4.0, 4.0])
+    assert time_average_max(r["kspace"], r["mask"]) == pytest.approx(np.sqrt(2), rel=1e-4)  # the training scale
     np.testing.assert_allclose(np.abs(r["affine"][:, :3, :3]).sum(1), [[4.0, 4.0, 8.0]] * 2)
     small = to_kspace_item(scan, grid=(16, 24), n_frames=2, slices=[1], views=["sax_0"], frame_interval_ms=40.0)
     assert small["kspace"].shape == (1, 2, 16, 24) and small["pixel_spacing"].tolist() == [8.0, 4.0]
@@ -276,6 +278,31 @@ def test_svd_compression_keeps_the_energy_it_claims(files):
     assert comp.energy.min() >= 0.99 and comp.n_virtual < C
     m = comp.matrices[0]
     np.testing.assert_allclose(m @ m.conj().T, np.eye(comp.n_virtual), atol=1e-5)  # whitened noise stays white
+
+
+def test_reversed_readouts_and_dropped_lines(tmp_path):
+    """ACQ_IS_REVERSE lines are flipped back; navigator lines are dropped and counted, not imaging lines."""
+    rng = np.random.default_rng(2)
+    k = (rng.standard_normal((C, 1, 2, 8, 32)) + 1j * rng.standard_normal((C, 1, 2, 8, 32))).astype(np.complex64)
+    m = np.zeros((1, 2, 8), bool)
+    m[..., ::2] = True
+    plain = read_scanner_kspace(write_ismrmrd(tmp_path / "a.h5", k, m, noise=False, calib=False))
+
+    def reverse(a, kind):
+        a.data[:] = a.data[:, ::-1].copy()
+        a.set_flag(ismrmrd.ACQ_IS_REVERSE)
+        return a
+
+    def navigator(a, kind):
+        if a.idx.kspace_encode_step_1 == 0:
+            a.set_flag(ismrmrd.ACQ_IS_NAVIGATION_DATA)
+        return a
+
+    rev = read_scanner_kspace(write_ismrmrd(tmp_path / "r.h5", k, m, noise=False, calib=False, edit=reverse))
+    np.testing.assert_allclose(rev.kspace, plain.kspace, atol=1e-5)
+    nav = read_scanner_kspace(write_ismrmrd(tmp_path / "n.h5", k, m, noise=False, calib=False, edit=navigator))
+    assert nav.dropped["navigation"] == 2 and not nav.mask[..., 0].any() and nav.mask[..., 2::2].all()
+    assert nav.noise is None and not nav.whitened and nav.calib is None
 
 
 # ---------------------------------------------------------------------------------------------------- bad input

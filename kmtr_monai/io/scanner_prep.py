@@ -22,6 +22,7 @@ the magnitude gain is the usual receive-coil intensity bias.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -252,7 +253,13 @@ def to_model_kspace(scan: ScannerKspace, n_virtual: int | None = None, sens_maps
         return {"kspace": (k[0] * m[..., None]).astype(np.complex64), "mask": m, "sens_maps": None,
                 "compression": comp}  # fmt: skip
     if sens_maps is None:
-        sens_maps = estimate_sens_maps(calib, cmask)
+        try:
+            sens_maps = estimate_sens_maps(calib, cmask)
+        except ValueError as err:
+            from kmtr_monai.io.scanner import ScannerFileError
+
+            field = "calibration lines" if scan.calib is not None else "mask"
+            raise ScannerFileError(scan.path, field, f"cannot estimate coil maps: {err}; pass sens_maps") from err
     out = combine_coils(k, m, sens_maps, method=method, n_iter=n_iter).numpy()
     return {"kspace": out, "mask": m, "sens_maps": np.asarray(sens_maps), "compression": comp}
 
@@ -282,7 +289,8 @@ def _fit_ky(k: np.ndarray, m: np.ndarray, h: int) -> tuple[np.ndarray, np.ndarra
 def to_kspace_item(scan: ScannerKspace, grid: Sequence[int], n_frames: int | None = None,
                    slices: Sequence[int] | None = None, views: Sequence[str] | None = None, eid: str | None = None,
                    readout_centre_mm: float = 0.0, frame_interval_ms: float | None = None,
-                   pixel_spacing: Sequence[float] | None = None, **combine: Any) -> dict[str, Any]:  # fmt: skip
+                   pixel_spacing: Sequence[float] | None = None, scale_max: float | None = math.sqrt(2),
+                   **combine: Any) -> dict[str, Any]:  # fmt: skip
     """The keyword arguments of :func:`~kmtr_monai.io.kspace_h5.write_kspace_h5` (a ``kmtr-kspace`` item) for the
     model grid ``grid`` = (H, W), ``n_frames`` frames and the chosen ``slices`` named ``views``.
 
@@ -292,6 +300,9 @@ def to_kspace_item(scan: ScannerKspace, grid: Sequence[int], n_frames: int | Non
     phase-encode cannot be cropped in k-space, DESIGN §16, so the pixel size along H becomes FOV_y / H). The affine
     (LPS → RAS, NIfTI axes (H, W, slice)) is rebuilt for that grid; geometry missing from the file
     (``pixel_spacing`` (dy, dx) mm, ``frame_interval_ms``) must be passed. Views default to ``sax_0..``.
+    ``scale_max`` (default √2, the training scale of ``RandSmoothPhase``) rescales the k-space so that the image
+    maximum estimated from the time-averaged k-space (``time_average_max``) is that value (whitened data are on the
+    noise scale); None keeps the scale.
 
     Returns ``{"kspace": complex64 (S, T, H, W), "mask": bool (S, T, H), "views", "affine" (S, 4, 4),
     "pixel_spacing" (2,), "frame_interval_ms", "eid"}``: ``write_kspace_h5(path, **item)`` writes it.
@@ -321,6 +332,13 @@ def to_kspace_item(scan: ScannerKspace, grid: Sequence[int], n_frames: int | Non
     k = fft1c(ifft1c(k, -1)[..., start : start + w], -1)
     k, m = _fit_ky(k, m, h)
     k = (k * m[..., None]).astype(np.complex64)
+    if scale_max is not None:
+        from kmtr_monai.io.kspace_h5 import time_average_max
+
+        peak = time_average_max(k, m)
+        if not peak > 0:
+            raise ScannerFileError(scan.path, "kspace", "all sampled values are zero on the model grid")
+        k = (k * (float(scale_max) / peak)).astype(np.complex64)
     dy = spacing[0] * n_h / h
     affine = scan.affine_for_grid((h, w), (dy, spacing[1]), readout_shift_px=shift_px)[s_idx]
     if views is None:
