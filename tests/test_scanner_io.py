@@ -9,6 +9,8 @@ lines (ISMRMRD); files are written with the ``ismrmrd`` package and h5py and rea
 
 from __future__ import annotations
 
+import re
+
 import h5py
 import numpy as np
 import pytest
@@ -89,13 +91,11 @@ def _header_xml(s, t, h, w, channels=C, trajectory="cartesian", recon_x=None, dr
                                               slice=lim(minimum=0, maximum=s - 1, center=0),
                                               phase=lim(minimum=0, maximum=t - 1, center=0)),
         trajectory=xsd.trajectoryType(trajectory))  # fmt: skip
+    system = xsd.acquisitionSystemInformationType(receiverChannels=channels)
     hdr = xsd.ismrmrdHeader(experimentalConditions=xsd.experimentalConditionsType(H1resonanceFrequency_Hz=63_500_000),
-                            acquisitionSystemInformation=xsd.acquisitionSystemInformationType(receiverChannels=channels),
-                            encoding=[enc])  # fmt: skip
+                            acquisitionSystemInformation=system, encoding=[enc])  # fmt: skip
     xml = xsd.ToXML(hdr)
     for tag in drop or ():
-        import re
-
         xml = re.sub(rf"<{tag}>.*?</{tag}>", "", xml, flags=re.S)
     return xml
 

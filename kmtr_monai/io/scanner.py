@@ -400,7 +400,8 @@ def _finish(path: str, key: str, k: np.ndarray, mask: np.ndarray | None) -> tupl
     """k (C, S, T, H, W) complex64 and mask (S, T, H) (None: the lines with nonzero data): finite, every frame
     sampled, zeros at unsampled lines (a warning when there were values)."""
     if not np.isfinite(k).all():
-        raise ScannerFileError(path, key, f"contains NaN or Inf (first at index {np.argwhere(~np.isfinite(k))[0].tolist()})")
+        first = np.argwhere(~np.isfinite(k))[0].tolist()
+        raise ScannerFileError(path, key, f"contains NaN or Inf (first at index {first})")
     if mask is None:
         mask = (k != 0).any(axis=(0, 4))
     outside = ~mask[None, ..., None]

@@ -187,9 +187,11 @@ def estimate_sens_maps(calib: np.ndarray, calib_mask: np.ndarray, kernel: int = 
         kernel: the neighbourhood (kernel × kernel pixels) of the coil correlation matrices.
     Map at a pixel: the dominant eigenvector of Σ_{neighbourhood} I Iᴴ (C × C), so Σ_c |Ŝ_c|² = 1, with its phase
     relative to the first SVD virtual coil (a smooth phase, like the coils' own: the combined image keeps the
-    object's phase, and its k-space at the sampled lines stays determined by the sampled coil lines); 0 where the low-resolution signal is below ``eps`` × its
-    maximum. Walsh et al., MRM 2000. Written here because MONAI has no sensitivity estimator outside its learned
-    ``CoilSensitivityModel`` (and sigpy's ESPIRiT is not a dependency).
+    object's phase, and its k-space at the sampled lines stays determined by the sampled coil lines; a phase that
+    follows the low-resolution image instead gave 30-40 % error at the sampled lines in the tests, against 4 %); 0
+    where the low-resolution signal is below ``eps`` × its maximum. Walsh et al., MRM 2000. Written here because
+    MONAI has no sensitivity estimator outside its learned ``CoilSensitivityModel`` (sigpy's ESPIRiT is not a
+    dependency).
     """
     from scipy.ndimage import uniform_filter
 
