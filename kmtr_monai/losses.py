@@ -1,4 +1,5 @@
-"""Stage II loss: symmetric CLIP/InfoNCE between k-space and image embeddings, gathered across ranks.
+"""Stage II losses: symmetric CLIP/InfoNCE (:class:`ClipLoss`) or pairwise sigmoid (:class:`SigLipLoss`) between
+k-space and image embeddings, gathered across ranks; :func:`build_contrastive_loss` picks one by name.
 
 Why not ``monai.losses.ContrastiveLoss``: it is SimCLR's NT-Xent over the 2B x 2B similarity matrix of two
 views of one modality (negatives include same-modality pairs), it has no separate k->i / i->k weighting, and it
@@ -17,7 +18,8 @@ import torch.nn.functional as F
 
 from kmtr_monai.distributed import all_gather_with_grad, is_dist_active
 
-__all__ = ["ClipLoss"]
+__all__ = ["ClipLoss", "SigLipLoss", "CellAlignmentLoss", "WeightedSum", "CONTRASTIVE_LOSSES", "build_contrastive_loss",
+           "contrastive_keys", "chance_loss"]
 
 
 class ClipLoss(nn.Module):
@@ -118,15 +120,7 @@ class ClipLoss(nn.Module):
             self.lambda_ * F.cross_entropy(logits_k2i, target, reduction="sum")
             + (1.0 - self.lambda_) * F.cross_entropy(logits_i2k, target, reduction="sum")
         ) / n_global
-        if not distributed:
-            return local
-        import torch.distributed as dist
-
-        world = dist.get_world_size()
-        total = local.detach().clone()
-        dist.all_reduce(total)  # sum_r l_r = L
-        scaled = world * local
-        return scaled + (total - scaled).detach()
+        return _global_value(local) if distributed else local
 
     def _with_queue(self, zi_all: torch.Tensor, zk_all: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The columns to score against, (N + Q, D) each: the global batch, then the queue as it was before this
@@ -140,6 +134,148 @@ class ClipLoss(nn.Module):
             self.queue_image = torch.cat([zi_all.detach(), queue_i])[: self.queue_size]  # newest first
             self.queue_kspace = torch.cat([zk_all.detach(), queue_k])[: self.queue_size]
         return torch.cat([zi_all, queue_i]), torch.cat([zk_all, queue_k])
+
+
+def _global_value(local: torch.Tensor) -> torch.Tensor:
+    """Rank r's share ``l_r`` (0-dim) of a loss summed over ranks -> a tensor whose value is ``L = sum_r l_r`` and
+    whose gradient is that of ``W * l_r``, so that DDP's gradient average gives dL/dtheta (see :class:`ClipLoss`)."""
+    import torch.distributed as dist
+
+    world = dist.get_world_size()
+    total = local.detach().clone()
+    dist.all_reduce(total)  # sum_r l_r = L
+    scaled = world * local
+    return scaled + (total - scaled).detach()
+
+
+def _check_pair(name: str, z_kspace, z_image) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both (B, D) tensors, B > 0; returned as plain tensors (a MetaTensor's batched metadata does not matmul)."""
+    if not isinstance(z_kspace, torch.Tensor) or not isinstance(z_image, torch.Tensor):
+        raise TypeError(f"{name} expects two torch.Tensor embeddings (z_kspace, z_image)")
+    if z_kspace.ndim != 2 or z_image.shape != z_kspace.shape:
+        raise ValueError(f"{name} expects z_kspace and z_image of equal shape (B, D); got {tuple(z_kspace.shape)} and "
+                         f"{tuple(z_image.shape)}")  # fmt: skip
+    if z_kspace.shape[0] == 0:
+        raise ValueError(f"{name} got an empty batch (B=0)")
+    return z_kspace.as_subclass(torch.Tensor), z_image.as_subclass(torch.Tensor)
+
+
+def _scalar(name: str, value: torch.Tensor | None, default: float, device: torch.device) -> torch.Tensor:
+    """A one-element tensor input (or the fixed default) as a 0-dim float32 tensor."""
+    if value is None:
+        return torch.tensor(float(default), device=device)
+    if not isinstance(value, torch.Tensor) or value.numel() != 1:
+        raise ValueError(f"{name} must be a one-element tensor, got {value!r}")
+    return value.float().reshape(())
+
+
+class SigLipLoss(nn.Module):
+    """Pairwise sigmoid loss (SigLIP, Zhai et al., ICCV 2023) over the global batch.
+
+    With unit-normalised ``z_k`` (k-space) and ``z_i`` (image) of the N subjects of the global batch,
+    ``logits = t * z_k @ z_i.T + b`` (N, N), ``label`` +1 on the diagonal and -1 elsewhere, and
+
+        L = -(1/N) * sum_{i,j} log sigmoid(label_ij * logits_ij)
+
+    (the paper's normalisation: the sum over the N^2 pairs divided by the batch size). Every pair is an independent
+    binary decision, so there is no softmax over the batch, no direction weighting (``lambda_``) and the loss is
+    symmetric in its two inputs. With subject-blind embeddings (all logits equal) its minimum is
+    :func:`chance_loss` ``("siglip", N)`` = N * H(1/N), about log N + 1, where InfoNCE's is log N.
+
+    ``t`` and ``b`` are trainable parameters of the network (:class:`kmtr_monai.networks.dual.DualEncoder` with
+    ``logit_bias``; the paper initialises t = 10 and b = -10), passed in as ``logit_scale`` and ``logit_bias``;
+    without them the fixed ``1/temperature`` and ``bias`` are used. The loss itself has no parameters.
+
+    Distributed (process group initialised, world size W > 1, ``gather=True``): the image embeddings are
+    all-gathered with gradients (the negatives are the global batch), rank r scores its B_r k-space rows against the
+    N image columns and takes ``l_r`` = its rows' share of the sum, divided by the global N, so sum_r l_r = L. As in
+    :class:`ClipLoss`, the value returned is L on every rank and the gradient is that of ``W * l_r``, so after DDP's
+    average every parameter (t and b included) gets the single-process gradient of L on the global batch (tested
+    with 2 gloo processes). Per-rank batch sizes may differ.
+
+    No queue of past negatives (``ClipLoss``'s ``queue_size``): :func:`build_contrastive_loss` refuses it.
+
+    Args:
+        temperature: 1/t used when ``forward`` gets no ``logit_scale``.
+        bias: b used when ``forward`` gets no ``logit_bias``.
+        gather: gather negatives across ranks when distributed; False uses only the local batch.
+    """
+
+    def __init__(self, temperature: float = 0.1, bias: float = -10.0, gather: bool = True) -> None:
+        super().__init__()
+        if not temperature > 0.0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not math.isfinite(bias):
+            raise ValueError(f"bias must be finite, got {bias}")
+        self.temperature, self.bias, self.gather = float(temperature), float(bias), bool(gather)
+
+    def forward(self, z_kspace: torch.Tensor, z_image: torch.Tensor, logit_scale: torch.Tensor | None = None,
+                logit_bias: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        """Args: z_kspace, z_image: (B, D) local embeddings, row b of both from the same subject; logit_scale: 0-dim
+        t (the network's ``LogitScale``); logit_bias: 0-dim b (the network's ``logit_bias``).
+
+        Returns: scalar loss L on the global batch (float32, autocast off; see the class docstring for gradients).
+        """
+        z_kspace, z_image = _check_pair("SigLipLoss", z_kspace, z_image)
+        scale = _scalar("logit_scale", logit_scale, 1.0 / self.temperature, z_kspace.device)
+        bias = _scalar("logit_bias", logit_bias, self.bias, z_kspace.device)
+        with torch.autocast(device_type=z_kspace.device.type, enabled=False):
+            return self._loss(z_kspace.float(), z_image.float(), scale, bias)
+
+    def _loss(self, z_kspace: torch.Tensor, z_image: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor
+              ) -> torch.Tensor:  # fmt: skip
+        zk, zi = F.normalize(z_kspace, dim=1), F.normalize(z_image, dim=1)
+        distributed = self.gather and is_dist_active()
+        zi_all, offset = all_gather_with_grad(zi) if distributed else (zi, 0)  # (N, D)
+        logits = scale * zk @ zi_all.T + bias  # (B_r, N): this rank's rows of the N x N matrix
+        rows = torch.arange(zk.shape[0], device=zk.device)
+        labels = -torch.ones_like(logits)
+        labels[rows, offset + rows] = 1.0
+        local = -F.logsigmoid(labels * logits).sum() / zi_all.shape[0]
+        return _global_value(local) if distributed else local
+
+
+CONTRASTIVE_LOSSES = ("clip", "siglip")
+
+
+def build_contrastive_loss(kind: str = "clip", lambda_: float = 0.5, queue_size: int = 0, gather: bool = True
+                           ) -> nn.Module:  # fmt: skip
+    """The align bundle's contrastive term by name (its ``contrastive`` option).
+
+    ``"clip"``: ``ClipLoss(lambda_=lambda_, queue_size=queue_size, gather=gather)`` (the default, as before).
+    ``"siglip"``: ``SigLipLoss(gather=gather)``; it has no direction weight and no queue, so ``lambda_`` other than
+    0.5 or ``queue_size`` > 0 is a ValueError rather than silently ignored.
+    """
+    if kind == "clip":
+        return ClipLoss(lambda_=lambda_, queue_size=queue_size, gather=gather)
+    if kind == "siglip":
+        if queue_size:
+            raise ValueError(f"contrastive 'siglip' has no queue of negatives; got queue_size={queue_size!r} "
+                             "(use 0, or contrastive 'clip')")  # fmt: skip
+        if lambda_ != 0.5:
+            raise ValueError(f"contrastive 'siglip' is symmetric and has no direction weight; got clip_lambda="
+                             f"{lambda_!r} (use 0.5, or contrastive 'clip')")  # fmt: skip
+        return SigLipLoss(gather=gather)
+    raise ValueError(f"contrastive must be one of {CONTRASTIVE_LOSSES}, got {kind!r}")
+
+
+def contrastive_keys(kind: str = "clip") -> list[str]:
+    """The DualEncoder outputs the ``kind`` loss reads, in its argument order (for ``OutputLoss``)."""
+    return ["z_kspace", "z_image", "logit_scale"] + (["logit_bias"] if kind == "siglip" else [])
+
+
+def chance_loss(kind: str, batch: int) -> float:
+    """The loss of subject-blind embeddings on a global batch of ``batch`` (all logits equal; for SigLIP with the
+    best bias): ``log(batch)`` for ``"clip"``; ``batch * H(1/batch)`` (binary entropy, nats) = ``log(batch) +
+    (batch-1) * log(batch/(batch-1))``, about log(batch) + 1, for ``"siglip"``. A training loss back at this level
+    after falling is a sign of collapse (DESIGN section 15)."""
+    if not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be a positive int, got {batch!r}")
+    if kind == "clip":
+        return math.log(batch)
+    if kind == "siglip":
+        return math.log(batch) + ((batch - 1) * math.log(batch / (batch - 1)) if batch > 1 else 0.0)
+    raise ValueError(f"kind must be one of {CONTRASTIVE_LOSSES}, got {kind!r}")
 
 
 class CellAlignmentLoss(nn.Module):

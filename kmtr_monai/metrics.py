@@ -1,4 +1,5 @@
-"""Representation metrics for Stage II: cross-modal retrieval top-k and a ridge linear probe (R^2).
+"""Representation metrics for Stage II: cross-modal retrieval top-k (optionally guarded against collapse), a ridge
+linear probe (R^2) and the spread of an embedding (mean pairwise cosine, effective rank).
 
 Plain functions plus Ignite ``Metric`` subclasses that accumulate embeddings over an epoch, gather them from
 all ranks (``ignite.distributed``; uneven per-rank counts allowed) and compute once at epoch end, so they can be
@@ -11,6 +12,8 @@ duplicates a subject, which would create a second, equally good gallery match fo
 
 from __future__ import annotations
 
+import logging
+import math
 import warnings
 
 from collections.abc import Callable, Sequence
@@ -23,8 +26,10 @@ from ignite.metrics import Metric
 from ignite.metrics.metric import reinit__is_reduced
 
 from kmtr_monai.distributed import all_gather_uneven
+from kmtr_monai.linear_eval import effective_rank, mean_pairwise_cosine
 
-__all__ = ["retrieval_topk", "linear_probe_r2", "linear_probe_r2_cv", "r2_gain_interval", "RetrievalTopK", "LinearProbeR2"]
+__all__ = ["retrieval_topk", "linear_probe_r2", "linear_probe_r2_cv", "r2_gain_interval", "embedding_spread",
+           "RetrievalTopK", "LinearProbeR2", "EmbeddingSpread"]
 
 
 def _as_2d_tensor(x: Any, name: str) -> torch.Tensor:
@@ -77,6 +82,30 @@ def retrieval_topk(
     rank = (sim > sim.diagonal()[:, None]).sum(1)  # (N,) 0 = best
     n = rank.shape[0]
     return {f"top{int(k)}": int((rank < k).sum()) / n for k in ks}
+
+
+SPREAD_STATISTICS = ("mean_cosine", "effective_rank")
+
+
+def embedding_spread(z: Any) -> dict[str, float]:
+    """How spread out the rows of ``z`` (N, D) are, on the unit sphere (the rows are L2-normalised first, as the
+    contrastive losses and retrieval see them):
+
+    - ``mean_cosine``: mean cosine over the N(N-1) ordered pairs of distinct rows (1: one direction; 0 for
+      orthonormal rows; NaN for N < 2);
+    - ``effective_rank``: exp of the entropy of the singular values normalised to sum 1 (Roy & Vetterli 2007): 1 for
+      one direction, k for k orthonormal rows; uncentred.
+
+    A collapsing contrastive embedding shows as the first rising towards 1 and the second falling (DESIGN §15).
+    Computed by :func:`kmtr_monai.linear_eval.mean_pairwise_cosine` and :func:`~kmtr_monai.linear_eval.effective_rank`
+    in float64, so the probes' figures and these agree.
+    """
+    zt = _as_2d_tensor(z, "z").detach().cpu().double()
+    if zt.shape[0] == 0:
+        raise ValueError("embedding_spread needs at least one row")
+    unit = F.normalize(zt, dim=1).numpy()
+    cosine = mean_pairwise_cosine(unit) if unit.shape[0] >= 2 else float("nan")
+    return {"mean_cosine": cosine, "effective_rank": effective_rank(unit)}
 
 
 PROBE_ALPHAS = tuple(float(a) for a in np.logspace(-3, 5, 17))  # ridge strengths searched when alpha is None
@@ -245,20 +274,41 @@ class RetrievalTopK(_EpochPairs):
 
     ``output_transform`` must yield ``(z_kspace, z_image)``: (B, D) tensors or lists of (D,) tensors.
     ``compute()`` returns a float for an int ``k`` (usable as MONAI key metric), else ``{"top1": ..., ...}``.
+
+    ``collapse_cosine_max`` (None: off) guards it as a key metric for checkpoint selection: when the mean pairwise
+    cosine of the gathered ``z_kspace`` (:func:`embedding_spread`) is above it (or NaN), every value is ``-inf``,
+    which :class:`kmtr_monai.engines.BestCheckpoint` and MONAI's ``metric_cmp_fn`` (``"max"``) never count as an
+    improvement, so a collapsed epoch cannot become the best checkpoint. The cosine of the last compute is kept in
+    ``self.last_cosine``.
     """
 
     _names = ("z_kspace", "z_image")
     required_output_keys = _names
 
     def __init__(
-        self, k: int | Sequence[int] = 1, output_transform: Callable = lambda x: x, device: str | torch.device = "cpu"
+        self,
+        k: int | Sequence[int] = 1,
+        output_transform: Callable = lambda x: x,
+        device: str | torch.device = "cpu",
+        collapse_cosine_max: float | None = None,
     ) -> None:
+        if collapse_cosine_max is not None and not -1.0 <= float(collapse_cosine_max) <= 1.0:
+            raise ValueError(f"collapse_cosine_max must be None or in [-1, 1], got {collapse_cosine_max!r}")
         self.k = k
+        self.collapse_cosine_max = None if collapse_cosine_max is None else float(collapse_cosine_max)
+        self.last_cosine: float | None = None
         super().__init__(output_transform=output_transform, device=device)
 
     def compute(self) -> float | dict[str, float]:
         zq, zg = self._gathered()
         res = retrieval_topk(zq, zg, ks=(self.k,) if isinstance(self.k, int) else tuple(self.k))
+        if self.collapse_cosine_max is not None:
+            self.last_cosine = embedding_spread(zq)["mean_cosine"]
+            if not self.last_cosine <= self.collapse_cosine_max:  # NaN (one subject) is refused too
+                logging.getLogger(__name__).warning(
+                    f"RetrievalTopK: z_kspace mean pairwise cosine {self.last_cosine:.4f} > collapse_cosine_max "
+                    f"{self.collapse_cosine_max} (collapsed); top-k reported as -inf so this epoch is never chosen")
+                res = dict.fromkeys(res, -math.inf)
         return res[f"top{self.k}"] if isinstance(self.k, int) else res
 
 
@@ -297,3 +347,33 @@ class LinearProbeR2(_EpochPairs):
         res = linear_probe_r2_cv(z.cpu(), y.cpu(), alpha=self.alpha, n_splits=n_splits, seed=self.seed)
         self.per_target = res["r2"]
         return res["mean_r2"]
+
+
+class EmbeddingSpread(Metric):
+    """Ignite metric: one statistic of :func:`embedding_spread` (``"mean_cosine"`` or ``"effective_rank"``) of the
+    embeddings of the whole (all-rank, uneven counts allowed) validation set.
+
+    ``output_transform`` must yield the embeddings: a (B, D) tensor or a list of (D,) tensors. ``compute()`` returns a
+    float (for ``additional_metrics``; the align bundle logs it for ``z_kspace`` and ``z_image`` every validation).
+    """
+
+    def __init__(self, statistic: str = "mean_cosine", output_transform: Callable = lambda x: x,
+                 device: str | torch.device = "cpu") -> None:  # fmt: skip
+        if statistic not in SPREAD_STATISTICS:
+            raise ValueError(f"statistic must be one of {SPREAD_STATISTICS}, got {statistic!r}")
+        self.statistic = statistic
+        self._rows: list[torch.Tensor] = []
+        super().__init__(output_transform=output_transform, device=device)
+
+    @reinit__is_reduced
+    def reset(self) -> None:
+        self._rows = []
+
+    @reinit__is_reduced
+    def update(self, output: Any) -> None:
+        self._rows.append(_stack_rows(output, "z").to(self._device))
+
+    def compute(self) -> float:
+        if not self._rows:
+            raise RuntimeError("EmbeddingSpread must have at least one update before compute")
+        return embedding_spread(all_gather_uneven(torch.cat(self._rows)).cpu())[self.statistic]

@@ -131,6 +131,9 @@ class DualEncoder(nn.Module):
         proj_batch_norm: batch norm in the projectors' hidden layer (see :class:`Projector`).
         temperature, learnable_temperature: CLIP's temperature, owned here as a :class:`LogitScale`
             (a parameter when learnable) so that DDP, which wraps this module, keeps it identical on every rank.
+            For SigLIP (:class:`kmtr_monai.losses.SigLipLoss`) this is t = 1/temperature (the paper's 10: 0.1).
+        logit_bias: None (CLIP; no parameter, the checkpoint is unchanged) or the initial value of SigLIP's
+            learnable logit bias b (the paper's -10), a 0-dim parameter returned as ``"logit_bias"``.
         cell_align: token-level alignment next to CLIP (needs ``"view_time"`` pooling and the same (S, T') cells in
             both encoders): a linear ``cell_predictor`` maps each k-space (view, time) cell feature to the image
             encoder's feature of the same cell, and the output gains ``cells_kspace`` (B, S·T', C_image), the
@@ -139,7 +142,7 @@ class DualEncoder(nn.Module):
             instead of one contrastive row, and the target is what the image encoder already knows per cell.
 
     ``forward(image, kspace, mask)`` returns ``{"z_image": (B, embed_dim), "z_kspace": (B, embed_dim),
-    "h_kspace": (B, C), "logit_scale": 0-dim 1/tau}`` (embeddings not normalised; :class:`kmtr_monai.losses.ClipLoss`
+    "h_kspace": (B, C), "logit_scale": 0-dim 1/tau[, "logit_bias": 0-dim b]}`` (embeddings not normalised; :class:`kmtr_monai.losses.ClipLoss`
     normalises).
     """
 
@@ -158,6 +161,7 @@ class DualEncoder(nn.Module):
         temperature: float = 0.07,
         learnable_temperature: bool = True,
         cell_align: bool = False,
+        logit_bias: float | None = None,
     ) -> None:
         super().__init__()
         if pooling not in POOLINGS:
@@ -179,6 +183,9 @@ class DualEncoder(nn.Module):
         self.kspace_proj = Projector(kspace_dim * math.prod(self._kspace_cells or ()), proj_hidden_dim or kspace_dim,
                                      embed_dim, batch_norm=proj_batch_norm)  # fmt: skip
         self.logit_scale = LogitScale(temperature, learnable=learnable_temperature)
+        if logit_bias is not None and not math.isfinite(logit_bias):
+            raise ValueError(f"logit_bias must be None or a finite number, got {logit_bias!r}")
+        self.logit_bias = None if logit_bias is None else nn.Parameter(torch.tensor(float(logit_bias)))
         self.cell_align = bool(cell_align)
         if self.cell_align:
             if self._image_cells is None or self._image_cells != self._kspace_cells:
@@ -250,10 +257,13 @@ class DualEncoder(nn.Module):
 
     def forward(self, image: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """-> {"z_image", "z_kspace"}: (B, embed_dim) projections; "h_kspace": (B, C) pooled k-space features;
-        "logit_scale": 0-dim 1/tau for the CLIP loss; with ``cell_align`` also "cells_kspace", "cells_image"."""
+        "logit_scale": 0-dim 1/tau for the CLIP loss; with ``logit_bias`` also "logit_bias" (0-dim b); with
+        ``cell_align`` also "cells_kspace", "cells_image"."""
         h_kspace, h_image = self.kspace_features(kspace, mask), self.image_features(image)
         out = {"z_image": self.image_proj(h_image), "z_kspace": self.kspace_proj(h_kspace), "h_kspace": h_kspace,
                "logit_scale": self.logit_scale()}  # fmt: skip
+        if self.logit_bias is not None:
+            out["logit_bias"] = self.logit_bias.reshape(())
         if self.cell_align:
             n = math.prod(self._kspace_cells)
             out["cells_kspace"] = self.cell_predictor(h_kspace.view(h_kspace.shape[0], n, -1))
