@@ -23,7 +23,13 @@ MONAI keeps ``int(0.3·N)`` tokens, ours ``N − round(0.7·N)``; the visible co
 MONAI's loss is the same masked-patch MSE (its model returns no loss; target patches are in its conv token order).
 
 KspaceMAE (line tokenizer, one token per sampled (view, frame, ky) line, VISTA mask at R=4) has no MONAI
-equivalent; its row has no ratio.
+equivalent; its row has no ratio. ``--kspace`` adds KspaceMAE variants, each a row timed in the same process on the
+same batch (compare rows, not runs: timings on a shared or niced CPU are noisy): ``line`` (default), ``line/g2x4``
+(the line decoder with ``dec_group=(2, 4)``), ``hybrid`` (hybrid x-ky tokens with the preset's patch) or
+``hybrid/p2x8x16`` (patch (pt, ph, px) = (2, 8, 16)); ``patch`` is the patch tokenizer.
+
+    python benchmarks/mae_throughput.py --preset small --batch 16 --steps 3 --threads 2 \
+        --kspace line line/g2x4 hybrid hybrid/p2x8x16
 
 The paper preset is only allowed with ``--device cuda`` (a CPU step takes minutes) unless ``--force``.
 """
@@ -121,6 +127,23 @@ def bench(name: str, model, loss_fn, encode_fn, batch: int, steps: int, device, 
                 enc_ms=1e3 * t_enc / batch)  # fmt: skip
 
 
+def kspace_variant(spec: str) -> tuple[str, dict]:
+    """'line', 'line/g2x4', 'hybrid/p2x8x16', 'patch' → (row name, build_kspace_mae kwargs)."""
+    kind, *opts = spec.split("/")
+    if kind not in ("line", "patch", "hybrid"):
+        raise ValueError(f"--kspace: unknown tokenizer {kind!r} in {spec!r}")
+    kw = {"tokenizer": kind}
+    for o in opts:
+        vals = tuple(int(v) for v in o[1:].split("x"))
+        if o[0] == "g":
+            kw["dec_group"] = vals
+        elif o[0] == "p":
+            kw["patch"] = vals
+        else:
+            raise ValueError(f"--kspace: unknown option {o!r} in {spec!r} (g<gt>x<gh> or p<pt>x<ph>x<px>)")
+    return spec, kw
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="tiny", choices=["tiny", "small", "paper"])
@@ -131,6 +154,8 @@ def main(argv=None) -> None:
     ap.add_argument("--accel", type=int, default=4, help="k-space acceleration R for the KspaceMAE row")
     ap.add_argument("--force", action="store_true", help="allow --preset paper on CPU")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--kspace", nargs="+", default=["line"], help="KspaceMAE variants (module docstring)")
+    ap.add_argument("--skip_monai", action="store_true", help="leave out the MONAI reference row")
     args = ap.parse_args(argv)
     if args.preset == "paper" and args.device == "cpu" and not args.force:
         ap.error("--preset paper on CPU takes minutes per step; use --device cuda (or --force)")
@@ -159,24 +184,36 @@ def main(argv=None) -> None:
                       args.batch, args.steps, device))  # fmt: skip
     n_tok, n_vis = ours.tokenizer.num_tokens, ours.tokenizer.num_tokens - ours.num_masked
     del ours
-    torch.manual_seed(args.seed)
-    ref = monai_reference(cfg, s, t, h).to(device)
-    vol = image.reshape(args.batch, 1, s * t, h, h)  # views × frames stacked as depth
-    rows.append(bench("MONAI MaskedAutoEncoderViT", ref, lambda: monai_loss(ref, vol), lambda: monai_encode(ref, vol),
-                      args.batch, args.steps, device))  # fmt: skip
-    ref_tok, ref_vis = ref.patch_embedding.n_patches, int((1 - ref.masking_ratio) * ref.patch_embedding.n_patches)
-    del ref
-    torch.manual_seed(args.seed)
-    km = build_kspace_mae(args.preset, tokenizer="line").to(device)
-    rows.append(bench(f"KspaceMAE line R={args.accel} (ours)", km, lambda: km.loss(km(kspace, mask, full)),
-                      lambda: km.encode(kspace, mask), args.batch, args.steps, device))  # fmt: skip
-    k_lines, k_vis = km.tokenizer.num_lines, int(mask[0].sum())
-    del km
+    tokens = [f"{n_vis}/{n_tok}"]
+    if not args.skip_monai:
+        torch.manual_seed(args.seed)
+        ref = monai_reference(cfg, s, t, h).to(device)
+        vol = image.reshape(args.batch, 1, s * t, h, h)  # views × frames stacked as depth
+        rows.append(bench("MONAI MaskedAutoEncoderViT", ref, lambda: monai_loss(ref, vol),
+                          lambda: monai_encode(ref, vol), args.batch, args.steps, device))  # fmt: skip
+        ref_tok, ref_vis = ref.patch_embedding.n_patches, int((1 - ref.masking_ratio) * ref.patch_embedding.n_patches)
+        tokens.append(f"{ref_vis}/{ref_tok}")
+        del ref
+    for spec in args.kspace:
+        name, kw = kspace_variant(spec)
+        torch.manual_seed(args.seed)
+        km = build_kspace_mae(args.preset, **kw).to(device)
+        rows.append(bench(f"KspaceMAE {name} R={args.accel} (ours)", km, lambda: km.loss(km(kspace, mask, full)),
+                          lambda: km.encode(kspace, mask), args.batch, args.steps, device))  # fmt: skip
+        with torch.no_grad():  # encoder tokens of subject 0 (sampled lines / hybrid cells / all patches) / all
+            _, _, valid = km.encode(kspace[:1], mask[:1], return_valid=True)
+        total = km.tokenizer.num_lines if kw["tokenizer"] == "line" else km.tokenizer.num_tokens
+        enc_tok = int(valid.sum()) if kw["tokenizer"] != "patch" else total
+        tokens.append(f"{enc_tok}/{total}")
+        del km
 
-    tokens = [f"{n_vis}/{n_tok}", f"{ref_vis}/{ref_tok}", f"{k_vis}/{k_lines}"]
-    ratio_train = rows[0]["train_sps"] / rows[1]["train_sps"]
-    ratio_enc = rows[0]["enc_ms"] / rows[1]["enc_ms"]
-    ratios = [(f"{ratio_train:.2f}", f"{ratio_enc:.2f}"), ("1.00", "1.00"), ("n/a (no MONAI equivalent)", "n/a")]
+    if args.skip_monai:
+        ratios = [("n/a", "n/a")] + [("n/a (no MONAI equivalent)", "n/a")] * len(args.kspace)
+    else:
+        ratio_train = rows[0]["train_sps"] / rows[1]["train_sps"]
+        ratio_enc = rows[0]["enc_ms"] / rows[1]["enc_ms"]
+        ratios = [(f"{ratio_train:.2f}", f"{ratio_enc:.2f}"), ("1.00", "1.00")]
+        ratios += [("n/a (no MONAI equivalent)", "n/a")] * len(args.kspace)
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} thread(s)"
     print(f"\npreset={args.preset} (S={s}, T={t}, H=W={h}, model {cfg}) batch={args.batch} steps={args.steps} "
           f"device={dev} torch={torch.__version__}\n")  # fmt: skip
@@ -186,8 +223,8 @@ def main(argv=None) -> None:
     for r, tok, (rt, re) in zip(rows, tokens, ratios):
         print(f"| {r['name']} | {tok} | {r['params'] / 1e6:.3f}M | {r['train_sps']:.1f} | {r['train_ms']:.1f} "
               f"| {r['enc_ms']:.2f} | {rt} | {re} |")  # fmt: skip
-    print("\ntrain ratio > 1: ours faster; encode-time ratio < 1: ours faster. KspaceMAE tokens: sampled lines of "
-          "subject 0 / all (view, frame, ky) lines.")  # fmt: skip
+    print("\ntrain ratio > 1: ours faster; encode-time ratio < 1: ours faster. KspaceMAE tokens: encoder tokens of "
+          "subject 0 (sampled lines; hybrid cells holding a sampled line; all patches) / all lines or cells.")  # fmt: skip
 
 
 if __name__ == "__main__":

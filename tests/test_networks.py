@@ -251,7 +251,7 @@ def test_kspace_mae_shapes_weight_units(preset, kind):
     assert tokens.shape == (2, 1 + int(n_tok), MODEL_PRESETS[preset]["dim"]) and pooled.shape == (2, tokens.shape[-1])
 
 
-@pytest.mark.parametrize("kind", ["line", "patch"])
+@pytest.mark.parametrize("kind", ["line", "patch", "hybrid"])
 @pytest.mark.parametrize("pool", ["cls", "mean"])
 @pytest.mark.parametrize("reference", ["none", "view_sharing"])
 def test_kspace_no_leakage_bit_identical(kind, pool, reference):

@@ -148,7 +148,7 @@ def tiny_kspace_mae(tokenizer):
 
 
 @settings(max_examples=10, deadline=None)
-@given(tokenizer=st.sampled_from(["line", "patch"]), r=st.sampled_from([2, 4, 8, 16]), seed=SEEDS,
+@given(tokenizer=st.sampled_from(["line", "patch", "hybrid"]), r=st.sampled_from([2, 4, 8, 16]), seed=SEEDS,
        pattern=st.sampled_from(["vista", "gaussian", "equispaced"]))  # fmt: skip
 def test_encoder_ignores_unsampled_values(tokenizer, r, seed, pattern):
     model = tiny_kspace_mae(tokenizer)

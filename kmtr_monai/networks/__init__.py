@@ -8,8 +8,10 @@ from .mae import MODEL_PRESETS, ImageMAE, KspaceMAE, build_image_mae, build_kspa
 from .pos_embed import grid_positions, lax_flag, position_code, sincos_1d, sincos_code, split_dims
 from .tokenizers import (
     ImageTokenizer,
+    KspaceHybridTokenizer,
     KspaceLineTokenizer,
     KspacePatchTokenizer,
+    HybridTokens,
     LineTokens,
     patchify,
     unpatchify,
@@ -30,8 +32,10 @@ __all__ = [
     "sincos_code",
     "split_dims",
     "ImageTokenizer",
+    "KspaceHybridTokenizer",
     "KspaceLineTokenizer",
     "KspacePatchTokenizer",
+    "HybridTokens",
     "LineTokens",
     "patchify",
     "unpatchify",

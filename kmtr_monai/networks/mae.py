@@ -14,6 +14,15 @@ dynamic range lands in about [-2.5, 2.5] and the edges still weigh in the loss.
 The target ``kspace_full`` is normalised with the SAME ``c_b``; predictions are mapped back with the exact inverse
 (``c_b · sinh(y · asinh(1/alpha))``) so ``out["pred"]`` is in the original units, while ``loss`` is the weighted
 MSE in normalised units.
+
+Hybrid tokens (``tokenizer="hybrid"``, DESIGN §15) work in hybrid x-ky space: the zero-filled k-space is taken
+along the readout to x (:func:`~kmtr_monai.networks.tokenizers.to_hybrid`, exact, line by line) and normalised with
+the same ``c_b`` (the orthonormal 1-D FFT keeps each line's energy, so the RMS of the sampled values is the same in
+both spaces). The decoder predicts the full hybrid space, and ``pred_norm``/``target_norm``/``ref_norm`` are hybrid
+(normalised); ``pred`` is mapped back to k-space exactly. The loss keeps its form (per-line MSE over (real/imag,
+readout), weighted per line): with ``norm="scale"`` it equals the k-space loss exactly (Parseval per line); with
+``asinh`` the compression acts on hybrid values, so ``val_mse`` is comparable across tokenizers only through its
+ratio to the zero-filled and view-sharing baselines, which are computed in the same space.
 """
 
 from __future__ import annotations
@@ -30,11 +39,14 @@ from ..presets import DATA_PRESETS, MODEL_PRESETS
 from .pos_embed import position_code
 from .tokenizers import (
     ImageTokenizer,
+    KspaceHybridTokenizer,
     KspaceLineTokenizer,
     KspacePatchTokenizer,
     check_real,
     check_shape,
+    from_hybrid,
     patchify,
+    to_hybrid,
     unpatchify,
 )
 from ..view_sharing import view_share
@@ -47,6 +59,7 @@ __all__ = [
     "apply_norm",
     "build_image_mae",
     "build_kspace_mae",
+    "invariance_term",
     "normalise_sampled",
     "pool_tokens",
 ]
@@ -110,6 +123,15 @@ def apply_norm(k: torch.Tensor, scale: torch.Tensor, norm: str = "asinh", alpha:
     return torch.asinh(k / (alpha * s)) / math.asinh(1.0 / alpha)
 
 
+def _zero_filled_rms(kspace: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """→ (zero-filled k-space (``torch.where``), scale (B,) = RMS of the sampled real/imag values)."""
+    mask = mask if mask.dtype == torch.bool else mask > 0
+    ks = torch.where(mask[:, None, ..., None], kspace, torch.zeros((), dtype=kspace.dtype, device=kspace.device))
+    count = mask.flatten(1).sum(1).to(kspace.dtype) * (2 * kspace.shape[-1])
+    scale = (ks.square().flatten(1).sum(1) / count.clamp_min(1.0)).sqrt().clamp_min(1e-12)
+    return ks, scale
+
+
 def normalise_sampled(
     kspace: torch.Tensor, mask: torch.Tensor, norm: str = "asinh", alpha: float = 0.05
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,11 +141,28 @@ def normalise_sampled(
     zero on unsampled lines (``torch.where``, so even inf/NaN there cannot propagate), scale (B,) = the RMS of the
     sampled real/imag values). Shared by :class:`KspaceMAE` and the k-space ResNet baseline.
     """
-    mask = mask if mask.dtype == torch.bool else mask > 0
-    ks = torch.where(mask[:, None, ..., None], kspace, torch.zeros((), dtype=kspace.dtype, device=kspace.device))
-    count = mask.flatten(1).sum(1).to(kspace.dtype) * (2 * kspace.shape[-1])
-    scale = (ks.square().flatten(1).sum(1) / count.clamp_min(1.0)).sqrt().clamp_min(1e-12)
+    ks, scale = _zero_filled_rms(kspace, mask)
     return apply_norm(ks, scale, norm, alpha), scale
+
+
+def invariance_term(za: torch.Tensor, zb: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Mask/phase-draw invariance of pooled features za, zb (B, D) of the same B subjects under two draws.
+
+    ``mean over features d of (1 - corr_d)``, ``corr_d`` the correlation across the batch of feature d between the
+    draws, ``cov / sqrt((var_a + eps)(var_b + eps))`` (population moments): 0 when both draws give the same features
+    (up to eps/var), 1 for unrelated ones, at most 2. The standardisation is the variance floor: a constant
+    (collapsed) feature has correlation 0 and scores 1, so collapsing cannot lower the term; only agreeing on what
+    differs between subjects can (the Barlow Twins diagonal; what ``benchmarks/mask_invariance.py`` scores:
+    retrieval of the same subject after standardising each feature). Needs B >= 2 (returns 0 for B = 1).
+    """
+    if za.shape != zb.shape or za.ndim != 2:
+        raise ValueError(f"invariance_term: expected two (B, D) tensors of one shape, got {tuple(za.shape)}, "
+                         f"{tuple(zb.shape)}")  # fmt: skip
+    if za.shape[0] < 2:
+        return za.sum() * 0.0
+    a, b = za.float() - za.float().mean(0), zb.float() - zb.float().mean(0)
+    corr = (a * b).mean(0) / ((a.square().mean(0) + eps) * (b.square().mean(0) + eps)).sqrt()
+    return (1.0 - corr).mean()
 
 
 def _check_pool(pool: str) -> str:
@@ -143,7 +182,7 @@ class _MAEBase(nn.Module):
         self.mask_token = nn.Parameter(torch.randn(1, 1, dec_dim) * 0.02)
         self.decoder = TransformerEncoder(dec_dim, dec_depth, dec_heads, mlp_ratio, grad_checkpoint=grad_checkpoint)
 
-    _DECODER_PARTS = ("dec_embed", "mask_token", "decoder", "head")
+    _DECODER_PARTS = ("dec_embed", "mask_token", "decoder", "head", "dec_merge")
 
     @property
     def view_time_cells(self) -> tuple[int, int] | None:
@@ -276,8 +315,10 @@ class KspaceMAE(_MAEBase):
     Args:
         n_views, n_lax, n_frames: views (LAX first), LAX count, frames.
         n_pe, n_readout: ky lines (axis H) and readout samples (axis W).
-        tokenizer: ``"line"`` (one token per sampled (view, t, ky) line) or ``"patch"`` (patches of size
-            ``patch`` with channels real, imaginary, magnitude and mask; filled as ``reference`` says).
+        tokenizer: ``"line"`` (one token per sampled (view, t, ky) line), ``"patch"`` (patches of size
+            ``patch`` with channels real, imaginary, magnitude and mask; filled as ``reference`` says) or
+            ``"hybrid"`` (:class:`KspaceHybridTokenizer`: cells ``patch`` = (pt, ph, px) of hybrid x-ky space
+            holding a sampled line; the decoder predicts hybrid space, see the module docstring).
         dim, depth, heads / dec_dim, dec_depth, dec_heads: encoder / decoder.
         sampled_weight: loss weight of sampled lines (unsampled lines weigh 1).
         norm, asinh_alpha: k-space normalisation (see module docstring).
@@ -285,13 +326,22 @@ class KspaceMAE(_MAEBase):
             :func:`kmtr_monai.view_sharing.view_share`, built from sampled lines only, and patch tokens are cut
             from that view-shared k-space) or ``"none"`` (zero-filled patch tokens; the decoder predicts the
             k-space itself).
-        pool: ``"cls"``, ``"mean"`` or ``"view_time"`` (patch tokens only; :func:`pool_tokens`). grad_checkpoint:
-            checkpoint every block.
+        pool: ``"cls"``, ``"mean"`` or ``"view_time"`` (patch and hybrid tokens; :func:`pool_tokens`).
+            grad_checkpoint: checkpoint every block.
+        dec_group: line tokens only, (gt, gh): the decoder runs one token per gt frames × gh ky lines instead of one
+            per line (the per-line decoder inputs are concatenated and projected; the head predicts all gt·gh
+            lines). (1, 1), the default, is the per-line decoder. Same loss; the decoder sequence is gt·gh× shorter.
+        invariance_weight: weight of :func:`invariance_term` between the ``invariance_pool`` features of two
+            mask/phase draws of each subject (``kspace_b``, ``mask_b`` in :meth:`forward`), added to the loss in
+            training. 0 (default): off, and the second draw is not needed. invariance_pool: pooling for that term
+            (None: ``pool``).
 
-    ``forward(kspace (B,2,S,T,H,W), mask (B,S,T,H), kspace_full (B,2,S,T,H,W) | None)`` returns
-    ``pred`` (B,2,S,T,H,W) in original units, ``target`` (= kspace_full), ``weight`` (B,S,T,H),
-    ``pred_norm``/``target_norm`` (normalised units), ``ref_norm`` (the view-shared k-space, normalised: the
-    reference predictor) and ``scale`` (B,) the per-subject RMS of sampled values.
+    ``forward(kspace (B,2,S,T,H,W), mask (B,S,T,H), kspace_full (B,2,S,T,H,W) | None, view_valid, kspace_b, mask_b)``
+    returns ``pred`` (B,2,S,T,H,W) in original units (k-space), ``target`` (= kspace_full), ``weight`` (B,S,T,H),
+    ``pred_norm``/``target_norm`` (normalised units; hybrid space for hybrid tokens), ``ref_norm`` (the view-shared
+    k-space, normalised: the reference predictor), ``scale`` (B,) the per-subject RMS of sampled values and, with
+    the invariance term on and a second draw given in training, ``invariance`` (the term) and ``invariance_loss``
+    (weighted; :meth:`loss` adds it).
     """
 
     def __init__(
@@ -316,13 +366,26 @@ class KspaceMAE(_MAEBase):
         mlp_ratio: float = 4.0,
         grad_checkpoint: bool = False,
         reference: str = "view_sharing",
+        dec_group: Sequence[int] = (1, 1),
+        invariance_weight: float = 0.0,
+        invariance_pool: str | None = None,
     ) -> None:
         super().__init__()
         if reference not in ("view_sharing", "none"):
             raise ValueError(f"reference must be 'view_sharing' or 'none', got {reference!r}")
         self.reference = reference
-        if tokenizer not in ("line", "patch"):
-            raise ValueError(f"tokenizer must be 'line' or 'patch', got {tokenizer!r}")
+        if tokenizer not in ("line", "patch", "hybrid"):
+            raise ValueError(f"tokenizer must be 'line', 'patch' or 'hybrid', got {tokenizer!r}")
+        self.dec_group = tuple(int(v) for v in dec_group)
+        if len(self.dec_group) != 2 or min(self.dec_group) < 1:
+            raise ValueError(f"dec_group must be 2 positive ints (gt, gh), got {dec_group}")
+        if self.dec_group != (1, 1) and (tokenizer != "line" or n_frames % self.dec_group[0] or n_pe % self.dec_group[1]):
+            raise ValueError(f"dec_group {self.dec_group} needs tokenizer='line' and to divide (n_frames, n_pe) = "
+                             f"({n_frames}, {n_pe}); got tokenizer={tokenizer!r}")  # fmt: skip
+        if invariance_weight < 0:
+            raise ValueError(f"invariance_weight must be >= 0, got {invariance_weight}")
+        self.invariance_weight = float(invariance_weight)
+        self.invariance_pool = _check_pool(invariance_pool) if invariance_pool is not None else _check_pool(pool)
         if norm not in ("asinh", "scale"):
             raise ValueError(f"norm must be 'asinh' or 'scale', got {norm!r}")
         if sampled_weight < 0 or asinh_alpha <= 0:
@@ -333,6 +396,15 @@ class KspaceMAE(_MAEBase):
         if tokenizer == "line":
             self.tokenizer = KspaceLineTokenizer(n_views, n_lax, n_frames, n_pe, n_readout, dim)
             grid, out_dim = self.tokenizer.grid, 2 * n_readout
+            if self.dec_group != (1, 1):  # per-line decoder inputs (B, S·T·H, dec_dim) → one per group of lines
+                gt, gh = self.dec_group
+                self.dec_merge = nn.Linear(gt * gh * dec_dim, dec_dim)
+                self.register_buffer("dec_line_pos", position_code(grid, dec_dim, n_lax), persistent=False)
+                grid, out_dim = (n_views, n_frames // gt, n_pe // gh), gt * gh * 2 * n_readout
+                init_vit_weights(self.dec_merge)
+        elif tokenizer == "hybrid":
+            self.tokenizer = KspaceHybridTokenizer(n_views, n_lax, n_frames, n_pe, n_readout, patch, dim)
+            grid, out_dim = self.tokenizer.grid, 2 * math.prod(self.tokenizer.patch)
         else:
             fill = "view_sharing" if reference == "view_sharing" else "zero"
             self.tokenizer = KspacePatchTokenizer(n_views, n_lax, n_frames, n_pe, n_readout, patch, dim, fill=fill)
@@ -343,8 +415,8 @@ class KspaceMAE(_MAEBase):
         init_vit_weights(self.head)
         if reference == "view_sharing":  # start exactly at the reference: the decoder learns the correction
             nn.init.zeros_(self.head.weight)
-        if pool == "view_time" and self.view_time_cells is None:
-            raise ValueError("pool 'view_time' needs patch tokens; line tokens are not on a (view, time) grid")
+        if "view_time" in (pool, self.invariance_pool) and self.view_time_cells is None:
+            raise ValueError("pool 'view_time' needs patch or hybrid tokens; line tokens are not on a (view, time) grid")
 
     # ----------------------------------------------------------------------------------------- input / scaling
     def _check_inputs(self, kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -383,10 +455,22 @@ class KspaceMAE(_MAEBase):
 
     # ------------------------------------------------------------------------------------------------- model
     def _encode(self, y: torch.Tensor, mask: torch.Tensor, return_hidden: bool = False):
-        """→ (encoder tokens (B, 1+n, dim), valid (B, n) bool, line index (B, n) or None[, block outputs])."""
+        """→ (encoder tokens (B, 1+n, dim), valid (B, n) bool, line index (B, n) or None[, block outputs]).
+
+        Hybrid tokens: the encoder runs on the gathered cells only; its outputs are then put back on the full grid
+        (n = all cells, zeros where a cell holds no sampled line, ``valid`` False there), so pooling, the decoder
+        and the dense decoders see a (view, t, ky, x) grid like patch tokens."""
         if self.kind == "line":
             lt = self.tokenizer(y, mask)
             tokens, valid, index = lt.tokens, lt.valid, lt.index
+        elif self.kind == "hybrid":
+            ht = self.tokenizer(torch.cat([y, self.magnitude(y)], dim=1), mask)
+            enc, *hidden = self.encoder(ht.tokens, ht.valid, return_hidden=True) if return_hidden else (
+                self.encoder(ht.tokens, ht.valid),)  # fmt: skip
+            enc = self._to_grid(enc, ht.index, ht.valid)
+            if return_hidden:
+                return enc, ht.cells, None, tuple(self._to_grid(h, ht.index, ht.valid) for h in hidden[0])
+            return enc, ht.cells, None
         else:
             tokens, valid = self.tokenizer(torch.cat([y, self.magnitude(y)], dim=1), mask)
             index = None
@@ -395,9 +479,36 @@ class KspaceMAE(_MAEBase):
             return enc, valid, index, hidden
         return self.encoder(tokens, valid), valid, index
 
+    def _to_grid(self, enc: torch.Tensor, index: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Gathered hybrid tokens (B, 1+M, D) [class token first] → (B, 1+N, D) on the full grid, zeros elsewhere."""
+        b, _, d = enc.shape
+        n = self.tokenizer.num_tokens
+        slot = torch.where(valid, index + 1, n + 1)  # padding goes to a spare slot that is dropped
+        out = enc.new_zeros(b, n + 2, d).scatter(1, slot[..., None].expand(-1, -1, d), enc[:, 1:])
+        return torch.cat([enc[:, :1], out[:, 1 : n + 1]], dim=1)
+
+    def _hybrid_norm(self, k: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """k-space (B, 2, S, T, H, W), original units → normalised (hybrid space for hybrid tokens)."""
+        return self.apply_norm(to_hybrid(k) if self.kind == "hybrid" else k, scale)
+
+    def _normalise_input(self, kspace: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zero-filled, normalised model input from sampled values only → (y, scale); hybrid space for hybrid tokens
+        (the same scale: the orthonormal 1-D FFT keeps each line's energy)."""
+        if self.kind != "hybrid":
+            return self.normalise(kspace, m)
+        ks, scale = _zero_filled_rms(kspace, m)
+        return self._hybrid_norm(ks, scale), scale
+
+    def _pooled_draw(self, kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``invariance_pool`` features (B, D') of one draw."""
+        m = self._check_inputs(kspace, mask)
+        enc, valid, _ = self._encode(self._normalise_input(kspace, m)[0], m)
+        return self.pool_tokens(enc, self.invariance_pool, valid)
+
     def forward(
         self, kspace: torch.Tensor, mask: torch.Tensor, kspace_full: torch.Tensor | None = None,
-        view_valid: torch.Tensor | None = None,
+        view_valid: torch.Tensor | None = None, kspace_b: torch.Tensor | None = None,
+        mask_b: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         self._require_decoder()
         m = self._check_inputs(kspace, mask)
@@ -405,7 +516,7 @@ class KspaceMAE(_MAEBase):
             check_real("kspace_full", kspace_full)
             check_shape("kspace_full", kspace_full, self.shape, "B, 2, S, T, H, W")
             _check_finite("kspace_full", kspace_full)
-        y, scale = self.normalise(kspace, m)
+        y, scale = self._normalise_input(kspace, m)
         enc, valid, index = self._encode(y, m)
         vis = self.dec_embed(enc[:, 1:])
         b, dd = vis.shape[0], vis.shape[-1]
@@ -413,46 +524,64 @@ class KspaceMAE(_MAEBase):
             n_lines = self.tokenizer.num_lines  # padding goes to a spare slot n_lines that is dropped afterwards
             slot = torch.where(valid, index, n_lines)
             hidden = self.mask_token.expand(b, n_lines + 1, dd).scatter(1, slot[..., None].expand(-1, -1, dd), vis)
-            pred_norm = self.head(self._decode(enc, hidden[:, :n_lines] + self.dec_pos))
             s, t, h = self.tokenizer.grid
-            pred_norm = rearrange(pred_norm, "b (s t h) (c w) -> b c s t h w", s=s, t=t, h=h, c=2)
+            if self.dec_group == (1, 1):
+                pred_norm = self.head(self._decode(enc, hidden[:, :n_lines] + self.dec_pos))
+                pred_norm = rearrange(pred_norm, "b (s t h) (c w) -> b c s t h w", s=s, t=t, h=h, c=2)
+            else:
+                gt, gh = self.dec_group
+                lines = rearrange(hidden[:, :n_lines] + self.dec_line_pos, "b (s t gt h gh) d -> b (s t h) (gt gh d)",
+                                  s=s, t=t // gt, gt=gt, h=h // gh, gh=gh)  # fmt: skip
+                pred_norm = self.head(self._decode(enc, self.dec_merge(lines) + self.dec_pos))
+                pred_norm = rearrange(pred_norm, "b (s t h) (gt gh c w) -> b c s (t gt) (h gh) w",
+                                      s=s, t=t // gt, h=h // gh, gt=gt, gh=gh, c=2)  # fmt: skip
         else:
             hidden = torch.where(valid[..., None], vis, self.mask_token) + self.dec_pos
             pred_norm = unpatchify(self.head(self._decode(enc, hidden)), self.tokenizer.patch, self.tokenizer.grid)
-        ref_norm = self.apply_norm(view_share(kspace, m), scale)
+        ref_norm = self._hybrid_norm(view_share(kspace, m), scale)
         if self.reference == "view_sharing":
             pred_norm = pred_norm + ref_norm
         weight = torch.where(m, self.sampled_weight, 1.0).to(pred_norm.dtype)
         if view_valid is not None:  # (B, S): a missing view's lines count in neither the loss nor the metrics
             check_shape("view_valid", view_valid, self.shape[1:2], "B, S")
             weight = weight * view_valid.to(weight.dtype)[:, :, None, None]
-        out = {"pred": self.invert_norm(pred_norm, scale), "pred_norm": pred_norm, "ref_norm": ref_norm,
-               "weight": weight, "scale": scale}  # fmt: skip
+        pred = self.invert_norm(pred_norm, scale)
+        out = {"pred": from_hybrid(pred) if self.kind == "hybrid" else pred, "pred_norm": pred_norm,
+               "ref_norm": ref_norm, "weight": weight, "scale": scale}  # fmt: skip
         if kspace_full is not None:
             out["target"] = kspace_full
-            out["target_norm"] = self.apply_norm(kspace_full, scale)
+            out["target_norm"] = self._hybrid_norm(kspace_full, scale)
+        if self.invariance_weight > 0 and self.training:
+            if kspace_b is None or mask_b is None:
+                raise ValueError("invariance_weight > 0 needs a second mask/phase draw of each subject in training: "
+                                 "forward(..., kspace_b=, mask_b=) (bundle: the kspace-mae 'second_draw' transform)")
+            za = self.pool_tokens(enc, self.invariance_pool, valid)
+            out["invariance"] = invariance_term(za, self._pooled_draw(kspace_b, mask_b))
+            out["invariance_loss"] = self.invariance_weight * out["invariance"]
         return out
 
     @staticmethod
     def loss(out: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Weighted MSE in normalised units: per-line mean over (real/imag, readout), weighted by ``weight``."""
+        """Weighted MSE in normalised units: per-line mean over (real/imag, readout), weighted by ``weight``; plus
+        ``invariance_loss`` when the output has one (training with ``invariance_weight`` > 0)."""
         if "target_norm" not in out:
             raise ValueError("loss: output has no 'target_norm'; call forward with kspace_full")
         per_line = (out["pred_norm"] - out["target_norm"]).square().mean(dim=(1, 5))
         w = out["weight"]
-        return (per_line * w).sum() / w.sum().clamp_min(1e-12)
+        mse = (per_line * w).sum() / w.sum().clamp_min(1e-12)
+        return mse + out["invariance_loss"] if "invariance_loss" in out else mse
 
     def encode(self, kspace: torch.Tensor, mask: torch.Tensor, return_valid: bool = False,
                return_hidden: bool = False):  # fmt: skip
         """kspace (B,2,S,T,H,W), mask (B,S,T,H) → (tokens (B, 1+n, dim), pooled (B, dim)[, valid (B, n) bool]
         [, hidden]).
 
-        n is the number of sampled lines (line tokenizer, padded to the batch maximum) or of patches (patch
-        tokenizer); ``valid`` marks real tokens (mean pooling uses only those). ``return_hidden`` appends the tuple
+        n is the number of sampled lines (line tokenizer, padded to the batch maximum) or of patches/cells (patch
+        and hybrid tokenizers; hybrid cells without a sampled line are zeros); ``valid`` marks real tokens (mean pooling uses only those). ``return_hidden`` appends the tuple
         of every encoder block's output (B, 1+n, dim), before the final norm (skips for a UNETR-style decoder).
         """
         m = self._check_inputs(kspace, mask)
-        y, _ = self.normalise(kspace, m)
+        y, _ = self._normalise_input(kspace, m)
         enc, valid, _, *hidden = self._encode(y, m, return_hidden)
         pooled = self.pool_tokens(enc, self.pool, valid)
         out = (enc, pooled, valid) if return_valid else (enc, pooled)

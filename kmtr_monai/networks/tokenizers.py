@@ -10,11 +10,13 @@ The patch embedding itself is one strided Conv3d, shared across views by folding
 
 No-leakage (k-space tokenizers): values at unsampled ky lines never reach the output. The line tokenizer only
 gathers sampled lines (indices from the mask alone); the patch tokenizer zero-fills with ``torch.where`` (not a
-multiply, so even inf/NaN at unsampled lines cannot propagate) and feeds the mask as a third channel.
+multiply, so even inf/NaN at unsampled lines cannot propagate) and feeds the mask as a third channel. The hybrid
+tokenizer zero-fills the same way and then gathers only the (t, ky, x) cells that hold a sampled line.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -22,6 +24,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from ..transforms.fft import fft1c, ifft1c
 from ..view_sharing import view_share
 from .pos_embed import position_code
 
@@ -33,7 +36,12 @@ __all__ = [
     "ImageTokenizer",
     "KspacePatchTokenizer",
     "KspaceLineTokenizer",
+    "KspaceHybridTokenizer",
     "LineTokens",
+    "HybridTokens",
+    "to_hybrid",
+    "from_hybrid",
+    "gather_valid",
 ]
 
 
@@ -187,6 +195,18 @@ class KspacePatchTokenizer(_PatchTokenizer):
         return self._embed(x), valid
 
 
+def gather_valid(cells: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cells (B, N) bool → (index (B, M) long, valid (B, M) bool): the True cells of each row in ascending order,
+    padded to M = the largest count in the batch (padding: index 0, valid False). ValueError if a row has none."""
+    counts = cells.sum(1)
+    if bool((counts == 0).any()):
+        raise ValueError(f"mask: subjects {torch.nonzero(counts == 0).flatten().tolist()} have no sampled line")
+    n_max = int(counts.max())
+    order = torch.argsort((~cells).to(torch.uint8), dim=1, stable=True)[:, :n_max]  # True cells first
+    valid = torch.arange(n_max, device=cells.device)[None, :] < counts[:, None]
+    return torch.where(valid, order, 0), valid
+
+
 class LineTokens(NamedTuple):
     """Output of :class:`KspaceLineTokenizer` (M = most sampled lines of any subject in the batch).
 
@@ -224,14 +244,7 @@ class KspaceLineTokenizer(nn.Module):
 
     def gather_index(self, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """mask (B, S, T, H) → (index (B, M) long, valid (B, M) bool) of sampled lines in ascending flat order."""
-        m = mask.bool().flatten(1)
-        counts = m.sum(1)
-        if bool((counts == 0).any()):
-            raise ValueError(f"mask: subjects {torch.nonzero(counts == 0).flatten().tolist()} have no sampled line")
-        n_max = int(counts.max())
-        order = torch.argsort((~m).to(torch.uint8), dim=1, stable=True)[:, :n_max]  # sampled lines first
-        valid = torch.arange(n_max, device=m.device)[None, :] < counts[:, None]
-        return torch.where(valid, order, 0), valid
+        return gather_valid(mask.bool().flatten(1))
 
     def forward(self, kspace: torch.Tensor, mask: torch.Tensor) -> LineTokens:
         _check_kspace_mask(kspace, mask, (*self.grid, self.n_readout))
@@ -244,3 +257,90 @@ class KspaceLineTokenizer(nn.Module):
         s, t, h = self.grid
         positions = torch.stack([index // (t * h), (index // h) % t, index % h], dim=-1)
         return LineTokens(tokens, index, positions, valid)
+
+
+# ------------------------------------------------------------------------------------------ hybrid x-ky space
+def to_hybrid(kspace: torch.Tensor) -> torch.Tensor:
+    """k-space (B, 2, ..., W) real/imag → hybrid x-ky space (B, 2, ..., W): the centred orthonormal inverse FFT
+    along the readout (last axis) only (:func:`kmtr_monai.transforms.fft.ifft1c`). Exact, and line by line: a zero
+    (unsampled) ky line stays a zero line."""
+    h = ifft1c(torch.complex(kspace[:, 0], kspace[:, 1]), dim=-1)
+    return torch.stack([h.real, h.imag], dim=1)
+
+
+def from_hybrid(hybrid: torch.Tensor) -> torch.Tensor:
+    """Exact inverse of :func:`to_hybrid`: hybrid (B, 2, ..., W) → k-space (B, 2, ..., W)."""
+    k = fft1c(torch.complex(hybrid[:, 0], hybrid[:, 1]), dim=-1)
+    return torch.stack([k.real, k.imag], dim=1)
+
+
+class HybridTokens(NamedTuple):
+    """Output of :class:`KspaceHybridTokenizer` (M = most occupied cells of any subject in the batch).
+
+    tokens (B, M, dim); index (B, M) long, flat cell index into the grid (S, T/pt, H/ph, W/px); valid (B, M) bool,
+    False on padding (index 0, token zero); cells (B, N) bool, N = all grid cells, True where the cell holds at
+    least one sampled line (the gathered ones).
+    """
+
+    tokens: torch.Tensor
+    index: torch.Tensor
+    valid: torch.Tensor
+    cells: torch.Tensor
+
+
+class KspaceHybridTokenizer(nn.Module):
+    """Tokens local in x and in ky, cut from hybrid x-ky space (DESIGN §15) over SAMPLED ky lines only.
+
+    Input is the zero-filled k-space already taken to hybrid space by :func:`to_hybrid` (an inverse FFT along
+    the readout kx → x only) and normalised by the caller, with channels [real, imag, magnitude]. The grid is
+    (view, t/pt, ky/ph, x/px) with ``patch = (pt, ph, px)``; a token is one cell: its pt·ph lines × px samples of
+    [real, imag, magnitude, line-sampled flag] → Linear → dim, plus the fixed code over (view, t, ky, x) and the
+    LAX/SAX flag. Only cells holding at least one sampled line are gathered (padded to the batch maximum, like
+    line tokens), so encoder compute falls with R; with ``patch = (1, 1, px)`` that is exactly one token per
+    (view, frame, sampled ky line, x segment), i.e. sampled lines × W/px tokens.
+
+    Why this is still "no reconstruction": the only transform is a 1-D inverse FFT along kx, the axis a Cartesian
+    acquisition always samples fully. It is exact and invertible, acts on each acquired ky line by itself, and
+    touches, fills or estimates no unsampled ky line: the ky direction stays undersampled k-space. Inside a cell
+    an unsampled line's slots hold a constant zero and flag 0 (``torch.where``, so even inf/NaN there cannot
+    propagate), never a value derived from data, so the encoder output does not change when unsampled values do.
+
+    ``forward(hybrid (B, 3, S, T, H, W) [real, imag, magnitude], mask (B, S, T, H) bool) -> HybridTokens``.
+    """
+
+    channels = 3
+
+    def __init__(self, n_views: int, n_lax: int, n_frames: int, n_pe: int, n_readout: int, patch, dim: int) -> None:
+        super().__init__()
+        self.hw = (n_pe, n_readout)
+        self.patch = _as_patch(patch)
+        self.n_views, self.n_frames = n_views, n_frames
+        self.grid = _patch_grid(n_views, n_frames, self.hw, self.patch)
+        self.proj = nn.Linear((self.channels + 1) * math.prod(self.patch), dim)
+        nn.init.xavier_uniform_(self.proj.weight)  # as the patch tokenizers' Conv3d (MAE init)
+        nn.init.zeros_(self.proj.bias)
+        self.register_buffer("pos", position_code(self.grid, dim, n_lax), persistent=False)
+
+    @property
+    def num_tokens(self) -> int:
+        """All grid cells N = S·(T/pt)·(H/ph)·(W/px) (the decoder's token count)."""
+        return math.prod(self.grid)
+
+    def cell_valid(self, mask: torch.Tensor) -> torch.Tensor:
+        """mask (B, S, T, H) bool → (B, N) bool: the cell holds at least one sampled ky line."""
+        pt, ph, _ = self.patch
+        any_line = rearrange(mask.bool(), "b s (t pt) (h ph) -> b s t h (pt ph)", pt=pt, ph=ph).any(-1)
+        return any_line[..., None].expand(*any_line.shape, self.grid[3]).flatten(1)
+
+    def forward(self, hybrid: torch.Tensor, mask: torch.Tensor) -> HybridTokens:
+        _check_kspace_mask(hybrid, mask, (self.n_views, self.n_frames, *self.hw), channels=self.channels)
+        mask = mask.bool()
+        m = mask[:, None, :, :, :, None]  # (B, 1, S, T, H, 1)
+        zero = torch.zeros((), dtype=hybrid.dtype, device=hybrid.device)
+        x = torch.cat([torch.where(m, hybrid, zero), m.to(hybrid.dtype).expand_as(hybrid[:, :1])], dim=1)
+        cells = self.cell_valid(mask)
+        index, valid = gather_valid(cells)
+        p = patchify(x, self.patch)  # (B, N, 4·pt·ph·px)
+        p = p.gather(1, index[..., None].expand(-1, -1, p.shape[-1]))
+        tokens = torch.where(valid[..., None], self.proj(p) + self.pos[index], zero)
+        return HybridTokens(tokens, index, valid, cells)

@@ -32,7 +32,8 @@ from kmtr_monai.transforms.dictionary import (
     RandSmoothPhased,
     RandViewRotated,
     ReferenceReconsd,
+    SecondDrawd,
     SimulateCoilsd,
     ZeroFilledd,
 )
-from kmtr_monai.transforms.fft import fft2c, ifft2c
+from kmtr_monai.transforms.fft import fft1c, fft2c, ifft1c, ifft2c

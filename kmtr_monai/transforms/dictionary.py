@@ -28,7 +28,7 @@ __all__ = [
     "ReferenceReconsd",
     "ComplexToChanneld", "ChannelToComplexd", "FFT2cd", "IFFT2cd", "RandSmoothPhased", "RandKspaceMaskd",
     "ApplyKspaceMaskd", "ZeroFilledd", "RandKspaceShiftd", "RandGlobalPhased", "RandViewRotated", "SimulateCoilsd",
-    "CoilCombined",
+    "CoilCombined", "SecondDrawd",
 ]  # fmt: skip
 
 
@@ -352,4 +352,35 @@ class CoilCombined(_Wrapped):
         maps = _require(d, self.maps_key, "maps_key") if self.t.mode == "sense" else None
         for key, out in self.key_iterator(d, self.output_keys):
             d[out] = self._apply(key, d[key], maps)
+        return d
+
+
+class SecondDrawd(Randomizable, MapTransform):
+    """A second, independent draw of a random transform chain for the same subject, stored under new keys.
+
+    Runs ``transforms`` (e.g. the bundle's ``kspace_sim#train``: smooth phase, FFT, shift, global phase, ky-t mask)
+    again on a copy of the data dict and stores its ``keys`` (e.g. ``kspace``, ``mask``) as ``key + suffix``
+    (``kspace_b``, ``mask_b``); nothing else of the copy is kept, so the first draw is untouched. The transforms are
+    the same objects as the first chain (a config reference, not a repeated block): their random state has moved on,
+    so the mask, phase map, shift and global phase are drawn afresh. For a seeded chain (``seed_key``, validation)
+    both draws are equal, so use it in training only. Its own randomness is that of ``transforms``.
+    """
+
+    def __init__(self, transforms, keys: KeysCollection = ("kspace", "mask"), suffix: str = "_b") -> None:
+        from monai.transforms import Compose
+
+        MapTransform.__init__(self, keys)
+        if not suffix:
+            raise ValueError("suffix must be a non-empty string, or the second draw would overwrite the first")
+        self.chain = transforms if isinstance(transforms, Compose) else Compose(list(ensure_tuple(transforms)))
+        self.suffix = str(suffix)
+
+    def randomize(self, data=None) -> None:  # the draws happen inside ``transforms``
+        pass
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        second = self.chain(dict(data))
+        for key in self.keys:
+            d[f"{key}{self.suffix}"] = _require(second, key, "SecondDrawd key")
         return d

@@ -8,6 +8,10 @@ multiply-by-checkerboard form, which is about 2-3x faster on CPU:
     fftshift(F(ifftshift(x))) = s * c * F(c * x),   c[h, w] = (-1)^(h + w),   s = (-1)^((H + W) / 2)
 
 (the roll by N/2 in one domain is a modulation by (-1)^k in the other). Odd sizes fall back to roll-based shifts.
+
+``fft1c``/``ifft1c`` are the same convention along ONE axis (the readout, for the hybrid x-ky space of DESIGN §15):
+``fft1c(x, dim) == fftshift(fft(ifftshift(x, dim), dim, norm="ortho"), dim)``, with the 1-D checkerboard
+``(-1)^n`` and sign ``(-1)^(N/2)``. Applying ``ifft1c`` along W and then along H equals ``ifft2c``.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import functools
 import numpy as np
 import torch
 
-__all__ = ["fft2c", "ifft2c", "checkerboard"]
+__all__ = ["fft2c", "ifft2c", "fft1c", "ifft1c", "checkerboard"]
 
 
 @functools.lru_cache(maxsize=64)
@@ -73,3 +77,41 @@ def fft2c(x):
 def ifft2c(x):
     """Inverse of :func:`fft2c`: k-space (..., H, W) -> complex image (..., H, W), same kind as the input."""
     return _centred(x, inverse=True)
+
+
+@functools.lru_cache(maxsize=64)
+def _checkerboards_1d(n: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pre, post) real 1-D checkerboards (N,): pre = (-1)^n, post = (-1)^(N/2) * pre."""
+    pre = 1.0 - 2.0 * (torch.arange(n) % 2).to(torch.float64)
+    sign = -1.0 if (n // 2) % 2 else 1.0
+    return pre.to(device=device, dtype=dtype), (sign * pre).to(device=device, dtype=dtype)
+
+
+def _centred_1d(x, dim: int, inverse: bool):
+    t, was_numpy = _as_tensor(x)
+    if t.ndim < 1:
+        raise ValueError(f"fft1c/ifft1c need at least 1 dim, got shape {tuple(t.shape)}.")
+    if not (t.is_complex() or t.is_floating_point()):
+        t = t.to(torch.float32)
+    fft = torch.fft.ifft if inverse else torch.fft.fft
+    dim = dim % t.ndim
+    n = t.shape[dim]
+    if n % 2 == 0:
+        pre, post = _checkerboards_1d(n, t.device, _real_dtype(t))
+        shape = [1] * t.ndim
+        shape[dim] = n
+        out = fft(t * pre.view(shape), dim=dim, norm="ortho")
+        out.mul_(post.view(shape))
+    else:
+        out = torch.fft.fftshift(fft(torch.fft.ifftshift(t, dim=dim), dim=dim, norm="ortho"), dim=dim)
+    return out.numpy() if was_numpy else out
+
+
+def fft1c(x, dim: int = -1):
+    """Centred orthonormal 1-D FFT along ``dim`` (e.g. hybrid x-ky (..., H, W) -> k-space along W); same kind out."""
+    return _centred_1d(x, dim, inverse=False)
+
+
+def ifft1c(x, dim: int = -1):
+    """Inverse of :func:`fft1c` along ``dim`` (e.g. k-space (..., H, W) -> hybrid x-ky space along the readout W)."""
+    return _centred_1d(x, dim, inverse=True)

@@ -1,0 +1,267 @@
+"""Issue 25: hybrid x-ky tokens, the grouped line decoder and the mask/phase-draw invariance term of the k-space MAE."""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from kmtr_monai.networks import build_kspace_mae
+from kmtr_monai.networks.mae import invariance_term
+from kmtr_monai.networks.tokenizers import KspaceHybridTokenizer, from_hybrid, to_hybrid
+from kmtr_monai.transforms import fft1c, ifft1c, ifft2c
+
+BUNDLES = Path(__file__).resolve().parent.parent / "bundles"
+S, T, H = 5, 4, 32  # the tiny preset: 3 LAX + 2 SAX views, 4 frames, 32 × 32
+
+
+def make_batch(b, counts=None, seed=0):
+    """Smooth complex images → centred ortho k-space (B, 2, S, T, H, H); mask (B, S, T, H) with exactly ``counts[i]``
+    lines per frame for subject i (default 8, R=4); undersampled = full × mask."""
+    g = torch.Generator().manual_seed(seed)
+    f = torch.fft.fftfreq(H)
+    lowpass = torch.exp(-(f[:, None] ** 2 + f[None, :] ** 2) / (2 * 0.08**2))
+    img = torch.fft.ifft2(torch.fft.fft2(torch.randn(b, S, T, H, H, generator=g)) * lowpass)
+    k = torch.fft.fftshift(torch.fft.fft2(torch.fft.ifftshift(img, dim=(-2, -1)), norm="ortho"), dim=(-2, -1))
+    full = torch.stack([k.real, k.imag], 1).float()
+    counts = [8] * b if counts is None else counts
+    rank = torch.argsort(torch.rand(b, S, T, H, generator=g), dim=-1).argsort(-1)
+    mask = (rank < torch.tensor(counts).view(b, 1, 1, 1)).float()
+    return full * mask[:, None, ..., None], full, mask
+
+
+def np_ifft_readout(k: np.ndarray) -> np.ndarray:
+    """Independent reference: centred orthonormal inverse FFT along the last axis (the readout), numpy rolls."""
+    return np.fft.fftshift(np.fft.ifft(np.fft.ifftshift(k, axes=-1), axis=-1, norm="ortho"), axes=-1)
+
+
+# --------------------------------------------------------------------------------------------- the transform
+@pytest.mark.parametrize("w", [32, 15])
+def test_ifft1c_matches_numpy_and_inverts(w):
+    rng = np.random.default_rng(0)
+    k = rng.normal(size=(3, 4, 6, w)) + 1j * rng.normal(size=(3, 4, 6, w))
+    np.testing.assert_allclose(ifft1c(torch.from_numpy(k), dim=-1).numpy(), np_ifft_readout(k), atol=1e-12)
+    np.testing.assert_allclose(ifft1c(k, dim=-1), np_ifft_readout(k), atol=1e-12)  # numpy in, numpy out
+    np.testing.assert_allclose(fft1c(ifft1c(k, dim=-1), dim=-1), k, atol=1e-12)
+
+
+def test_hybrid_is_exact_and_the_first_stage_of_the_2d_fft():
+    under, full, mask = make_batch(2)
+    hyb = to_hybrid(full.double())
+    kc = full[:, 0].double().numpy() + 1j * full[:, 1].double().numpy()
+    ref = np_ifft_readout(kc)
+    np.testing.assert_allclose(hyb[:, 0].numpy() + 1j * hyb[:, 1].numpy(), ref, atol=1e-12)
+    torch.testing.assert_close(from_hybrid(hyb), full.double(), atol=1e-12, rtol=0)  # inverse then forward
+    image = ifft1c(torch.complex(hyb[:, 0], hyb[:, 1]), dim=-2)  # then along ky: the 2-D inverse FFT
+    torch.testing.assert_close(image, ifft2c(torch.complex(full[:, 0].double(), full[:, 1].double())), atol=1e-12,
+                               rtol=0)
+    # line by line: unsampled (zero) lines stay exactly zero, sampled lines are untouched by other lines
+    h_under = to_hybrid(under)
+    assert torch.equal(h_under * (mask == 0)[:, None, ..., None], torch.zeros_like(h_under))
+    torch.testing.assert_close(h_under, to_hybrid(full) * mask[:, None, ..., None], atol=1e-6, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------------ tokens
+def test_token_counts_for_a_known_mask():
+    _, full, mask = make_batch(3, counts=[8, 4, 1])
+    lines = mask.flatten(1).sum(1)
+    assert lines.tolist() == [S * T * 8, S * T * 4, S * T * 1]
+    hyb = torch.cat([to_hybrid(full), torch.ones_like(full[:, :1])], 1)
+    tok = KspaceHybridTokenizer(S, 3, T, H, H, (1, 1, 8), dim=32)  # one token per sampled line × x segment
+    out = tok(hyb, mask.bool())
+    assert out.valid.sum(1).tolist() == (lines * (H // 8)).tolist()
+    assert out.tokens.shape == (3, int(lines.max()) * 4, 32) and out.cells.shape == (3, S * T * H * 4)
+    assert torch.equal(out.tokens[~out.valid], torch.zeros_like(out.tokens[~out.valid]))
+    # grouped cells (2 frames × 8 ky × 8 x): a cell counts when any of its lines was sampled (numpy reference)
+    tok = KspaceHybridTokenizer(S, 3, T, H, H, (2, 8, 8), dim=32)
+    out = tok(hyb, mask.bool())
+    m = mask.numpy().reshape(3, S, T // 2, 2, H // 8, 8).any(axis=(3, 5))
+    assert out.valid.sum(1).tolist() == (m.reshape(3, -1).sum(1) * (H // 8)).tolist()
+    assert tok.grid == (S, T // 2, H // 8, H // 8)
+
+
+@pytest.mark.parametrize("pool", ["cls", "mean", "view_time"])
+@pytest.mark.parametrize("reference", ["none", "view_sharing"])
+@pytest.mark.parametrize("patch", [(2, 8, 8), (1, 1, 16)])
+def test_hybrid_no_leakage_bit_identical(pool, reference, patch):
+    torch.manual_seed(0)
+    m = build_kspace_mae("tiny", tokenizer="hybrid", pool=pool, reference=reference, patch=patch).eval()
+    torch.nn.init.normal_(m.head.weight, std=0.02)  # a non-zero head: the prediction depends on the encoder
+    under, full, mask = make_batch(2, counts=[8, 3], seed=1)
+    unsampled = (mask == 0)[:, None, ..., None].expand_as(under)
+    noisy = torch.where(unsampled, torch.randn_like(under) * 100, under)
+    with torch.no_grad():
+        t0, p0, v0, h0 = m.encode(under, mask, return_valid=True, return_hidden=True)
+        for other in (noisy, full):
+            t1, p1, v1, h1 = m.encode(other, mask, return_valid=True, return_hidden=True)
+            assert torch.equal(t0, t1) and torch.equal(p0, p1) and torch.equal(v0, v1)
+            assert all(torch.equal(a, b) for a, b in zip(h0, h1))
+            assert torch.equal(m(under, mask)["pred"], m(other, mask)["pred"])
+    assert t0.shape[1] == 1 + m.tokenizer.num_tokens  # back on the full (view, t, ky, x) grid
+    assert torch.equal(t0[:, 1:][~v0], torch.zeros_like(t0[:, 1:][~v0]))
+
+
+def test_hybrid_mae_forward_backward_tiny():
+    torch.manual_seed(0)
+    m = build_kspace_mae("tiny", tokenizer="hybrid")
+    under, full, mask = make_batch(2)
+    out = m(under, mask, full)
+    assert out["pred"].shape == out["target"].shape == full.shape
+    # targets are hybrid space (normalised with the sampled RMS); mapped back they give the k-space exactly
+    torch.testing.assert_close(from_hybrid(m.invert_norm(out["target_norm"], out["scale"])), full, atol=1e-5, rtol=1e-4)
+    ref = torch.tensor([math.sqrt(float((under[i] ** 2).sum()) / float(mask[i].sum() * 2 * H)) for i in range(2)])
+    torch.testing.assert_close(out["scale"], ref, rtol=1e-5, atol=0)
+    # the view-sharing head starts at zero, so the prediction is the view-shared k-space (back in k-space units)
+    from kmtr_monai.view_sharing import view_share
+
+    torch.testing.assert_close(out["pred"], view_share(under, mask.bool()), atol=1e-4, rtol=1e-4)
+    loss = m.loss(out)
+    loss.backward()
+    grads = [p.grad for p in m.parameters() if p.requires_grad]
+    assert torch.isfinite(loss) and all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert float(m.head.weight.grad.abs().sum()) > 0  # (the zero head passes no gradient further on step 1)
+    torch.nn.init.normal_(m.head.weight, std=0.02)
+    m.zero_grad()
+    m.loss(m(under, mask, full)).backward()
+    assert float(m.tokenizer.proj.weight.grad.abs().sum()) > 0 and torch.isfinite(m.tokenizer.proj.weight.grad).all()
+
+
+def test_hybrid_loss_equals_kspace_loss_with_linear_norm():
+    """With norm='scale' the per-line hybrid MSE equals the k-space MSE (Parseval along the readout)."""
+    torch.manual_seed(0)
+    m = build_kspace_mae("tiny", tokenizer="hybrid", norm="scale", reference="none")
+    torch.nn.init.normal_(m.head.weight, std=0.05)
+    under, full, mask = make_batch(2)
+    with torch.no_grad():
+        out = m(under, mask, full)
+        k_space = {"pred_norm": out["pred"] / out["scale"].view(-1, 1, 1, 1, 1, 1),
+                   "target_norm": full / out["scale"].view(-1, 1, 1, 1, 1, 1), "weight": out["weight"]}
+        torch.testing.assert_close(m.loss(out), m.loss(k_space), rtol=1e-4, atol=0)
+
+
+# ----------------------------------------------------------------------------------------- grouped line decoder
+def test_line_dec_group_defaults_unchanged_and_grouped_runs():
+    torch.manual_seed(0)
+    plain = build_kspace_mae("tiny", tokenizer="line")
+    assert not hasattr(plain, "dec_merge") and plain.dec_pos.shape[0] == S * T * H
+    torch.manual_seed(0)
+    grouped = build_kspace_mae("tiny", tokenizer="line", dec_group=(2, 4))
+    assert grouped.dec_pos.shape[0] == S * (T // 2) * (H // 4)
+    under, full, mask = make_batch(2)
+    out = grouped(under, mask, full)
+    assert out["pred"].shape == full.shape and torch.equal(out["weight"], torch.where(mask > 0, 0.0, 1.0))
+    # the loss has the same form: per-line MSE over (real/imag, readout), weighted by line
+    manual = ((out["pred_norm"] - out["target_norm"]).square().mean((1, 5)) * out["weight"]).sum() / out["weight"].sum()
+    torch.testing.assert_close(grouped.loss(out), manual)
+    grouped.loss(out).backward()
+    assert all(torch.isfinite(p.grad).all() for p in grouped.parameters() if p.grad is not None)
+    # the head starts at zero (view-sharing reference): both decoders start from the same prediction
+    torch.testing.assert_close(out["pred"], plain(under, mask, full)["pred"])
+    with pytest.raises(ValueError, match="dec_group"):
+        build_kspace_mae("tiny", tokenizer="patch", dec_group=(2, 4))
+    assert "dec_merge" not in dict(grouped.drop_decoder().named_children())
+
+
+# ----------------------------------------------------------------------------------------- invariance term
+def test_invariance_term_zero_for_identical_positive_for_different():
+    g = torch.Generator().manual_seed(0)
+    za = torch.randn(8, 16, generator=g)
+    assert float(invariance_term(za, za.clone())) < 1e-6
+    assert float(invariance_term(za, 3 * za + 1)) < 1e-6  # per-feature affine changes do not count
+    zb = za + torch.randn(8, 16, generator=g)
+    assert 0.05 < float(invariance_term(za, zb)) < 2.0
+    # a collapsed (constant) feature scores as badly as unrelated features: collapse cannot lower the term
+    const = torch.ones(8, 16)
+    assert float(invariance_term(const, const)) == pytest.approx(1.0, abs=1e-3)
+    assert float(invariance_term(za[:1], zb[:1])) == 0.0
+
+
+@pytest.mark.parametrize("tokenizer", ["hybrid", "line"])
+def test_invariance_in_the_model(tokenizer):
+    torch.manual_seed(0)
+    m = build_kspace_mae("tiny", tokenizer=tokenizer, invariance_weight=0.5, pool="mean")
+    under, full, mask = make_batch(4, seed=2)
+    under_b, _, mask_b = make_batch(4, seed=3)  # other masks (and other images, which is fine for the test)
+    under_b = full * mask_b[:, None, ..., None]  # same subjects, a second mask
+    same = m(under, mask, full, kspace_b=under, mask_b=mask)
+    assert float(same["invariance"]) < 1e-4  # 0 up to eps / (feature variance)
+    plain = m.loss({k: v for k, v in same.items() if "invariance" not in k})
+    torch.testing.assert_close(m.loss(same), plain + 0.5 * same["invariance"])
+    other = m(under, mask, full, kspace_b=under_b, mask_b=mask_b)
+    assert float(other["invariance"]) > 1e-3 and float(other["invariance"]) > 20 * float(same["invariance"])
+    torch.testing.assert_close(other["invariance_loss"], 0.5 * other["invariance"])
+    m.loss(other).backward()
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+    with pytest.raises(ValueError, match="second mask/phase draw"):
+        m(under, mask, full)
+    m.eval()
+    assert "invariance" not in m(under, mask, full)  # validation needs no second draw
+    off = build_kspace_mae("tiny", tokenizer=tokenizer)  # default: off
+    assert off.invariance_weight == 0 and "invariance" not in off(under, mask, full, kspace_b=under_b, mask_b=mask_b)
+
+
+def test_second_draw_transform():
+    from kmtr_monai.transforms import (ComplexToChanneld, FFT2cd, RandGlobalPhased, RandKspaceMaskd,
+                                       RandSmoothPhased, SecondDrawd)  # fmt: skip
+
+    chain = [RandSmoothPhased(keys="image", output_key="kspace_full"), FFT2cd(keys="kspace_full"),
+             RandGlobalPhased(keys="kspace_full"),
+             RandKspaceMaskd(keys="kspace_full", output_key="kspace", mask_key="mask", accelerations=[4])]  # fmt: skip
+    for t in chain:
+        if hasattr(t, "set_random_state"):
+            t.set_random_state(0)
+    d = {"image": np.random.default_rng(0).random((S, T, H, H)).astype(np.float32)}
+    for t in chain:
+        d = t(d)
+    first = {k: np.array(v) for k, v in d.items()}
+    d = SecondDrawd(chain, keys=["kspace", "mask"])(d)
+    for k in ("kspace", "mask", "kspace_full"):
+        np.testing.assert_array_equal(np.array(d[k]), first[k])  # the first draw is untouched
+    assert not np.array_equal(np.array(d["mask_b"]), first["mask"])
+    assert not np.allclose(np.array(d["kspace_b"]), first["kspace"])
+    assert np.array(d["mask_b"]).sum() == first["mask"].sum()  # same R
+    d = ComplexToChanneld(keys=["kspace", "kspace_b"])(d)
+    assert np.array(d["kspace_b"]).shape == (2, S, T, H, H)
+
+
+# ----------------------------------------------------------------------------------------- bundle
+def _workflow(cohort, out, **overrides):
+    from monai.bundle import ConfigWorkflow
+
+    from kmtr_monai.bundle import config_files
+
+    bundle = BUNDLES / "kspace-mae"
+    args = {"bundle_root": str(bundle), "dataset_dir": str(cohort), "ckpt_dir": str(out / "models"),
+            "output_dir": str(out / "eval"), "max_epochs": 1, **overrides}  # fmt: skip
+    return ConfigWorkflow(config_file=config_files("kspace-mae", "train", "tiny"),
+                          meta_file=str(bundle / "configs" / "metadata.json"),
+                          logging_file=str(BUNDLES / "common" / "logging.conf"), workflow_type="train", **args)  # fmt: skip
+
+
+def test_bundle_defaults_unchanged(tiny_cohort, tmp_path):
+    wf = _workflow(tiny_cohort, tmp_path)
+    p = wf.parser
+    net = p.get_parsed_content("network_def")
+    assert net.kind == "patch" and net.invariance_weight == 0 and net.dec_group == (1, 1)
+    assert len(p.get_parsed_content("train#transforms")) == len(p.get_parsed_content("kspace_sim#train"))
+    assert p.get_parsed_content("train#trainer#prepare_batch").input_keys == ("kspace", "mask", "kspace_full",
+                                                                              "view_valid")  # fmt: skip
+
+
+def test_bundle_hybrid_with_invariance_trains_one_epoch(tiny_cohort, tmp_path):
+    wf = _workflow(tiny_cohort, tmp_path, tokenizer="hybrid", invariance_weight=0.1)
+    wf.initialize()
+    seen = {}
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    from ignite.engine import Events
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def _keep(engine):
+        seen.setdefault("out", engine.state.output)
+
+    wf.run()
+    wf.finalize()
+    assert (tmp_path / "models" / "model.pt").is_file()
+    pred = seen["out"]["pred"]
+    assert "invariance" in pred and torch.isfinite(pred["invariance"]) and float(pred["invariance"]) > 0
