@@ -6,7 +6,7 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from kmtr_monai.engines.budget import EarlyStopOnValidation, MetricHistory, epochs_for_steps
+from kmtr_monai.engines.budget import EarlyStopOnValidation, MetricHistory, epochs_for_steps, steps_per_epoch
 
 
 def test_epochs_for_steps_gives_at_least_the_steps():
@@ -18,6 +18,15 @@ def test_epochs_for_steps_gives_at_least_the_steps():
         epochs_for_steps(0, 5, loader)
     with pytest.raises(ValueError, match="dataloader is empty"):
         epochs_for_steps(10, 5, [])
+
+
+def test_a_budget_shorter_than_one_epoch_is_exact():
+    loader = list(range(7))
+    assert steps_per_epoch(None, loader) == 7 and steps_per_epoch(20, loader) == 7
+    assert steps_per_epoch(3, loader) == 3 and epochs_for_steps(3, 5, loader) == 1
+    trainer = Engine(lambda e, b: None)
+    trainer.run(loader, max_epochs=epochs_for_steps(3, 5, loader), epoch_length=steps_per_epoch(3, loader))
+    assert trainer.state.iteration == 3 and trainer.state.epoch == 1
 
 
 def _trainer_with_validation(scores, patience, history=None):

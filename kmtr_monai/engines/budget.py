@@ -18,20 +18,27 @@ from ignite.engine import Engine, Events
 
 from kmtr_monai.distributed import is_main_process
 
-__all__ = ["epochs_for_steps", "EarlyStopOnValidation", "MetricHistory"]
+__all__ = ["steps_per_epoch", "epochs_for_steps", "EarlyStopOnValidation", "MetricHistory"]
+
+
+def steps_per_epoch(max_steps: int | None, loader) -> int:
+    """Optimizer steps per epoch (the trainer's ``epoch_length``): ``len(loader)``, or ``max_steps`` when the whole
+    budget is shorter than one pass over the data (a dense model at 4 subjects a batch on 700 subjects), so that the
+    budget is exactly ``max_steps`` and the one epoch ends with a validation. ValueError on an empty loader or a
+    non-positive budget."""
+    if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
+        raise ValueError(f"max_steps must be a positive int or null, got {max_steps!r}")
+    if len(loader) < 1:
+        raise ValueError("max_steps: the training dataloader is empty (fewer training subjects than one batch?)")
+    return len(loader) if max_steps is None else min(len(loader), max_steps)
 
 
 def epochs_for_steps(max_steps: int | None, max_epochs: int, loader) -> int:
-    """Epochs that give at least ``max_steps`` optimizer steps with ``len(loader)`` steps per epoch; ``max_epochs``
-    when ``max_steps`` is None. ValueError on an empty loader or a non-positive budget."""
+    """Epochs of :func:`steps_per_epoch` steps that give at least ``max_steps`` optimizer steps; ``max_epochs`` when
+    ``max_steps`` is None. ValueError on an empty loader or a non-positive budget."""
     if max_steps is None:
         return int(max_epochs)
-    steps_per_epoch = len(loader)
-    if not isinstance(max_steps, int) or max_steps < 1:
-        raise ValueError(f"max_steps must be a positive int or null, got {max_steps!r}")
-    if steps_per_epoch < 1:
-        raise ValueError("max_steps: the training dataloader is empty (fewer training subjects than one batch?)")
-    return math.ceil(max_steps / steps_per_epoch)
+    return math.ceil(max_steps / steps_per_epoch(max_steps, loader))
 
 
 class EarlyStopOnValidation:
