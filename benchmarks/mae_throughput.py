@@ -31,6 +31,10 @@ same batch (compare rows, not runs: timings on a shared or niced CPU are noisy):
     python benchmarks/mae_throughput.py --preset small --batch 16 --steps 3 --threads 2 \
         --kspace line line/g2x4 hybrid hybrid/p2x8x16
 
+On a busy or niced CPU the load changes between rows; ``--interleave`` then times the train steps round-robin (one
+step of each model in turn, ``--steps`` rounds after one warm-up round) and reports the median ms per step of each
+model and its ratio to the image MAE's, so every model sees the same load.
+
 The paper preset is only allowed with ``--device cuda`` (a CPU step takes minutes) unless ``--force``.
 """
 
@@ -144,6 +148,24 @@ def kspace_variant(spec: str) -> tuple[str, dict]:
     return spec, kw
 
 
+def interleaved(models: dict, steps: int, device) -> dict[str, list[float]]:
+    """{name: (model, loss_fn)} → {name: [seconds per train step]}, one step of each model per round."""
+    opts = {n: torch.optim.AdamW(m.parameters(), lr=1e-4) for n, (m, _) in models.items()}
+    times = {n: [] for n in models}
+    for r in range(steps + 1):
+        for n, (m, loss_fn) in models.items():
+            m.train()
+            _sync(device)
+            t0 = time.perf_counter()
+            opts[n].zero_grad(set_to_none=True)
+            loss_fn().backward()
+            opts[n].step()
+            _sync(device)
+            if r:  # round 0 is the warm-up
+                times[n].append(time.perf_counter() - t0)
+    return times
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="tiny", choices=["tiny", "small", "paper"])
@@ -156,6 +178,7 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--kspace", nargs="+", default=["line"], help="KspaceMAE variants (module docstring)")
     ap.add_argument("--skip_monai", action="store_true", help="leave out the MONAI reference row")
+    ap.add_argument("--interleave", action="store_true", help="round-robin train-step timing (module docstring)")
     args = ap.parse_args(argv)
     if args.preset == "paper" and args.device == "cpu" and not args.force:
         ap.error("--preset paper on CPU takes minutes per step; use --device cuda (or --force)")
@@ -176,6 +199,25 @@ def main(argv=None) -> None:
     ks = kspace_batch(images, args.accel, seed=args.seed)
     image = images.to(device)
     kspace, full, mask = (ks[k].to(device) for k in ("kspace", "kspace_full", "mask"))
+
+    if args.interleave:
+        torch.manual_seed(args.seed)
+        img = build_image_mae(args.preset).to(device)
+        models = {"ImageMAE": (img, lambda: img.loss(img(image)))}
+        for spec in args.kspace:
+            torch.manual_seed(args.seed)
+            km = build_kspace_mae(args.preset, **kspace_variant(spec)[1]).to(device)
+            models[f"KspaceMAE {spec}"] = (km, lambda km=km: km.loss(km(kspace, mask, full)))
+        times = interleaved(models, args.steps, device)
+        base = statistics.median(times["ImageMAE"])
+        dev = f"cpu, {torch.get_num_threads()} thread(s)" if device.type == "cpu" else torch.cuda.get_device_name(device)
+        print(f"\npreset={args.preset} batch={args.batch} R={args.accel} rounds={args.steps} device={dev} "
+              f"torch={torch.__version__} (interleaved)\n")  # fmt: skip
+        print("| model | train ms/step (median) | min | max | × image MAE |\n|---|---|---|---|---|")
+        for name, ts in times.items():
+            med = statistics.median(ts)
+            print(f"| {name} | {1e3 * med:.0f} | {1e3 * min(ts):.0f} | {1e3 * max(ts):.0f} | {med / base:.2f} |")
+        return
 
     rows = []
     torch.manual_seed(args.seed)
