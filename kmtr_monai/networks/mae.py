@@ -325,7 +325,8 @@ class KspaceMAE(_MAEBase):
         reference: ``"view_sharing"`` (the decoder predicts a correction to the view-shared k-space of
             :func:`kmtr_monai.view_sharing.view_share`, built from sampled lines only, and patch tokens are cut
             from that view-shared k-space) or ``"none"`` (zero-filled patch tokens; the decoder predicts the
-            k-space itself).
+            k-space itself). Line and hybrid tokens hold sampled lines only either way; for them ``reference``
+            acts on the decoder alone (hybrid: the view-shared k-space taken to hybrid space).
         pool: ``"cls"``, ``"mean"`` or ``"view_time"`` (patch and hybrid tokens; :func:`pool_tokens`).
             grad_checkpoint: checkpoint every block.
         dec_group: line tokens only, (gt, gh): the decoder runs one token per gt frames × gh ky lines instead of one
