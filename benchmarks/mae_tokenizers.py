@@ -4,6 +4,11 @@ Usage::
 
     python benchmarks/mae_tokenizers.py --preset tiny --steps 150 --batch 8 --accelerations 4 8 --threads 1
     python benchmarks/mae_tokenizers.py --preset tiny --cohort /tmp/bench_cohort   # real synthetic cohort
+    python benchmarks/mae_tokenizers.py --preset tiny --tokenizers line line/g2x4 patch hybrid hybrid/p2x8x16
+
+``--tokenizers`` takes the variants of ``mae_throughput.py --kspace`` (default ``line patch``). The validation loss
+of hybrid tokens is in normalised hybrid units; compare it through its ratio to the zero-filled baseline (same
+space) and through the PSNR, which is computed from the k-space prediction for every variant.
 
 For each acceleration R and tokenizer it reports
     (a) cost: encoder tokens per subject (real / padded to the batch), parameters, median ms of a full training step
@@ -224,12 +229,16 @@ def main(argv=None) -> None:
     ap.add_argument("--n-train", type=int, default=64, help="synthetic training subjects")
     ap.add_argument("--n-val", type=int, default=16, help="synthetic validation subjects")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tokenizers", nargs="+", default=["line", "patch"],
+                    help="k-space MAE variants: line, patch, hybrid, line/g2x4, hybrid/p2x8x16 (mae_throughput.py)")
     ap.add_argument("--reference", default="none", choices=["none", "view_sharing"],
                     help="KspaceMAE reference (the recorded table used 'none')")
     args = ap.parse_args(argv)
     if min(args.steps, args.batch, args.cost_steps, args.n_train, args.n_val) < 1 or min(args.accelerations) < 1:
         ap.error("--steps, --batch, --cost-steps, --n-train, --n-val and --accelerations must be >= 1")
     torch.set_num_threads(args.threads)
+
+    from mae_throughput import kspace_variant
 
     from kmtr_monai.networks import build_kspace_mae
 
@@ -252,9 +261,9 @@ def main(argv=None) -> None:
         train_data = kspace_batch(tr["images"], r, eids=tr["eids"])
         val_data = kspace_batch(va["images"], r, eids=va["eids"])
         probe = {k: v[: args.batch] for k, v in train_data.items()}
-        for kind in ("line", "patch"):
+        for kind in args.tokenizers:
             torch.manual_seed(args.seed)
-            model = build_kspace_mae(args.preset, tokenizer=kind, reference=args.reference)
+            model = build_kspace_mae(args.preset, reference=args.reference, **kspace_variant(kind)[1])
             c = cost(model, probe, args.cost_steps)
             secs = train(model, train_data, args.steps, args.batch, args.lr, args.seed)
             q = evaluate(model, val_data, args.batch)
