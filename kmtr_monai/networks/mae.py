@@ -466,12 +466,11 @@ class KspaceMAE(_MAEBase):
             tokens, valid, index = lt.tokens, lt.valid, lt.index
         elif self.kind == "hybrid":
             ht = self.tokenizer(torch.cat([y, self.magnitude(y)], dim=1), mask)
-            enc, *hidden = self.encoder(ht.tokens, ht.valid, return_hidden=True) if return_hidden else (
-                self.encoder(ht.tokens, ht.valid),)  # fmt: skip
-            enc = self._to_grid(enc, ht.index, ht.valid)
             if return_hidden:
-                return enc, ht.cells, None, tuple(self._to_grid(h, ht.index, ht.valid) for h in hidden[0])
-            return enc, ht.cells, None
+                enc, hidden = self.encoder(ht.tokens, ht.valid, return_hidden=True)
+                hidden = tuple(self._to_grid(h, ht.index, ht.valid) for h in hidden)
+                return self._to_grid(enc, ht.index, ht.valid), ht.cells, None, hidden
+            return self._to_grid(self.encoder(ht.tokens, ht.valid), ht.index, ht.valid), ht.cells, None
         else:
             tokens, valid = self.tokenizer(torch.cat([y, self.magnitude(y)], dim=1), mask)
             index = None
