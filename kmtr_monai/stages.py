@@ -49,12 +49,12 @@ PROBE_ENCODERS = (  # (encoder, label, input, upstream stage): frozen encoders p
 PROBE_POOLINGS = ("mean", "layout")
 TASK_BUNDLES = {"regress": "regress", "classify": "classify", "segment": "segment-unetr", "recon": "recon"}
 # Run order of Stage III: k-MTR on every task first, then the baselines the report's questions need most (unaligned
-# and scratch encoders, the zero-filled and fully-sampled image models, DynUNet, the k-GIN-style interpolator), so
-# that a run cut short still answers the main questions. Methods not listed run after these. The report's tables
+# and scratch encoders, the zero-filled and fully-sampled image CNNs, the image MAE under the same frozen head as
+# k-MTR, DynUNet, the k-GIN-style interpolator), so that a run cut short still answers the main questions. Methods not listed run after these. The report's tables
 # keep the paper's order (the order of pipeline.json).
 RUN_PRIORITY = (*(m for m, _, _ in FLOOR_METHODS), *(f"probe-{e}-{p}" for e, *_ in PROBE_ENCODERS for p in PROBE_POOLINGS),
-                "kmtr", "stage1", "scratch", "cnn-zf", "cnn-image", "dynunet-zf", "kgin", "cnn-kspace", "vit-image",
-                "imagemae-image", "dynunet-image")  # fmt: skip
+                "kmtr", "stage1", "scratch", "cnn-zf", "cnn-image", "imagemae-image", "dynunet-zf", "kgin", "vit-image",
+                "cnn-kspace", "dynunet-image")  # fmt: skip
 
 
 @dataclass(frozen=True)
