@@ -52,3 +52,21 @@ def _leaves(tree):
 def json_leaves():
     """The function yielding every leaf of nested dicts and lists."""
     return _leaves
+
+
+@pytest.fixture
+def kmtr_main(capfd):
+    """Run ``kmtr argv`` in this process: ``run(*argv)`` gives (exit code, stdout, stderr), captured at the file
+    descriptor level (so a bundle subprocess's output is included)."""
+    from kmtr_monai.cli import main
+
+    def run(*argv):
+        code = 0
+        try:
+            main(list(argv))
+        except SystemExit as err:
+            code = err.code
+        out, err = capfd.readouterr()
+        return code, out, err
+
+    return run

@@ -9,7 +9,7 @@ import sys
 import pytest
 from test_bad_subjects import ALL_VIEWS, write_csvs, write_subject
 
-from kmtr_monai.cli import main, one_line, root_cause
+from kmtr_monai.cli import one_line, root_cause
 
 
 @pytest.fixture(scope="module")
@@ -32,17 +32,6 @@ def truncated(cohort, tmp_path):
     return root
 
 
-def run_main(capsys, *argv):
-    """(exit code, stdout, stderr) of ``kmtr argv`` run in this process."""
-    code = 0
-    try:
-        main(list(argv))
-    except SystemExit as err:
-        code = err.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def one_error_line(err: str) -> str:
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in err, err
@@ -61,8 +50,8 @@ def one_error_line(err: str) -> str:
         (["datalist", "{root}", "--missing-views", "ignore"], ["missing_views", "'ignore'"]),
     ],
 )
-def test_argument_errors_are_one_line(cohort, capsys, argv, words):
-    code, _, err = run_main(capsys, *[a.format(root=cohort) for a in argv])
+def test_argument_errors_are_one_line(cohort, kmtr_main, argv, words):
+    code, _, err = kmtr_main(*[a.format(root=cohort) for a in argv])
     line = one_error_line(err)
     assert code == 1
     for w in words:
@@ -70,10 +59,10 @@ def test_argument_errors_are_one_line(cohort, capsys, argv, words):
     assert "--debug" in line  # says how to get the traceback
 
 
-def test_usage_error_and_unknown_command(capsys):
-    code, _, _ = run_main(capsys, "kspace")  # missing ROOT: fire's usage message, exit 2
+def test_usage_error_and_unknown_command(kmtr_main):
+    code, _, _ = kmtr_main("kspace")  # missing ROOT: fire's usage message, exit 2
     assert code == 2
-    code, _, _ = run_main(capsys, "nosuch")
+    code, _, _ = kmtr_main("nosuch")
     assert code == 2
 
 
@@ -90,22 +79,22 @@ def test_truncated_file_named_through_monai_wrappers(truncated):
     assert line.startswith("SubjectFileError: subject '2': cannot read NIfTI 'sa.nii.gz'"), line
 
 
-def test_truncated_file_via_cli(truncated, capsys):
-    code, _, err = run_main(capsys, "kspace", truncated)
+def test_truncated_file_via_cli(truncated, kmtr_main):
+    code, _, err = kmtr_main("kspace", truncated)
     line = one_error_line(err)
     assert code == 1 and "'2'" in line and "sa.nii.gz" in line and "--on-bad-subject skip" in line
-    code, out, _ = run_main(capsys, "kspace", truncated, "--on-bad-subject", "skip")
+    code, out, _ = kmtr_main("kspace", truncated, "--on-bad-subject", "skip")
     assert code == 0 and "subjects                  2" in out
-    code, _, err = run_main(capsys, "datalist", truncated)
+    code, _, err = kmtr_main("datalist", truncated)
     assert code == 1 and "sa.nii.gz" in one_error_line(err)
     assert "2,sa.nii.gz," in open(os.path.join(truncated, "bad_subjects.csv")).read()
 
 
-def test_debug_flag_and_environment_show_the_traceback(cohort, capsys, monkeypatch):
-    code, _, err = run_main(capsys, "kspace", cohort, "--pattern", "nosuch", "--debug")
+def test_debug_flag_and_environment_show_the_traceback(cohort, kmtr_main, monkeypatch):
+    code, _, err = kmtr_main("kspace", cohort, "--pattern", "nosuch", "--debug")
     assert code == 1 and "Traceback (most recent call last)" in err and "pattern must be one of" in err
     monkeypatch.setenv("KMTR_DEBUG", "1")
-    code, _, err = run_main(capsys, "phenotypes", "/no/such/dir")
+    code, _, err = kmtr_main("phenotypes", "/no/such/dir")
     assert code == 1 and "Traceback (most recent call last)" in err
 
 

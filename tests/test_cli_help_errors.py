@@ -1,36 +1,26 @@
 """``kmtr --help`` / ``kmtr <command> --help`` exit 0 for every command; a failing bundle subprocess is reported by
 its root cause in one line (the traceback only with --debug)."""
 
-import os
 import subprocess
 import sys
 
 import pytest
 
-from kmtr_monai.cli import COMMANDS, SubprocessError, main, run_bundle_subprocess
-
-
-def run_main(capsys, *argv):
-    """(exit code, stdout + stderr) of ``kmtr argv`` run in this process."""
-    code = 0
-    try:
-        main(list(argv))
-    except SystemExit as err:
-        code = err.code
-    out, err = capsys.readouterr()
-    return code, out + err
+from kmtr_monai.cli import COMMANDS, SubprocessError, run_bundle_subprocess
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 @pytest.mark.parametrize("flag", ["--help", "-h"])
-def test_every_command_prints_its_help_and_exits_0(capsys, command, flag):
-    code, text = run_main(capsys, command, flag)
+def test_every_command_prints_its_help_and_exits_0(kmtr_main, command, flag):
+    code, out, err = kmtr_main(command, flag)
+    text = out + err
     assert code in (0, None), text
     assert f"kmtr {command}" in text and "NAME" in text and "error" not in text.lower().split("name")[0]
 
 
-def test_top_level_help_lists_the_commands(capsys):
-    code, text = run_main(capsys, "--help")
+def test_top_level_help_lists_the_commands(kmtr_main):
+    code, out, err = kmtr_main("--help")
+    text = out + err
     assert code in (0, None)
     for command in COMMANDS:
         assert command in text
@@ -60,7 +50,7 @@ def test_bundle_subprocess_root_cause(tmp_path, capfd, monkeypatch):
         run_bundle_subprocess([sys.executable, "-c", "import sys; sys.exit(3)"])
 
 
-def test_infer_error_is_the_root_cause_in_one_line(tmp_path, capfd, monkeypatch):
+def test_infer_error_is_the_root_cause_in_one_line(tmp_path, kmtr_main, monkeypatch):
     """A missing checkpoint: the one-line error names the file, not the command line; no traceback from either
     process (captured at the file-descriptor level, so the subprocess's stderr counts)."""
     monkeypatch.delenv("KMTR_DEBUG", raising=False)
@@ -69,8 +59,9 @@ def test_infer_error_is_the_root_cause_in_one_line(tmp_path, capfd, monkeypatch)
     simulate_cohort(str(tmp_path / "c"), subjects=1, preset="tiny", seed=1)
     subject = next(p for p in (tmp_path / "c").iterdir() if p.is_dir())
     weights = tmp_path / "nowhere" / "model.pt"
-    code, text = run_main(capfd, "infer", "--bundle", "segment-unetr", "--input", str(subject), "--out",
-                          str(tmp_path / "out"), "--preset", "tiny", "--weights", str(weights))  # fmt: skip
+    code, out, err = kmtr_main("infer", "--bundle", "segment-unetr", "--input", str(subject), "--out",
+                               str(tmp_path / "out"), "--preset", "tiny", "--weights", str(weights))  # fmt: skip
+    text = out + err
     assert code == 1
     lines = [x for x in text.splitlines() if x.startswith("kmtr infer: error:")]
     assert len(lines) == 1 and "Traceback" not in text
