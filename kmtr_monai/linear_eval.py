@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from kmtr_monai.constants import DISEASES, PHENOTYPES
+from kmtr_monai.metrics import effective_rank, mean_pairwise_cosine
 
 __all__ = [
     "SPLITS", "STRENGTH_GRID", "TASKS", "bundle_parser", "load_split", "batched", "file_digest", "cached_arrays",
@@ -201,24 +202,6 @@ def reduced_cache(path: str | Path, digest: str, features: Callable[[], tuple[di
 def reduced_split(red: Mapping[str, np.ndarray], name: str) -> tuple:
     """``(Z_train, Z_val, Z_test, scale)`` of feature set ``name`` from :func:`reduced_cache`."""
     return (*(red[f"{name}_{s}"] for s in SPLITS), float(red[f"{name}_scale"]))
-
-
-def mean_pairwise_cosine(x: Any) -> float:
-    """Mean cosine similarity over the distinct pairs of rows of ``x`` (N, D), N >= 2 (1: identical directions)."""
-    z = torch.nn.functional.normalize(torch.as_tensor(np.asarray(x), dtype=torch.float64), dim=1)
-    n = z.shape[0]
-    return float(((z @ z.T).sum() - n) / (n * (n - 1)))
-
-
-def effective_rank(x: Any) -> float:
-    """exp(entropy of the singular values of ``x`` (N, D) normalised to sum 1) (Roy & Vetterli 2007): k for k
-    orthonormal rows, 1 for rows that are all multiples of one vector (collapse)."""
-    s = np.linalg.svd(np.asarray(x, dtype=np.float64), compute_uv=False)
-    if s.sum() <= 0:
-        return 0.0
-    p = s / s.sum()
-    p = p[p > 0]
-    return float(np.exp(-(p * np.log(p)).sum()))
 
 
 # -------------------------------------------------------------------------------------------------------- fit

@@ -26,7 +26,6 @@ from ignite.metrics import Metric
 from ignite.metrics.metric import reinit__is_reduced
 
 from kmtr_monai.distributed import all_gather_uneven
-from kmtr_monai.linear_eval import effective_rank, mean_pairwise_cosine
 
 __all__ = ["retrieval_topk", "linear_probe_r2", "linear_probe_r2_cv", "r2_gain_interval", "embedding_spread",
            "RetrievalTopK", "LinearProbeR2", "EmbeddingSpread"]
@@ -97,7 +96,7 @@ def embedding_spread(z: Any) -> dict[str, float]:
       one direction, k for k orthonormal rows; uncentred.
 
     A collapsing contrastive embedding shows as the first rising towards 1 and the second falling (DESIGN §15).
-    Computed by :func:`kmtr_monai.linear_eval.mean_pairwise_cosine` and :func:`~kmtr_monai.linear_eval.effective_rank`
+    Computed by :func:`mean_pairwise_cosine` and :func:`effective_rank`
     in float64, so the probes' figures and these agree.
     """
     zt = _as_2d_tensor(z, "z").detach().cpu().double()
@@ -237,6 +236,24 @@ def _stack_rows(x: Any, name: str) -> torch.Tensor:
         raise ValueError(f"{name}: expected (B, D) rows, got shape {tuple(t.shape)}")
     return t
 
+
+
+def mean_pairwise_cosine(x: Any) -> float:
+    """Mean cosine similarity over the distinct pairs of rows of ``x`` (N, D), N >= 2 (1: identical directions)."""
+    z = torch.nn.functional.normalize(torch.as_tensor(np.asarray(x), dtype=torch.float64), dim=1)
+    n = z.shape[0]
+    return float(((z @ z.T).sum() - n) / (n * (n - 1)))
+
+
+def effective_rank(x: Any) -> float:
+    """exp(entropy of the singular values of ``x`` (N, D) normalised to sum 1) (Roy & Vetterli 2007): k for k
+    orthonormal rows, 1 for rows that are all multiples of one vector (collapse)."""
+    s = np.linalg.svd(np.asarray(x, dtype=np.float64), compute_uv=False)
+    if s.sum() <= 0:
+        return 0.0
+    p = s / s.sum()
+    p = p[p > 0]
+    return float(np.exp(-(p * np.log(p)).sum()))
 
 class _EpochPairs(Metric):
     """Accumulates (a, b) row pairs over an epoch; ``_gathered()`` returns both gathered from all ranks."""

@@ -26,10 +26,9 @@ from kmtr_monai.io.scanner_prep import (  # noqa: E402
     prewhiten,
     remove_readout_oversampling,
     svd_coil_compression,
-    to_kspace_item,
-    to_model_kspace,
     whitening_matrix,
 )
+from kmtr_monai.io.scanner_model import to_kspace_item, to_model_kspace  # noqa: E402
 from kmtr_monai.transforms import SimulateCoils, fft2c, ifft2c  # noqa: E402
 
 C, OS, SIGMA, N_NOISE = 8, 2, 2e-3, 8192

@@ -25,18 +25,9 @@ from kmtr_monai.constants import (
     is_lax,
     sax_views,
 )
-from kmtr_monai.data.layout import MissingFileError, SubjectFileError, read_nifti
+from kmtr_monai.data.layout import MissingFileError, SubjectFileError, frame_indices, read_nifti
 from kmtr_monai.data.validate import check_finite, check_geometry, check_labels, check_pair
 from kmtr_monai.presets import DATA_PRESETS
-
-def frame_indices(n_total: int, n_frames: int) -> np.ndarray:
-    """Temporal subsampling ``round(i·(T−1)/(K−1))``, i = 0..K−1 (K = 1 → frame 0); (K,) int64."""
-    if n_frames < 1:
-        raise ValueError(f"n_frames must be >= 1, got {n_frames}")
-    if n_frames == 1:
-        return np.zeros(1, dtype=np.int64)
-    return np.round(np.arange(n_frames) * (n_total - 1) / (n_frames - 1)).astype(np.int64)
-
 
 def sax_start(lv_at_ed: np.ndarray, n_sax: int, offset: int = 2) -> int:
     """First SAX slice of the ViTa selection from ``lv_at_ed`` (Z,) bool, "LV present at frame 0" per slice.

@@ -160,3 +160,12 @@ def list_subjects(root: str) -> list[str]:
     if not eids:
         raise FileNotFoundError(f"cohort root {root!r} has no subject folders <root>/<eid>/ with NIfTI files")
     return sorted(eids, key=_natural_key)
+
+
+def frame_indices(n_total: int, n_frames: int) -> np.ndarray:
+    """Temporal subsampling ``round(i·(T−1)/(K−1))``, i = 0..K−1 (K = 1 → frame 0); (K,) int64."""
+    if n_frames < 1:
+        raise ValueError(f"n_frames must be >= 1, got {n_frames}")
+    if n_frames == 1:
+        return np.zeros(1, dtype=np.int64)
+    return np.round(np.arange(n_frames) * (n_total - 1) / (n_frames - 1)).astype(np.int64)

@@ -1,5 +1,5 @@
 """Inference input/output: HDF5 k-space files on the model's grid (:mod:`kspace_h5`), scanner k-space files
-(ISMRMRD, fastMRI-style, CMRxRecon; :mod:`scanner`, :mod:`scanner_prep`) and the clinical output files, CSV and
+(ISMRMRD, fastMRI-style, CMRxRecon; :mod:`scanner`, :mod:`scanner_prep`, :mod:`scanner_model`) and the clinical output files, CSV and
 NIfTI (:mod:`outputs`)."""
 
 from kmtr_monai.io.kspace_h5 import (
@@ -14,7 +14,8 @@ from kmtr_monai.io.kspace_h5 import (
     write_kspace_h5,
 )
 from kmtr_monai.io.scanner import ScannerFileError, ScannerKspace, detect_format, read_scanner_kspace
-from kmtr_monai.io.scanner_prep import svd_coil_compression, to_kspace_item, to_model_kspace
+from kmtr_monai.io.scanner_model import to_kspace_item, to_model_kspace
+from kmtr_monai.io.scanner_prep import svd_coil_compression
 from kmtr_monai.io.outputs import (
     uncrop_affine,
     view_nifti_name,

@@ -210,7 +210,7 @@ def resample_to_source(pred: Any, view_affine: Any, source_affine: Any, source_s
 def nearest_frames(n_source: int, n_model: int) -> np.ndarray:
     """(n_source,) int64: for each source frame, the model frame whose source index (``frame_indices``) is nearest
     (the earlier one on a tie)."""
-    from kmtr_monai.data.cohort import frame_indices
+    from kmtr_monai.data.layout import frame_indices
 
     taken = frame_indices(n_source, n_model)
     return np.abs(np.arange(n_source)[:, None] - taken[None, :]).argmin(axis=1)

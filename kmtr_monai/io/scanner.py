@@ -1,6 +1,7 @@
 """Scanner k-space files: ISMRMRD, fastMRI-style HDF5 and CMRxRecon ``.mat`` v7.3, read by one function into one
-structure (:class:`ScannerKspace`). DESIGN §16 has the format facts; :mod:`kmtr_monai.io.scanner_prep` turns the
-result into the model's coil-combined input and into a ``kmtr-kspace`` item on the model's grid.
+structure (:class:`ScannerKspace`). DESIGN §16 has the format facts; :mod:`kmtr_monai.io.scanner_prep` prepares the
+arrays and :mod:`kmtr_monai.io.scanner_model` turns the result into the model's coil-combined input and into a
+``kmtr-kspace`` item on the model's grid.
 
 ``read_scanner_kspace(path)`` detects the format from the file's content:
 
