@@ -21,7 +21,6 @@ ismrmrd = pytest.importorskip("ismrmrd")
 from kmtr_monai.io import write_kspace_h5  # noqa: E402
 from kmtr_monai.io.scanner import ScannerFileError, detect_format, read_scanner_kspace  # noqa: E402
 from kmtr_monai.io.scanner_prep import (  # noqa: E402
-    fft1c,
     noise_covariance,
     prewhiten,
     remove_readout_oversampling,
@@ -30,6 +29,7 @@ from kmtr_monai.io.scanner_prep import (  # noqa: E402
 )
 from kmtr_monai.io.scanner_model import to_kspace_item, to_model_kspace  # noqa: E402
 from kmtr_monai.transforms import SimulateCoils, fft2c, ifft2c  # noqa: E402
+from kmtr_monai.transforms.fft import fft1c  # noqa: E402
 
 C, OS, SIGMA, N_NOISE = 8, 2, 2e-3, 8192
 CALIB = np.arange(10, 22)  # calibration-only ky lines (frame 0)

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from kmtr_monai.io.scanner import ScannerFileError, ScannerKspace
-from kmtr_monai.io.scanner_prep import estimate_sens_maps, fft1c, ifft1c, svd_coil_compression
+from kmtr_monai.io.scanner_prep import estimate_sens_maps, svd_coil_compression
+from kmtr_monai.transforms.fft import fft1c, ifft1c
 
 __all__ = ["to_model_kspace", "to_kspace_item"]
 

@@ -26,7 +26,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["noise_covariance", "whitening_matrix", "prewhiten", "fft1c", "ifft1c", "remove_readout_oversampling",
+from kmtr_monai.transforms.fft import fft1c, ifft1c
+
+__all__ = ["noise_covariance", "whitening_matrix", "prewhiten", "remove_readout_oversampling",
            "calibration_block", "CoilCompression", "svd_coil_compression", "estimate_sens_maps"]  # fmt: skip
 
 
@@ -61,22 +63,12 @@ def prewhiten(kspace: np.ndarray, white: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------ readout oversampling
-def fft1c(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Centred orthonormal 1-D FFT along ``axis`` (the DESIGN §2 convention, one axis)."""
-    return np.fft.fftshift(np.fft.fft(np.fft.ifftshift(x, axes=axis), axis=axis, norm="ortho"), axes=axis)
-
-
-def ifft1c(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Inverse of :func:`fft1c`."""
-    return np.fft.fftshift(np.fft.ifft(np.fft.ifftshift(x, axes=axis), axis=axis, norm="ortho"), axes=axis)
-
-
 def remove_readout_oversampling(kspace: np.ndarray, factor: float = 2.0, axis: int = -1) -> np.ndarray:
     """k-space (..., W) sampled with ``factor``× readout oversampling → (..., W / factor) complex64.
 
     Inverse centred FFT along the readout, keep the central ``W / factor`` samples (the prescribed field of view),
     centred FFT back. Exact: for an object inside the central FOV, the result is the k-space of the object sampled
-    on the prescribed grid (:func:`fft1c` of the cropped hybrid-space line).
+    on the prescribed grid (:func:`~kmtr_monai.transforms.fft.fft1c` of the cropped hybrid-space line).
     """
     k = np.asarray(kspace)
     w = k.shape[axis]

@@ -41,20 +41,23 @@ def _real_dtype(x: torch.Tensor) -> torch.dtype:
     return x.real.dtype if x.is_complex() else x.dtype
 
 
-def _as_tensor(x) -> tuple[torch.Tensor, bool]:
+def _as_tensor(x, min_dims: int, names: str) -> tuple[torch.Tensor, bool]:
+    """(float or complex tensor, whether ``x`` was numpy); TypeError / ValueError naming ``names`` on bad input."""
     if isinstance(x, np.ndarray):
-        return torch.as_tensor(x), True
-    if isinstance(x, torch.Tensor):
-        return x, False
-    raise TypeError(f"fft2c/ifft2c expect a torch.Tensor or numpy.ndarray, got {type(x).__name__}.")
+        t, was_numpy = torch.as_tensor(x), True
+    elif isinstance(x, torch.Tensor):
+        t, was_numpy = x, False
+    else:
+        raise TypeError(f"{names} expect a torch.Tensor or numpy.ndarray, got {type(x).__name__}.")
+    if t.ndim < min_dims:
+        raise ValueError(f"{names} need at least {min_dims} dim(s), got shape {tuple(t.shape)}.")
+    if not (t.is_complex() or t.is_floating_point()):
+        t = t.to(torch.float32)
+    return t, was_numpy
 
 
 def _centred(x, inverse: bool):
-    t, was_numpy = _as_tensor(x)
-    if t.ndim < 2:
-        raise ValueError(f"fft2c/ifft2c need at least 2 dims (..., H, W), got shape {tuple(t.shape)}.")
-    if not (t.is_complex() or t.is_floating_point()):
-        t = t.to(torch.float32)
+    t, was_numpy = _as_tensor(x, 2, "fft2c/ifft2c")
     fft = torch.fft.ifft2 if inverse else torch.fft.fft2
     h, w = t.shape[-2:]
     if h % 2 == 0 and w % 2 == 0:
@@ -88,11 +91,7 @@ def _checkerboards_1d(n: int, device: torch.device, dtype: torch.dtype) -> tuple
 
 
 def _centred_1d(x, dim: int, inverse: bool):
-    t, was_numpy = _as_tensor(x)
-    if t.ndim < 1:
-        raise ValueError(f"fft1c/ifft1c need at least 1 dim, got shape {tuple(t.shape)}.")
-    if not (t.is_complex() or t.is_floating_point()):
-        t = t.to(torch.float32)
+    t, was_numpy = _as_tensor(x, 1, "fft1c/ifft1c")
     fft = torch.fft.ifft if inverse else torch.fft.fft
     dim = dim % t.ndim
     n = t.shape[dim]
