@@ -5,20 +5,17 @@ import copy
 import csv
 import math
 import os
-import socket
 
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 import torch.nn as nn
 
 from kmtr_monai import distributed as kd
 from kmtr_monai.losses import ClipLoss, SigLipLoss, build_contrastive_loss, chance_loss, contrastive_keys
 from kmtr_monai.metrics import EmbeddingSpread, RetrievalTopK, embedding_spread, retrieval_topk
 from kmtr_monai.networks.dual import LogitScale, Projector
-
-WORLD = 2
+from two_ranks import WORLD, run_on_two_ranks
 
 
 def _numpy_siglip(zk: np.ndarray, zi: np.ndarray, t: float, b: float) -> float:
@@ -120,11 +117,7 @@ class _Pair(nn.Module):
         return self.pk(xk), self.pi(xi), self.scale(), self.bias.reshape(())
 
 
-def _worker(rank: int, port: int) -> None:
-    torch.set_num_threads(1)
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))  # fmt: skip
-    kd.init_distributed(timeout_s=60)
+def _worker(rank: int) -> None:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     for sizes in ((4, 4), (5, 3)):
@@ -142,9 +135,9 @@ def _worker(rank: int, port: int) -> None:
         ddp = DDP(model)  # kept alive until backward: its reducer's hooks average the gradients
         loss = SigLipLoss()(*ddp(xk[sl], xi[sl]))
         loss.backward()  # DDP averages the gradients over the ranks
-        assert abs(loss.item() - ref_loss.item()) < 1e-5, (sizes, rank, loss.item(), ref_loss.item())
+        assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-5), (sizes, rank)  # L ~ 30: float32 sums
         for (name, p), p_ref in zip(model.named_parameters(), ref.parameters()):
-            torch.testing.assert_close(p.grad, p_ref.grad, atol=1e-5, rtol=0, msg=f"{sizes} rank {rank} {name}")
+            torch.testing.assert_close(p.grad, p_ref.grad, atol=5e-5, rtol=1e-4, msg=f"{sizes} rank {rank} {name}")
         assert model.bias.grad.abs().item() > 1e-4 and model.scale.log_logit_scale.grad.abs().item() > 1e-6
         local_only = SigLipLoss(gather=False)(*ref(xk[sl], xi[sl]))  # local negatives only: another loss
         assert abs(local_only.item() - ref_loss.item()) > 1e-3
@@ -165,17 +158,10 @@ def _worker(rank: int, port: int) -> None:
         assert m.compute() == pytest.approx(truth[s], abs=1e-9)
     assert guarded[0.9].compute() == retrieval_topk(zq, zq + 0.5 * zg, ks=(1,))["top1"]
     assert guarded[-0.5].compute() == -math.inf  # every rank refuses, from the whole set's cosine
-    torch.distributed.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_process_siglip_matches_single_process():
-    mp.spawn(_worker, args=(_free_port(),), nprocs=WORLD, join=True)
+    run_on_two_ranks(_worker)
 
 
 # ------------------------------------------------------------------------------------------ spread and guard

@@ -1,20 +1,16 @@
 """Distributed CLIP loss and metric gathering on 2 CPU processes (gloo) against single-process truth."""
 
 import copy
-import os
-import socket
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 import torch.nn as nn
 
 from kmtr_monai import distributed as kd
 from kmtr_monai.losses import ClipLoss
 from kmtr_monai.metrics import LinearProbeR2, RetrievalTopK, linear_probe_r2_cv, retrieval_topk
 from kmtr_monai.networks.dual import LogitScale, Projector
-
-WORLD = 2
+from two_ranks import WORLD, run_on_two_ranks
 
 
 class _Pair(nn.Module):
@@ -35,12 +31,8 @@ def _global_batch(n: int, seed: int):
     return torch.randn(n, 6, generator=g), torch.randn(n, 5, generator=g)
 
 
-def _worker(rank: int, port: int) -> None:
-    torch.set_num_threads(1)
-    os.environ.update(
-        RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
-    )
-    r, w, lr, dev = kd.init_distributed(timeout_s=60)
+def _worker(rank: int) -> None:
+    r, w, lr, dev = kd.init_distributed()  # already initialised by run_on_two_ranks: the same values
     assert (r, w, lr, dev.type) == (rank, WORLD, rank, "cpu")
     assert kd.init_distributed() == (r, w, lr, dev)  # idempotent
     assert kd.get_rank() == rank and kd.get_world_size() == WORLD and kd.is_main_process() == (rank == 0)
@@ -84,17 +76,10 @@ def _worker(rank: int, port: int) -> None:
         probe.update((zq[part], y[part]))
     assert ret.compute() == retrieval_topk(zq, zg, ks=(1, 3))
     assert probe.compute() == pytest.approx(linear_probe_r2_cv(zq, y, n_splits=2)["mean_r2"], abs=1e-9)
-    torch.distributed.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_process_clip_loss_and_metrics_match_single_process():
-    mp.spawn(_worker, args=(_free_port(),), nprocs=WORLD, join=True)
+    run_on_two_ranks(_worker)
 
 
 def test_rank_helpers_read_environment(monkeypatch):
