@@ -64,10 +64,13 @@ def _overrides(encoder: str, ckpts: Mapping[str, str | Path]) -> dict:
     return over
 
 
-def build_encoder(bundles: str | Path, preset: str, encoder: str, ckpts: Mapping[str, str | Path]) -> torch.nn.Module:
+def build_encoder(bundles: str | Path, preset: str, encoder: str, ckpts: Mapping[str, str | Path],
+                  overrides: Mapping | None = None) -> torch.nn.Module:  # fmt: skip
     """The ``regress`` bundle's encoder for probe ``encoder`` (module docstring), weights loaded, in eval mode on
-    CPU, parameters frozen. ``scratch`` is drawn under the bundle's ``seed`` without touching the global RNG."""
-    parser = bundle_parser(Path(bundles).resolve() / "regress", preset, _overrides(encoder, ckpts))
+    CPU, parameters frozen. ``scratch`` is drawn under the bundle's ``seed`` without touching the global RNG.
+    ``overrides``: further config keys the encoder was trained with (e.g. ``tokenizer``, ``kspace_patch``)."""
+    over = {**(overrides or {}), **_overrides(encoder, ckpts)}
+    parser = bundle_parser(Path(bundles).resolve() / "regress", preset, over)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(parser.get_parsed_content("seed")))
         net = parser.get_parsed_content("encoder", lazy=False)
@@ -93,8 +96,8 @@ def encoder_features(net: torch.nn.Module, arrays: Mapping[str, np.ndarray], bat
 
 
 def run_probe(cohort: str | Path, bundles: str | Path, preset: str, encoder: str, pooling: str, task: str,
-              ckpts: Mapping[str, str | Path], acceleration: int | None, out: str | Path, cache: str | Path
-              ) -> dict:  # fmt: skip
+              ckpts: Mapping[str, str | Path], acceleration: int | None, out: str | Path, cache: str | Path,
+              overrides: Mapping | None = None) -> dict:  # fmt: skip
     """Probe ``encoder`` with ``pooling`` for ``task`` (``"regress"`` or ``"classify"``) on ``cohort``'s splits.
 
     ``ckpts``: ``{"align": ..., "stage1": ..., "imagemae": ...}`` checkpoint paths (only the one the encoder needs
@@ -115,11 +118,13 @@ def run_probe(cohort: str | Path, bundles: str | Path, preset: str, encoder: str
     tag = f"{encoder}_{'full' if r is None else f'R{r}'}"
     ckpt = _CKPT.get(encoder)
     sources = [inputs_digest(cohort, bundles, preset, input, r, s) for s in SPLITS]
-    digest = file_digest("probe", 1, tag, preset, *sources, *([Path(ckpts[ckpt]).resolve()] if ckpt else []))
+    extra = sorted((overrides or {}).items())
+    digest = file_digest("probe", 1, tag, preset, *sources, *([Path(ckpts[ckpt]).resolve()] if ckpt else []),
+                         *([repr(extra)] if extra else []))  # fmt: skip
 
     def features() -> tuple[dict, dict]:
         arrays = {s: split_inputs(cohort, bundles, preset, input, r, s, cache) for s in SPLITS}
-        net = build_encoder(bundles, preset, encoder, ckpts)
+        net = build_encoder(bundles, preset, encoder, ckpts, overrides)
         per_split = {s: encoder_features(net, arrays[s]) for s in SPLITS}
         return {p: {s: per_split[s][p] for s in SPLITS} for p in POOLINGS}, arrays
 
