@@ -11,11 +11,21 @@ monai: the same phase step (MONAI has none), then ``monai.data.fft_utils.fftn_ce
        our VISTA masks are served from the process cache (a pool of ``--mask-pool`` seeds, warmed before timing).
 
     python benchmarks/kspace_simulation.py --subjects 8 --threads 2
+
+``--worker-epoch N``: a second table, what one DataLoader worker spends on masks in one epoch of N subjects with
+the training chain's draws (R from 2, 4, 8; a pool of 256 seeds per R; one seed per view): every worker starts with
+an empty in-process mask cache, so this is paid again in each epoch unless the disk cache
+(``KMTR_CACHE_DIR``, ``kmtr_monai.transforms.array._mask_disk_cache``) already holds the masks. Rows: disk cache
+off, the run that fills it, and warm.
+
+    python benchmarks/kspace_simulation.py --views 5 --frames 8 --size 48 --worker-epoch 350
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 import time
 
 import numpy as np
@@ -71,6 +81,30 @@ def time_chains(chains: dict, images, device) -> dict:
     return {name: len(images) / t for name, t in spent.items()}
 
 
+def _fresh_worker_epoch(k: torch.Tensor, n_subjects: int, cache_dir: str) -> float:
+    """Seconds for ``n_subjects`` training mask draws in a new worker (empty in-process cache)."""
+    from kmtr_monai.transforms import RandKspaceMask, array, cached_make_mask
+
+    os.environ["KMTR_CACHE_DIR"] = cache_dir
+    array._mask_disk_cache.cache_clear()
+    cached_make_mask.cache_clear()
+    tr = RandKspaceMask("vista", (2, 4, 8), mask_pool=256)
+    tr.set_random_state(0)
+    t0 = time.perf_counter()
+    for _ in range(n_subjects):
+        tr(k)
+    return time.perf_counter() - t0
+
+
+def worker_epoch(n_subjects: int, views: int, frames: int, size: int) -> dict[str, float]:
+    """Seconds of one fresh worker's epoch of mask draws: disk cache off, filling, warm (module docstring)."""
+    k = torch.zeros(views, frames, size, size, dtype=torch.complex64)
+    with tempfile.TemporaryDirectory() as cache:
+        return {"disk cache off": _fresh_worker_epoch(k, n_subjects, "off"),
+                "disk, filling": _fresh_worker_epoch(k, n_subjects, cache),
+                "disk cache warm": _fresh_worker_epoch(k, n_subjects, cache)}  # fmt: skip
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--subjects", type=int, default=8)
@@ -81,6 +115,7 @@ def main(argv=None):
     p.add_argument("--acceleration", type=int, default=4)
     p.add_argument("--mask-pool", type=int, default=None, help="VISTA seed pool (default: --views, warmed once)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--worker-epoch", type=int, default=0, help="also time one worker's epoch of N mask draws")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     cuda = ["cuda"] if torch.cuda.is_available() else []
@@ -98,6 +133,12 @@ def main(argv=None):
         ours, base = rates["ours"], rates["monai"]
         print(f"{dev:8s} {ours:14.2f} {base:15.2f} {ours / base:10.2f}x")
     print("MONAI's RandomKspaceMask: static 1-D column mask (same lines every frame), not ky-t VISTA.")
+    if a.worker_epoch:
+        print(f"\none worker's epoch of mask draws: {a.worker_epoch} subjects x {a.views} views, "
+              f"{a.frames} frames x {a.size} lines, R in (2, 4, 8), pool 256 per R")  # fmt: skip
+        print(f"{'':16s} {'seconds':>8s} {'ms/subject':>11s}")
+        for row, sec in worker_epoch(a.worker_epoch, a.views, a.frames, a.size).items():
+            print(f"{row:16s} {sec:8.2f} {1000 * sec / a.worker_epoch:11.1f}")
 
 
 if __name__ == "__main__":

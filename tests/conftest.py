@@ -1,9 +1,19 @@
-"""Shared fixtures: one tiny synthetic cohort (with its datalist) per test session."""
+"""Shared fixtures: one tiny synthetic cohort (with its datalist) per test session, the in-process `kmtr` runner and
+random-init inference weights."""
 
 import pytest
 import torch
 
 torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _mask_cache_in_tmp(tmp_path_factory):
+    """The VISTA mask disk cache of this test session lives in its own folder (bundle subprocesses inherit it)."""
+    import os
+
+    os.environ["KMTR_CACHE_DIR"] = str(tmp_path_factory.mktemp("kmtr_cache"))
+    yield
 
 
 @pytest.fixture(scope="session")
@@ -70,3 +80,36 @@ def kmtr_main(capfd):
         return code, out, err
 
     return run
+
+
+def _random_weights(bundle, path, foreground=None):
+    """A random-init checkpoint of ``bundle`` at the tiny preset (``{"model": state_dict}``) at ``path`` (a
+    ``.../models/model.pt`` for ``kmtr infer --weights``); ``foreground``: the segmentation's last layer set to
+    predict that label everywhere, so that the output shows the crop's footprint."""
+    from monai.bundle import ConfigParser
+
+    from kmtr_monai.bundle import config_files
+    from kmtr_monai.constants import PHENOTYPES
+
+    parser = ConfigParser()
+    parser.read_config(config_files(bundle, "inference", "tiny"))
+    parser["bundle_root"] = "/nonexistent"
+    parser["target_stats"] = {"mean": [100.0] * len(PHENOTYPES), "std": [10.0] * len(PHENOTYPES)}
+    torch.manual_seed(0)
+    net = parser.get_parsed_content("network_def")
+    if foreground is not None:
+        last = [m for m in net.modules() if isinstance(m, torch.nn.Conv3d) and m.out_channels == 6][-1]
+        with torch.no_grad():
+            last.weight.zero_()
+            last.bias.zero_()
+            last.bias[foreground] = 10.0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": net.state_dict()}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def random_weights():
+    """The function ``random_weights(bundle, path, foreground=None) -> path`` writing a random-init tiny-preset
+    checkpoint for inference tests."""
+    return _random_weights

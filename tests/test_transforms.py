@@ -202,6 +202,39 @@ def test_per_subject_mask_determinism_with_seed_key():
     assert torch.equal(a, b)
 
 
+def test_vista_masks_are_cached_on_disk_per_generator_version(tmp_path, monkeypatch):
+    from kmtr_monai.sampling import make_mask
+    from kmtr_monai.transforms import array
+
+    def fresh(cache_dir):
+        monkeypatch.setenv("KMTR_CACHE_DIR", str(cache_dir))
+        array._mask_disk_cache.cache_clear()
+        cached_make_mask.cache_clear()
+
+    fresh(tmp_path)
+    first = cached_make_mask("vista", 24, 6, 4, 3)
+    files = sorted(p.name for p in tmp_path.rglob("output.pkl"))
+    assert len(files) == 1  # one VISTA mask, one entry
+    cached_make_mask("gaussian", 24, 6, 4, 3)
+    assert len(list(tmp_path.rglob("output.pkl"))) == 1  # cheap patterns are not written
+    fresh(tmp_path)  # a new process: empty in-memory cache, the disk entry read back
+    again = cached_make_mask("vista", 24, 6, 4, 3)
+    assert np.array_equal(again, first) and np.array_equal(again, make_mask("vista", 24, 6, 4, seed=3))
+    assert again.dtype == bool and not again.flags.writeable
+    calls = []
+    monkeypatch.setattr(array, "_make_mask", lambda *a: calls.append(a) or np.zeros((6, 24), bool))
+    fresh(tmp_path)
+    assert np.array_equal(cached_make_mask("vista", 24, 6, 4, 3), first) and not calls  # from disk, not computed
+    sha256 = array.hashlib.sha256
+    monkeypatch.setattr(array.hashlib, "sha256", lambda b: sha256(b + b"changed"))
+    fresh(tmp_path)  # another sampling.py: its masks are computed, never read from the old entries
+    cached_make_mask("vista", 24, 6, 4, 3)
+    assert len(calls) == 1
+    fresh("off")
+    cached_make_mask("vista", 24, 6, 4, 5)
+    assert len(calls) == 2 and len(list(tmp_path.rglob("output.pkl"))) == 2
+
+
 def test_mask_pool_bounds_the_cache():
     cached_make_mask.cache_clear()
     tr = RandKspaceMask(pattern="gaussian", accelerations=(2, 4), mask_pool=3)

@@ -13,9 +13,12 @@ augmentations and synthetic coils, none of which MONAI provides. The base classe
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
+import os
 import zlib
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -105,9 +108,48 @@ def _freeze(v):
     return v
 
 
+_DISK_CACHED_PATTERNS = ("vista",)  # the others compute faster than a file is read
+
+
+@functools.lru_cache(maxsize=1)
+def _mask_disk_cache():
+    """``make_mask`` memoised on disk with ``joblib.Memory`` (atomic writes, safe for concurrent workers) under
+    ``$KMTR_CACHE_DIR/masks`` (default ``~/.cache/kmtr_monai/masks``; ``KMTR_CACHE_DIR=off`` disables it). The key
+    includes a digest of ``kmtr_monai/sampling.py``, so a changed mask generator never reads old masks. ``None``
+    when disabled or not writable (then masks are computed, as before).
+
+    Why on disk: DataLoader workers start with an empty in-process cache, so without it every worker recomputed
+    up to ``mask_pool`` VISTA masks per R in every epoch (about 25 ms each at 48 lines; BENCHMARKS)."""
+    root = os.environ.get("KMTR_CACHE_DIR", str(Path.home() / ".cache" / "kmtr_monai"))
+    if root.strip().lower() in ("", "off", "none", "0"):
+        return None
+    try:
+        (Path(root) / "masks").mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    import joblib
+
+    from kmtr_monai import sampling
+
+    digest = hashlib.sha256(Path(sampling.__file__).read_bytes()).hexdigest()[:16]
+    cached = joblib.Memory(Path(root) / "masks", verbose=0).cache(_make_mask_of_version)
+    return functools.partial(cached, sampling_digest=digest)
+
+
+def _make_mask_of_version(pattern, n_pe, n_frames, acceleration, seed, options, sampling_digest):
+    return _make_mask(pattern, n_pe, n_frames, acceleration, seed, dict(options))
+
+
 @functools.lru_cache(maxsize=4096)
 def _make_mask_cached(pattern: str, n_pe: int, n_frames: int, acceleration: int, seed: int, options: tuple):
-    return _make_mask(pattern, n_pe, n_frames, acceleration, seed, dict(options))
+    disk = _mask_disk_cache() if pattern in _DISK_CACHED_PATTERNS else None
+    if disk is None:
+        return _make_mask(pattern, n_pe, n_frames, acceleration, seed, dict(options))
+    m = np.array(disk(pattern, n_pe, n_frames, acceleration, seed, options), dtype=bool)
+    if m.shape != (n_frames, n_pe):  # a damaged cache entry: compute it again
+        m = _make_mask(pattern, n_pe, n_frames, acceleration, seed, dict(options))
+    m.setflags(write=False)
+    return m
 
 
 def _make_mask(pattern, n_pe, n_frames, acceleration, seed, options) -> np.ndarray:
@@ -124,8 +166,9 @@ def _make_mask(pattern, n_pe, n_frames, acceleration, seed, options) -> np.ndarr
 def cached_make_mask(pattern: str, n_pe: int, n_frames: int, acceleration: int, seed: int = 0, **options) -> np.ndarray:
     """``kmtr_monai.sampling.make_mask`` memoised on the full argument tuple: read-only bool ``(n_frames, n_pe)``.
 
-    VISTA masks take long to compute, so every (pattern, size, R, seed, options) is computed once per process.
-    Options that cannot be hashed (e.g. an array) bypass the cache.
+    VISTA masks take long to compute, so every (pattern, size, R, seed, options) is computed once per process, and
+    VISTA masks once per machine (:func:`_mask_disk_cache`). Options that cannot be hashed (e.g. an array) bypass
+    both caches.
     """
     key = (str(pattern), int(n_pe), int(n_frames), int(acceleration), int(seed))
     frozen = _freeze(options)
