@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -139,13 +140,18 @@ def _evaluate_logged(args: dict, log: Path, progress: Progress, k: int, what: st
 
 
 def _run_logged(cmd: list[str], log: Path, progress: Progress, k: int, what: str) -> float:
-    """Run ``cmd`` with its output appended to ``log``, refreshing the progress line; returns minutes.
-    RuntimeError with the command and the log's last lines when it fails."""
+    """Run ``cmd`` (a ``kmtr_monai.bundle_run`` command) with its output appended to ``log``, refreshing the
+    progress line; returns minutes. When it fails, the log's last lines and the command are printed to stderr and
+    RuntimeError carries the stage's root cause in one line (``Type: message``, from ``log``'s folder
+    ``error.txt``; the traceback stays in the log)."""
     started = time.perf_counter()
+    error_file = log.parent / "error.txt"
+    error_file.unlink(missing_ok=True)
+    env = {**os.environ, "KMTR_ERROR_FILE": str(error_file), "KMTR_DEBUG": "1"}
     with open(log, "a") as f:
         f.write(f"\n$ {subprocess.list2cmdline(cmd)}\n")
         f.flush()
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
         while proc.poll() is None:
             progress.show(progress.line(k, what, log, started))
             time.sleep(1.0)
@@ -153,8 +159,9 @@ def _run_logged(cmd: list[str], log: Path, progress: Progress, k: int, what: str
     if proc.returncode != 0:
         progress.done(f"[{k}/{progress.total}] {what}  FAILED")
         tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-15:])
-        raise RuntimeError(f"{what} failed (exit {proc.returncode}); log {log}; last lines:\n{tail}\n"
-                           f"rerun it with:\n{subprocess.list2cmdline(cmd)}")  # fmt: skip
+        print(f"last lines of {log}:\n{tail}\nrerun it with:\n{subprocess.list2cmdline(cmd)}", file=sys.stderr)
+        cause = error_file.read_text().strip() if error_file.is_file() else f"exit status {proc.returncode}"
+        raise RuntimeError(f"{what} failed: {cause}; log {log}")
     return minutes
 
 
@@ -232,7 +239,8 @@ class PipelineRun:
 
     def command(self, stage: Stage, overrides: dict, workflow: str = "train") -> list[str]:
         multi = workflow == "train" and self.nproc > 1
-        cmd = bundle_command(self.bundles / stage.bundle, self.preset, overrides, workflow, multi_gpu=multi)
+        cmd = bundle_command(self.bundles / stage.bundle, self.preset, overrides, workflow, multi_gpu=multi,
+                             module="kmtr_monai.bundle_run")  # fmt: skip
         if multi:  # torchrun in place of `python`: the same bundle command, one process per device
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.nproc}",
                    *cmd[1:]]  # fmt: skip

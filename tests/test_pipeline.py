@@ -391,3 +391,24 @@ def test_no_import_circle_in_the_package():
     assert "kmtr_monai.report" in graph["kmtr_monai.pipeline"]  # function-level imports count
     assert _cycles(graph) == []
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_a_failing_stage_reports_its_root_cause_in_one_line(tmp_path, capsys):
+    """A stage's bundle subprocess fails: the error's first line is the root cause (not the command), the traceback
+    stays in the stage's log, and the log's last lines and the rerun command go to stderr."""
+    import io
+    import sys
+
+    from kmtr_monai.pipeline import Progress, _run_logged
+
+    config = tmp_path / "bad.json"
+    config.write_text(json.dumps({"run": ["$int('twelve')"]}))
+    log = tmp_path / "stage" / "log.txt"
+    log.parent.mkdir()
+    cmd = [sys.executable, "-m", "kmtr_monai.bundle_run", "run", "--config_file", str(config)]
+    with pytest.raises(RuntimeError) as err:
+        _run_logged(cmd, log, Progress(1, stream=io.StringIO()), 1, "bad (train)")
+    first = str(err.value).splitlines()[0]
+    assert first.startswith("bad (train) failed: ValueError: invalid literal for int()") and str(log) in first
+    assert "Traceback" in log.read_text() and "Traceback" not in str(err.value)
+    assert "rerun it with" in capsys.readouterr().err
