@@ -177,28 +177,6 @@ def test_source_grid_writer_matches_a_world_coordinate_reference(cohorts, tmp_pa
 
 
 # ---- kmtr infer --------------------------------------------------------------------------------------------------
-def random_weights(bundle: str, path: Path, foreground: int | None = None) -> Path:
-    """A random-init checkpoint of ``bundle`` at the tiny preset (``{"model": state_dict}``); ``foreground``: the
-    segmentation's last layer set to predict that label everywhere, so that the output shows the crop's footprint."""
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(config_files(bundle, "inference", "tiny"))
-    parser["bundle_root"] = "/nonexistent"
-    parser["target_stats"] = {"mean": [100.0] * len(PHENOTYPES), "std": [10.0] * len(PHENOTYPES)}
-    torch.manual_seed(0)
-    net = parser.get_parsed_content("network_def")
-    if foreground is not None:
-        last = [m for m in net.modules() if isinstance(m, torch.nn.Conv3d) and m.out_channels == 6][-1]
-        with torch.no_grad():
-            last.weight.zero_()
-            last.bias.zero_()
-            last.bias[foreground] = 10.0
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": net.state_dict()}, path)
-    return path
-
-
 def kmtr(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     env.pop("KMTR_DEBUG", None)
@@ -206,7 +184,7 @@ def kmtr(*args: str) -> subprocess.CompletedProcess:
                           timeout=600)  # fmt: skip
 
 
-def test_segment_unetr_infers_sax_only_on_the_source_grid(cohorts, tmp_path):
+def test_segment_unetr_infers_sax_only_on_the_source_grid(cohorts, tmp_path, random_weights):
     """Default policy (invalid): no LAX outputs; seg_sa.nii.gz has sa.nii.gz's shape and affine; the foreground is
     the crop's footprint: 2 consecutive slices (the SAX range the loader centres without labels), an in-plane box of
     crop × 4 mm = 128 mm side in 1.4 mm voxels, every frame."""
@@ -233,7 +211,7 @@ def test_segment_unetr_infers_sax_only_on_the_source_grid(cohorts, tmp_path):
                 assert abs(len(xs) - side**2) <= 2 * side + 2
 
 
-def test_regress_infers_sax_only_cohort(cohorts, tmp_path):
+def test_regress_infers_sax_only_cohort(cohorts, tmp_path, random_weights):
     _, fine = cohorts
     weights = random_weights("regress", tmp_path / "w" / "models" / "model.pt")
     res = kmtr("infer", "--bundle", "regress", "--input", str(fine), "--out", str(tmp_path / "out"),
@@ -246,7 +224,7 @@ def test_regress_infers_sax_only_cohort(cohorts, tmp_path):
     assert not np.allclose(values[0], values[1])  # each subject's own images reached the network
 
 
-def test_strict_policy_fails_in_one_line_naming_the_missing_file(cohorts, tmp_path):
+def test_strict_policy_fails_in_one_line_naming_the_missing_file(cohorts, tmp_path, random_weights):
     _, fine = cohorts
     subject = subjects(fine)[0]
     weights = random_weights("segment-unetr", tmp_path / "w" / "models" / "model.pt")

@@ -4,12 +4,10 @@ One tiny synthetic subject (2 SAX views, 4 frames, 32² crop) gives the internal
 (``RandSmoothPhased`` → ``FFT2cd`` → eid-seeded VISTA ``RandKspaceMaskd``, R = 4, as in bundles/common/train.json
 ``kspace_sim#validate``). The same x is "acquired": 8 smooth coils (``SimulateCoils``), 2× readout oversampling
 (the object padded to a 64-wide FOV), correlated coil noise of known covariance Ψ, a noise scan, 12 calibration-only
-lines (ISMRMRD); files are written with the ``ismrmrd`` package and h5py and read back.
+lines (ISMRMRD); files are written with the ``ismrmrd`` package and h5py (``scanner_files``) and read back.
 """
 
 from __future__ import annotations
-
-import re
 
 import h5py
 import numpy as np
@@ -28,124 +26,35 @@ from kmtr_monai.io.scanner_prep import (  # noqa: E402
     whitening_matrix,
 )
 from kmtr_monai.io.scanner_model import to_kspace_item, to_model_kspace  # noqa: E402
-from kmtr_monai.transforms import SimulateCoils, fft2c, ifft2c  # noqa: E402
+from kmtr_monai.transforms import fft2c  # noqa: E402
 from kmtr_monai.transforms.fft import fft1c  # noqa: E402
-
-C, OS, SIGMA, N_NOISE = 8, 2, 2e-3, 8192
-CALIB = np.arange(10, 22)  # calibration-only ky lines (frame 0)
+from scanner_files import (  # noqa: E402
+    C,
+    CALIB,
+    N_NOISE,
+    OS,
+    SIGMA,
+    acquire,
+    coil_covariance,
+    coil_noise,
+    header_xml,
+    internal_input,
+    write_fastmri,
+    write_ismrmrd,
+    write_mat,
+)
 
 
 # ------------------------------------------------------------------------------------------------- the subject
 @pytest.fixture(scope="module")
 def subject(tmp_path_factory):
     """The internal path: image x (S, T, H, W) complex, masked k-space and mask, for one tiny subject."""
-    from kmtr_monai.data.cohort import LoadCohortSubjectd
     from kmtr_monai.simulate import simulate_cohort
-    from kmtr_monai.transforms import FFT2cd, RandKspaceMaskd, RandSmoothPhased
 
     root = tmp_path_factory.mktemp("scanner") / "cohort"
     simulate_cohort(str(root), subjects=1, preset="tiny", seed=3)
     eid = sorted(p.name for p in root.iterdir() if p.is_dir())[0]
-    d = LoadCohortSubjectd(str(root), n_sax=2, n_frames=4, crop=32, load_seg=False, views=("sax_0", "sax_1"))(
-        {"eid": eid})  # fmt: skip
-    for t in (RandSmoothPhased("image", output_key="kspace_full", seed_key="eid"), FFT2cd("kspace_full"),
-              RandKspaceMaskd("kspace_full", output_key="kspace", mask_key="mask", accelerations=(4,),
-                              seed_key="eid")):  # fmt: skip
-        d = t(d)
-    x = ifft2c(torch.as_tensor(d["kspace_full"])).numpy()
-    return {"x": x, "kspace": np.asarray(d["kspace"]), "mask": np.asarray(d["mask"]).astype(bool), "eid": eid}
-
-
-def _psi():
-    rng = np.random.default_rng(5)
-    a = np.eye(C) + 0.3 * (rng.standard_normal((C, C)) + 1j * rng.standard_normal((C, C)))
-    return SIGMA**2 * (a @ a.conj().T)
-
-
-def _coil_noise(shape, rng):
-    """Coil noise (C, *shape) with covariance Ψ."""
-    z = (rng.standard_normal((C, *shape)) + 1j * rng.standard_normal((C, *shape))) / np.sqrt(2)
-    return np.tensordot(np.linalg.cholesky(_psi()), z, axes=(1, 0))
-
-
-def _acquire(x):
-    """Coil k-space (C, S, T, H, 2W) with 2x readout oversampling (object in the central W), and the maps (C, H, 2W)."""
-    s, t, h, w = x.shape
-    xp = np.zeros((s, t, h, OS * w), np.complex64)
-    xp[..., w // 2 : w // 2 + w] = x
-    maps = SimulateCoils(C).maps(h, OS * w).numpy()
-    return fft2c(torch.from_numpy(maps[:, None, None] * xp)).numpy(), maps
-
-
-def _header_xml(s, t, h, w, channels=C, trajectory="cartesian", recon_x=None, drop=None):
-    from ismrmrd import xsd
-
-    lim = xsd.limitType
-    enc = xsd.encodingType(
-        encodedSpace=xsd.encodingSpaceType(matrixSize=xsd.matrixSizeType(x=OS * w, y=h, z=1),
-                                           fieldOfView_mm=xsd.fieldOfViewMm(x=OS * w * 4.0, y=h * 4.0, z=8.0)),
-        reconSpace=xsd.encodingSpaceType(matrixSize=xsd.matrixSizeType(x=recon_x or w, y=h, z=1),
-                                         fieldOfView_mm=xsd.fieldOfViewMm(x=w * 4.0, y=h * 4.0, z=8.0)),
-        encodingLimits=xsd.encodingLimitsType(kspace_encoding_step_1=lim(minimum=0, maximum=h - 1, center=h // 2),
-                                              slice=lim(minimum=0, maximum=s - 1, center=0),
-                                              phase=lim(minimum=0, maximum=t - 1, center=0)),
-        trajectory=xsd.trajectoryType(trajectory))  # fmt: skip
-    system = xsd.acquisitionSystemInformationType(receiverChannels=channels)
-    hdr = xsd.ismrmrdHeader(experimentalConditions=xsd.experimentalConditionsType(H1resonanceFrequency_Hz=63_500_000),
-                            acquisitionSystemInformation=system, encoding=[enc])  # fmt: skip
-    xml = xsd.ToXML(hdr)
-    for tag in drop or ():
-        xml = re.sub(rf"<{tag}>.*?</{tag}>", "", xml, flags=re.S)
-    return xml
-
-
-def write_ismrmrd(path, coil_k, mask, seed=0, noise=True, calib=True, header=None, edit=None):
-    """An ISMRMRD file of coil k-space (C, S, T, H, W): imaging lines of ``mask`` (+ noise of covariance Ψ), 12
-    calibration-only lines at frame 0, two noise scans; ``edit(acq, kind)`` may alter acquisitions."""
-    rng = np.random.default_rng(seed)
-    _, n_s, n_t, h, w = coil_k.shape
-    ds = ismrmrd.Dataset(str(path), "dataset", create_if_needed=True)
-    ds.write_xml_header(header or _header_xml(n_s, n_t, h, w // OS))
-
-    def acq(data, s=0, t=0, line=0, flag=None, kind="imaging"):
-        a = ismrmrd.Acquisition.from_array(np.ascontiguousarray(data, dtype=np.complex64))
-        a.idx.kspace_encode_step_1, a.idx.slice, a.idx.phase = line, s, t
-        a.center_sample = data.shape[1] // 2
-        a.sample_time_us = 5.0
-        a.read_dir, a.phase_dir, a.slice_dir = (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)
-        a.position = (0.0, 0.0, 10.0 * s)
-        if flag is not None:
-            a.set_flag(flag)
-        if edit is not None:
-            a = edit(a, kind)
-        ds.append_acquisition(a)
-
-    if noise:
-        for n in _coil_noise((N_NOISE,), rng).reshape(C, 2, -1).transpose(1, 0, 2):
-            acq(n, flag=ismrmrd.ACQ_IS_NOISE_MEASUREMENT, kind="noise")
-    for s in range(n_s):
-        if calib:
-            for line in CALIB:
-                acq(coil_k[:, s, 0, line] + _coil_noise((w,), rng), s, 0, line, ismrmrd.ACQ_IS_PARALLEL_CALIBRATION,
-                    kind="calib")  # fmt: skip
-        for t in range(n_t):
-            for line in np.flatnonzero(mask[s, t]):
-                acq(coil_k[:, s, t, line] + _coil_noise((w,), rng), s, t, line)
-    ds.close()
-    return str(path)
-
-
-def write_fastmri(path, coil_k, mask, seed=0, with_mask=True):
-    """A fastMRI-style file: ``kspace`` (slices, frames, coils, kx, ky) (+ noise), ``ismrmrd_header``, ``mask``."""
-    rng = np.random.default_rng(seed)
-    _, n_s, n_t, h, w = coil_k.shape
-    k = (coil_k + _coil_noise(coil_k.shape[1:], rng)) * mask[None, ..., None]
-    with h5py.File(path, "w") as f:
-        f.create_dataset("kspace", data=k.transpose(1, 2, 0, 4, 3).astype(np.complex64))
-        f.create_dataset("ismrmrd_header", data=_header_xml(n_s, n_t, h, w // OS).encode())
-        if with_mask:
-            f.create_dataset("mask", data=mask.astype(np.uint8))
-    return str(path)
+    return internal_input(root, eid, ("sax_0", "sax_1"))
 
 
 def _rel_err(a, b, mask):
@@ -155,7 +64,7 @@ def _rel_err(a, b, mask):
 
 @pytest.fixture(scope="module")
 def files(subject, tmp_path_factory):
-    coil_k, maps = _acquire(subject["x"])
+    coil_k, maps = acquire(subject["x"])
     d = tmp_path_factory.mktemp("files")
     return {"ismrmrd": write_ismrmrd(d / "sub.h5", coil_k, subject["mask"]),
             "fastmri": write_fastmri(d / "sub_fastmri.h5", coil_k, subject["mask"]), "maps": maps,
@@ -254,8 +163,8 @@ def test_oversampling_removal_is_exact():
 
 def test_whitening_gives_identity_noise_covariance():
     rng = np.random.default_rng(1)
-    psi = _psi()
-    train, test = _coil_noise((20000,), rng), _coil_noise((20000,), rng)
+    psi = coil_covariance()
+    train, test = coil_noise((20000,), rng), coil_noise((20000,), rng)
     w = whitening_matrix(noise_covariance(train))
     np.testing.assert_allclose(noise_covariance(prewhiten(train, w)), np.eye(C), atol=1e-5)  # exact on its own data
     np.testing.assert_allclose(noise_covariance(prewhiten(test, w)), np.eye(C), atol=0.05)  # and on new noise
@@ -324,10 +233,10 @@ def _set(field, value, kind="imaging"):
 
 
 BAD = {
-    "radial": ({"header": _header_xml(1, 2, 8, 16, trajectory="radial")}, "encoding.trajectory"),
-    "no_recon": ({"header": _header_xml(1, 2, 8, 16, drop=["reconSpace"])}, "dataset/xml:encoding.reconSpace"),
-    "no_fov": ({"header": _header_xml(1, 2, 8, 16, drop=["fieldOfView_mm"])}, "fieldOfView_mm"),
-    "channels": ({"header": _header_xml(1, 2, 8, 16, channels=4)}, "receiverChannels"),
+    "radial": ({"header": header_xml(1, 2, 8, 16, trajectory="radial")}, "encoding.trajectory"),
+    "no_recon": ({"header": header_xml(1, 2, 8, 16, drop=["reconSpace"])}, "dataset/xml:encoding.reconSpace"),
+    "no_fov": ({"header": header_xml(1, 2, 8, 16, drop=["fieldOfView_mm"])}, "fieldOfView_mm"),
+    "channels": ({"header": header_xml(1, 2, 8, 16, channels=4)}, "receiverChannels"),
     "line": ({"edit": _set("idx.kspace_encode_step_1", 9)}, "idx.kspace_encode_step_1"),
     "slice": ({"edit": _set("idx.slice", 3)}, "idx.slice"),
     "kz": ({"edit": _set("idx.kspace_encode_step_2", 1)}, "idx.kspace_encode_step_2"),
@@ -381,36 +290,21 @@ def test_bad_fastmri_and_other_files_name_file_and_field(tmp_path, files):
 
 
 # ------------------------------------------------------------------------------------------------------ CMRxRecon
-def _write_mat(path, name, arr, compound=True):
-    """A MATLAB v7.3-like file: HDF5 with a 512-byte user block starting 'MATLAB 7.3 MAT-file'."""
-    with h5py.File(path, "w", userblock_size=512) as f:
-        if compound:
-            dt = np.dtype([("real", "<f4"), ("imag", "<f4")])
-            a = np.empty(arr.shape, dt)
-            a["real"], a["imag"] = arr.real, arr.imag
-            f.create_dataset(name, data=a)
-        else:
-            f.create_dataset(name, data=arr)
-    with open(path, "r+b") as fh:
-        fh.write(b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: test HDF5 schema 1.00 .")
-    return str(path)
-
-
 def test_cmrxrecon_mat(tmp_path, files, subject):
     """CMRxRecon cine: k-space (time, slice, coil, ky, kx) as h5py sees it, a (ky, kx) mask file."""
     coil_k = files["coil_k"][..., 16:48] * subject["mask"][None, ..., None]  # (C, S, T, H, W) (no oversampling)
-    p = _write_mat(tmp_path / "cine_sax.mat", "kspace_sub04", coil_k.transpose(2, 1, 0, 3, 4))
+    p = write_mat(tmp_path / "cine_sax.mat", "kspace_sub04", coil_k.transpose(2, 1, 0, 3, 4))
     scan = read_scanner_kspace(p)  # no mask file: the lines holding data
     assert scan.format == "cmrxrecon" and scan.kspace.shape == (C, 2, 4, 32, 32) and scan.pixel_spacing is None
     np.testing.assert_array_equal(scan.mask, subject["mask"])
     np.testing.assert_allclose(scan.kspace, coil_k, atol=1e-6)
     m2 = np.zeros((32, 32), np.uint8)
     m2[::4] = 1
-    mp = _write_mat(tmp_path / "mask.mat", "mask04", m2, compound=False)
+    mp = write_mat(tmp_path / "mask.mat", "mask04", m2, compound=False)
     with pytest.warns(UserWarning, match="field 'kspace_sub04': nonzero values at lines the mask leaves out"):
         masked = read_scanner_kspace(p, mask_path=mp)
     assert masked.mask[:, :, ::4].all() and masked.mask.sum() == 2 * 4 * 8
-    bad = _write_mat(tmp_path / "badmask.mat", "mask04", np.eye(32, dtype=np.uint8), compound=False)
+    bad = write_mat(tmp_path / "badmask.mat", "mask04", np.eye(32, dtype=np.uint8), compound=False)
     with pytest.raises(ScannerFileError, match="badmask.mat: field 'mask04': varies along kx"):
         read_scanner_kspace(p, mask_path=bad)
     with pytest.raises(ScannerFileError, match="field 'pixel_spacing'"):
