@@ -89,12 +89,17 @@ def export_bundle(name: str, out: str, preset: str = "small", weights: str | Non
 
 
 def infer(bundle: str, input: str, out: str, acceleration: int | None = None, preset: str = "small",
-          weights: str | None = None, device: str | None = None, missing_views: str = "invalid", **overrides):
-    """Run a Stage III bundle's inference on INPUT (a subject folder, a cohort folder or an HDF5 k-space file) and
-    write its clinical outputs to OUT (phenotypes.csv, diseases.csv, segmentations on the input's grid or per-view
-    NIfTI files). --missing-views {invalid,fail}: a view file that a subject lacks (a SAX-only subject) enters the
-    model as zeros and gets no output (invalid, the default), or stops the run naming the file (fail). Further
-    --key value pairs are bundle config overrides (e.g. --kspace_scale_max 1.4142)."""
+          weights: str | None = None, device: str | None = None, missing_views: str = "invalid",
+          virtual_coils: int | None = None, frame_interval_ms: float | None = None, **overrides):  # fmt: skip
+    """Run a Stage III bundle's inference on INPUT (a subject folder, a cohort folder, an HDF5 k-space file or a
+    scanner k-space file: ISMRMRD, fastMRI-style HDF5, CMRxRecon .mat v7.3) and write its clinical outputs to OUT
+    (phenotypes.csv, diseases.csv, segmentations on the input's grid or per-view NIfTI files). --missing-views
+    {invalid,fail}: a view file that a subject lacks (a SAX-only subject) enters the model as zeros and gets no output
+    (invalid, the default), or stops the run naming the file (fail). A scanner file (its slices, in order, are the
+    bundle's views) is first converted to OUT/model_input/<name>.h5 on the model grid: --virtual-coils V compresses
+    the coils to V (SVD) first; --frame-interval-ms MS is the time between the file's frames (else outputs count
+    time in source frames). Further --key value pairs are bundle config overrides (e.g. --kspace_scale_max
+    1.4142)."""
     from kmtr_monai.bundle import bundle_command
 
     if missing_views not in ("invalid", "fail"):
@@ -108,6 +113,10 @@ def infer(bundle: str, input: str, out: str, acceleration: int | None = None, pr
         overrides["ckpt_dir"] = str(weights.parent)
     if acceleration is not None:
         overrides["val_acceleration"] = int(acceleration)
+    if virtual_coils is not None:
+        overrides["virtual_coils"] = int(virtual_coils)
+    if frame_interval_ms is not None:
+        overrides["frame_interval_ms"] = float(frame_interval_ms)
     if device is not None:
         overrides["device"] = f"$torch.device('{device}')"
     run_bundle_subprocess(bundle_command(bundle, preset, overrides, workflow="inference",

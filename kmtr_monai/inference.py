@@ -1,7 +1,9 @@
 """Inference inputs and outputs for the Stage III bundles (``configs/inference.json``, ``kmtr infer``).
 
 Inputs: a UK Biobank-layout subject folder (undersampled k-space is simulated at the bundle's R from the ``eid``
-seed), a cohort folder of such subjects, or an HDF5 k-space file on the model's grid (:mod:`kmtr_monai.io.kspace_h5`).
+seed), a cohort folder of such subjects, an HDF5 k-space file on the model's grid (:mod:`kmtr_monai.io.kspace_h5`),
+or a scanner k-space file (ISMRMRD, fastMRI-style, CMRxRecon), which :func:`model_input` first converts into such an
+HDF5 file under the output folder (:mod:`kmtr_monai.io.scanner_input`).
 Either way every item ends with ``view_affine`` (S, 4, 4), the voxel-to-world matrix of each view's (H, W) model grid,
 and ``frame_interval_ms``. Segmentations of a subject folder are written on the grid of its input files
 (``seg_sa.nii.gz`` ... with the input's shape and affine, :func:`kmtr_monai.io.outputs.write_source_niftis`); other
@@ -26,19 +28,33 @@ from monai.transforms import MapTransform
 
 from kmtr_monai.constants import IMAGE_FILES, is_lax
 from kmtr_monai.distributed import is_main_process
-
-H5_SUFFIXES = (".h5", ".hdf5")
+from kmtr_monai.io.kspace_h5 import H5_SUFFIXES
 
 
 def _is_subject(folder: Path) -> bool:
     return any((folder / f).is_file() for f in IMAGE_FILES.values())
 
 
-def input_items(path: str | os.PathLike) -> list[dict]:
-    """Datalist items of an inference input: ``[{"path": file}]`` for HDF5 k-space, ``[{"subject_dir": folder}]``
-    (absolute) for a subject folder or for each subject folder of a cohort folder."""
+def model_input(path: str | os.PathLike, work_dir: str | os.PathLike, views: Sequence[str], n_frames: int, crop: int,
+                pixel_mm: float, virtual_coils: int | None = None, frame_interval_ms: float | None = None) -> str:
+    """The input the inference reads (absolute): a scanner k-space file converted to a ``kmtr-kspace`` file under
+    ``work_dir`` on the model grid (:func:`kmtr_monai.io.scanner_input.write_model_input`); anything else (a folder,
+    a ``kmtr-kspace`` file, a path that does not exist) as it is. A file of no known format is an error naming it."""
+    from kmtr_monai.io.kspace_h5 import FORMAT
+    from kmtr_monai.io.scanner_input import input_format, write_model_input
+
     p = Path(path).resolve()
-    if p.is_file() and p.suffix in H5_SUFFIXES:
+    if not p.is_file() or input_format(p) == FORMAT:
+        return str(p)
+    return write_model_input(p, Path(work_dir).resolve(), views, n_frames, crop, pixel_mm,
+                             virtual_coils=virtual_coils, frame_interval_ms=frame_interval_ms)  # fmt: skip
+
+
+def input_items(path: str | os.PathLike) -> list[dict]:
+    """Datalist items of an inference input (:func:`model_input`): ``[{"path": file}]`` for a k-space HDF5 file,
+    ``[{"subject_dir": folder}]`` (absolute) for a subject folder or for each subject folder of a cohort folder."""
+    p = Path(path).resolve()
+    if p.is_file():
         return [{"path": str(p)}]
     if p.is_dir() and _is_subject(p):
         return [{"subject_dir": str(p)}]
@@ -47,12 +63,14 @@ def input_items(path: str | os.PathLike) -> list[dict]:
         if subjects:
             return [{"subject_dir": str(s)} for s in subjects]
     raise FileNotFoundError(f"inference input {p}: expected an HDF5 k-space file ({', '.join(H5_SUFFIXES)}), a "
-                            f"subject folder holding {sorted(IMAGE_FILES.values())}, or a folder of such "
-                            "subject folders")  # fmt: skip
+                            f"scanner k-space file (ISMRMRD, fastMRI-style HDF5, CMRxRecon .mat v7.3), a subject "
+                            f"folder holding {sorted(IMAGE_FILES.values())}, or a folder of such subject "
+                            "folders")  # fmt: skip
 
 
 def is_h5(path: str | os.PathLike) -> bool:
-    return Path(path).suffix in H5_SUFFIXES
+    """Whether the inference input :func:`model_input` gives is a k-space HDF5 file (it is a file)."""
+    return Path(path).is_file()
 
 
 class ViewGeometryd(MapTransform):

@@ -67,6 +67,7 @@ __all__ = ["KspaceFileError", "FORMAT", "FORMAT_VERSION", "write_kspace_h5", "re
            "combine_coils", "time_average_max", "LoadKspaceH5d"]  # fmt: skip
 
 FORMAT, FORMAT_VERSION = "kmtr-kspace", 1
+H5_SUFFIXES = (".h5", ".hdf5")  # file names taken as this format when the content is not a scanner format
 _COMPLEX_FIELDS = (("r", "i"), ("real", "imag"), ("re", "im"))
 _SAX = re.compile(r"^sax_(\d+)$")
 

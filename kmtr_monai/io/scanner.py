@@ -187,9 +187,16 @@ class ScannerKspace:
 
     def affine_for_grid(self, grid: Sequence[int], spacing: Sequence[float], readout_shift_px: int = 0) -> np.ndarray:
         """NIfTI voxel → world (RAS, mm) affines (S, 4, 4) of an (H, W) = (ky, kx) grid with ``spacing`` (dy, dx)
-        centred on each slice's position (moved ``readout_shift_px`` pixels along the readout). Without slice
-        geometry in the file: a diagonal affine (slices stacked along z). The direction signs follow the ISMRMRD
-        direction vectors as written; acquisition-consistent geometry is not checked here."""
+        centred on each slice's position (moved ``readout_shift_px`` pixels along the readout).
+
+        Convention: ISMRMRD ``position`` (the centre of the slice's FOV) and ``read_dir`` / ``phase_dir`` /
+        ``slice_dir`` are in patient LPS (x to the patient's left, y posterior, z superior; mm); NIfTI world is RAS,
+        so RAS = diag(−1, −1, 1) · LPS. Voxel (i, j, k) — i along H (phase encoding), j along W (readout), k across
+        the slice — sits at LPS ``position + (i − H//2)·dy·phase_dir + (j − W//2 + readout_shift_px)·dx·read_dir +
+        k·dz·slice_dir`` (dz the slice thickness): the centred FFT (DESIGN §2) puts the FOV centre at index n//2.
+        The direction signs are taken as written; acquisition-consistent geometry is not checked here. Without
+        slice geometry in the file (fastMRI-style, CMRxRecon): diag(dy, dx, dz), an identity orientation with slice
+        s at z = s·dz."""
         h, w = (int(v) for v in grid)
         dy, dx = (float(v) for v in spacing)
         dz = float(self.slice_thickness_mm or 1.0)
@@ -279,7 +286,11 @@ def detect_format(path: str) -> str:
     if not h5py.is_hdf5(path):
         raise ScannerFileError(path, "/", "not an HDF5 file; expected ISMRMRD, fastMRI-style HDF5 or CMRxRecon "
                                           ".mat v7.3")  # fmt: skip
-    with h5py.File(path, "r") as f:
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise ScannerFileError(path, "/", f"cannot open the HDF5 file (corrupt or truncated?): {err}") from err
+    with f:
         if head.startswith(b"MATLAB"):
             return "cmrxrecon"
         groups = [k for k in f if isinstance(f[k], h5py.Group) and "xml" in f[k] and "data" in f[k]]

@@ -88,7 +88,9 @@ def to_kspace_item(scan: ScannerKspace, grid: Sequence[int], n_frames: int | Non
     kx, pixel size kept); ky **fitted** to H (central lines kept, or unsampled zero lines added: the FOV along
     phase-encode cannot be cropped in k-space, DESIGN §16, so the pixel size along H becomes FOV_y / H). The affine
     (LPS → RAS, NIfTI axes (H, W, slice)) is rebuilt for that grid; geometry missing from the file
-    (``pixel_spacing`` (dy, dx) mm, ``frame_interval_ms``) must be passed. Views default to ``sax_0..``.
+    (``pixel_spacing`` (dy, dx) mm, ``frame_interval_ms`` between the file's frames) must be passed; the item's frame
+    interval is that times the mean frame step (T_file − 1) / (n_frames − 1), as for image inputs. Views default to
+    ``sax_0..``.
     ``scale_max`` (default √2, the training scale of ``RandSmoothPhase``) rescales the k-space so that the image
     maximum estimated from the time-averaged k-space (``time_average_max``) is that value (whitened data are on the
     noise scale); None keeps the scale.
@@ -102,6 +104,7 @@ def to_kspace_item(scan: ScannerKspace, grid: Sequence[int], n_frames: int | Non
     k, m = res["kspace"], res["mask"]  # (S, T, Hs, Ws)
     s_idx = list(range(k.shape[0])) if slices is None else [int(v) for v in slices]
     t_idx = list(range(k.shape[1])) if n_frames is None else _frame_indices(k.shape[1], int(n_frames))
+    frame_step = (k.shape[1] - 1) / (len(t_idx) - 1) if len(t_idx) > 1 and k.shape[1] > 1 else 1.0
     k, m = k[s_idx][:, t_idx], m[s_idx][:, t_idx]
     spacing = scan.pixel_spacing if pixel_spacing is None else tuple(float(v) for v in pixel_spacing)
     if spacing is None:
@@ -132,5 +135,5 @@ def to_kspace_item(scan: ScannerKspace, grid: Sequence[int], n_frames: int | Non
     if views is None:
         views = [f"sax_{i}" for i in range(len(s_idx))]
     return {"kspace": k, "mask": m, "views": list(views), "affine": affine,
-            "pixel_spacing": np.array([dy, spacing[1]], dtype=np.float64), "frame_interval_ms": float(interval),
-            "eid": eid if eid is not None else scan.eid}  # fmt: skip
+            "pixel_spacing": np.array([dy, spacing[1]], dtype=np.float64),
+            "frame_interval_ms": float(interval) * frame_step, "eid": eid if eid is not None else scan.eid}  # fmt: skip
