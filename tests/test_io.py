@@ -77,6 +77,50 @@ def test_round_trip_and_load_transform(tmp_path):
     np.testing.assert_array_equal(meta["affine"].numpy(), _affines())
 
 
+MODEL_VIEWS = ["la_2ch", "la_3ch", "la_4ch", "sax_0", "sax_1"]  # the model's views; VIEWS are rows 0, 2, 3, 4
+
+
+def test_a_file_with_every_view_reads_the_same_under_either_policy(tmp_path):
+    """Bit-identical to the file's arrays, whatever ``missing_views``; every view flagged valid."""
+    _, k, mask = _subject()
+    p = write_kspace_h5(str(tmp_path / "s.h5"), k, mask, VIEWS, _affines(), (1.8, 1.8), 30.0)
+    for policy in ("fail", "invalid"):
+        d = LoadKspaceH5d("path", VIEWS, (S, T, H, W), missing_views=policy)({"path": p})
+        assert torch.equal(d["kspace"], torch.from_numpy(k)) and torch.equal(d["mask"], torch.from_numpy(mask).float())
+        assert torch.equal(d["kspace_meta_dict"]["affine"], torch.from_numpy(_affines()))
+        assert d["view_valid"].tolist() == [1.0] * S and d["kspace_meta_dict"]["views"] == VIEWS
+
+
+def test_a_subset_of_the_views_is_placed_at_the_model_views(tmp_path):
+    """A file of some views (one LAX view and the SAX stack): under "invalid" its rows go to the model's view order,
+    the others are zeros (k-space, mask) with a NaN affine and ``view_valid`` 0; under "fail" one line naming the
+    file and the missing view. Coil files are combined per view before placing."""
+    g = np.random.default_rng(3)
+    x, k, mask = _subject()
+    rows = [MODEL_VIEWS.index(v) for v in VIEWS]
+    p = write_kspace_h5(str(tmp_path / "sub.h5"), k, mask, VIEWS, _affines(), (1.8, 1.8), 30.0)
+    d = LoadKspaceH5d("path", MODEL_VIEWS, (5, T, H, W), missing_views="invalid")({"path": p})
+    assert d["kspace"].shape == (5, T, H, W) and d["mask"].shape == (5, T, H)
+    assert torch.equal(d["kspace"][rows], torch.from_numpy(k)) and not d["kspace"][1].any()
+    assert torch.equal(d["mask"][rows], torch.from_numpy(mask).float()) and not d["mask"][1].any()
+    assert d["view_valid"].tolist() == [1.0, 0.0, 1.0, 1.0, 1.0] and d["kspace_meta_dict"]["views"] == MODEL_VIEWS
+    affine = d["kspace_meta_dict"]["affine"].numpy()
+    np.testing.assert_array_equal(affine[rows], _affines())
+    assert np.isnan(affine[1]).all()
+
+    with pytest.raises(KspaceFileError, match=r"missing view\(s\) \['la_3ch'\]") as err:
+        LoadKspaceH5d("path", MODEL_VIEWS, (5, T, H, W), missing_views="fail")({"path": p})
+    assert str(p) in str(err.value) and "\n" not in str(err.value)
+
+    maps = (g.normal(size=(3, S, H, W)) + 1j * g.normal(size=(3, S, H, W))).astype(np.complex64)
+    coil_k = (fft2c(maps[:, :, None] * x[None]) * mask[None, ..., None]).astype(np.complex64)
+    p = write_kspace_h5(str(tmp_path / "c.h5"), coil_k, mask, VIEWS, _affines(), (1.8, 1.8), 30.0, sens_maps=maps)
+    d = LoadKspaceH5d("path", MODEL_VIEWS, (5, T, H, W), missing_views="invalid")({"path": p})
+    np.testing.assert_allclose(d["kspace"][rows].numpy(), combine_coils(coil_k, mask, maps).numpy(), rtol=0,
+                               atol=1e-6)  # fmt: skip
+    assert not d["kspace"][1].any()
+
+
 def test_eid_defaults_to_file_stem_and_metadata_as_datasets(tmp_path):
     p = _raw(tmp_path / "2000002.h5", eid=None, views=None, frame_interval_ms=None)
     with h5py.File(p, "a") as f:  # metadata may be datasets instead of attributes

@@ -13,7 +13,10 @@ key                    dtype / shape                               meaning
 ``mask``               bool or uint8 (S, T, H), values 0/1          sampled ky lines per view and frame
 ``sens_maps``          complex64 (C, S, H, W)                      coil sensitivities; required with coils
 ``views``              S strings                                   view names in contract order: any of
-                                                                   la_2ch, la_3ch, la_4ch, then sax_0..
+                                                                   la_2ch, la_3ch, la_4ch, then sax_0..;
+                                                                   a subset of the model's views (e.g. a
+                                                                   SAX stack alone) is read under
+                                                                   ``missing_views="invalid"``
 ``affine``             float64 (S, 4, 4)                           NIfTI voxel -> world (mm) of each view's
                                                                    (H, W) grid: (X, Y) = (H, W), Z = 1 slice
 ``pixel_spacing``      float (2,)                                  mm along H and W
@@ -70,6 +73,7 @@ FORMAT, FORMAT_VERSION = "kmtr-kspace", 1
 H5_SUFFIXES = (".h5", ".hdf5")  # file names taken as this format when the content is not a scanner format
 _COMPLEX_FIELDS = (("r", "i"), ("real", "imag"), ("re", "im"))
 _SAX = re.compile(r"^sax_(\d+)$")
+MISSING_VIEWS = ("fail", "invalid")  # inference policies for a model view the file lacks (LoadKspaceH5d)
 
 
 class KspaceFileError(ValueError):
@@ -88,22 +92,15 @@ def _h5py():
     return h5py
 
 
-def check_views(views: Sequence[str], path: str = "<views>", expected: Sequence[str] | None = None) -> list[str]:
+def check_views(views: Sequence[str], path: str = "<views>", expected: Sequence[str] | None = None,
+                missing_views: str = "fail") -> list[str]:
     """Check view names: known, unique, in contract order (LAX in la_2ch, la_3ch, la_4ch order, then sax_0..
-    sax_{n-1} consecutive); with ``expected``, exactly those views. Returns the names as a list of str."""
+    sax_{n-1} consecutive). With ``expected`` (the model's views): no view outside it, and every one of its views
+    present unless ``missing_views="invalid"`` (a subset, e.g. a SAX stack alone; "fail" names the missing views).
+    Returns the names as a list of str."""
+    if missing_views not in MISSING_VIEWS:
+        raise ValueError(f"missing_views must be one of {list(MISSING_VIEWS)}, got {missing_views!r}")
     names = [v.decode() if isinstance(v, bytes) else str(v) for v in views]
-    if expected is not None:
-        expected = [str(v) for v in expected]
-        missing = [v for v in expected if v not in names]
-        extra = [v for v in names if v not in expected]
-        if missing:
-            raise KspaceFileError(path, "views", f"missing view(s) {missing}; the model expects {expected}, "
-                                                 f"file has {names}")  # fmt: skip
-        if extra:
-            raise KspaceFileError(path, "views", f"unexpected view(s) {extra}; the model expects {expected}")
-        if names != expected:
-            raise KspaceFileError(path, "views", f"views out of order: {names}; expected {expected}")
-        return names
     unknown = [v for v in names if v not in LAX_VIEWS and not _SAX.match(v)]
     if unknown:
         raise KspaceFileError(path, "views", f"unknown view name(s) {unknown}; use {list(LAX_VIEWS)} and sax_0, "
@@ -116,6 +113,19 @@ def check_views(views: Sequence[str], path: str = "<views>", expected: Sequence[
     if names != order:
         raise KspaceFileError(path, "views", f"views {names} are not in contract order {order} (LAX first, "
                                              f"then sax_0..)")  # fmt: skip
+    if expected is None:
+        return names
+    expected = [str(v) for v in expected]
+    missing = [v for v in expected if v not in names]
+    extra = [v for v in names if v not in expected]
+    if missing and missing_views == "fail":
+        raise KspaceFileError(path, "views", f"missing view(s) {missing}; the model expects {expected}, file has "
+                                             f"{names} (missing_views='fail'; 'invalid' gives a missing view zeros "
+                                             f"and flags it invalid)")  # fmt: skip
+    if extra:
+        raise KspaceFileError(path, "views", f"unexpected view(s) {extra}; the model expects {expected}")
+    if names != [v for v in expected if v in names]:
+        raise KspaceFileError(path, "views", f"views out of order: {names}; expected {expected}")
     return names
 
 
@@ -228,13 +238,17 @@ def read_kspace_h5(
     expected_views: Sequence[str] | None = None,
     expected_shape: Sequence[int] | None = None,
     check_only: bool = False,
+    missing_views: str = "fail",
 ) -> dict[str, Any]:
     """Read and validate a k-space HDF5 file (format in the module docstring).
 
     Args:
-        expected_views: the model's views; the file must hold exactly these, in this order.
-        expected_shape: the model's (S, T, H, W) (k-space shape without the coil axis).
+        expected_views: the model's views; the file must hold these, in this order (:func:`check_views`).
+        expected_shape: the model's (S, T, H, W) (k-space shape without the coil axis); with ``expected_views``,
+            S is checked through the view names.
         check_only: validate metadata and values, return without the arrays (used after writing).
+        missing_views: "fail" (default): every expected view must be in the file; "invalid": the file may hold a
+            subset of them (the arrays are returned as stored; :class:`LoadKspaceH5d` places them).
 
     Returns:
         ``{"kspace": complex64 (S, T, H, W) or (C, S, T, H, W), "mask": bool (S, T, H), "sens_maps": complex64
@@ -271,7 +285,8 @@ def read_kspace_h5(
                 raise KspaceFileError(path, "kspace", f"expected shape (S, T, H, W) or (C, S, T, H, W), got {kshape}")
             coils = len(kshape) == 5
             s, t, h, w = kshape[-4:]
-            if expected_shape is not None and tuple(kshape[-4:]) != tuple(int(v) for v in expected_shape):
+            first = 0 if expected_views is None else 1  # with the model's views, S is checked by their names
+            if expected_shape is not None and kshape[-4 + first :] != tuple(int(v) for v in expected_shape)[first:]:
                 raise KspaceFileError(path, "kspace", f"shape (S, T, H, W) = {tuple(kshape[-4:])} does not match the "
                                                       f"model's grid {tuple(expected_shape)}")  # fmt: skip
             mobj = _get(f, path, "mask", ctx=ctx)
@@ -298,7 +313,7 @@ def read_kspace_h5(
             views = np.asarray(_read_array(vobj, path, "views")).reshape(-1).tolist()
             if len(views) != s:
                 raise KspaceFileError(path, "views", f"{len(views)} view names for {s} views (S) in kspace {kshape}")
-            views = check_views(views, path, expected_views)
+            views = check_views(views, path, expected_views, missing_views)
             spacing = _read_array(_get(f, path, "pixel_spacing", ctx=ctx), path, "pixel_spacing")
             try:
                 spacing = np.asarray(spacing, dtype=np.float64)
@@ -418,9 +433,15 @@ class LoadKspaceH5d(MapTransform):
     """Load a k-space HDF5 file named by ``d[keys]`` (a path) for inference.
 
     Writes ``kspace`` complex64 (S, T, H, W) (coil-combined by :func:`combine_coils` when the file has coils),
-    ``mask`` float32 (S, T, H), ``eid`` (str) and ``kspace_meta_dict`` = {"affine" float64 (S, 4, 4), "views",
-    "pixel_spacing" (2,), "frame_interval_ms", "filename_or_obj", "n_coils", "scale"}. ``expected_views`` /
-    ``expected_shape`` (the model's (S, T, H, W)) are checked by :func:`read_kspace_h5`.
+    ``mask`` float32 (S, T, H), ``view_valid`` float32 (S,), ``eid`` (str) and ``kspace_meta_dict`` = {"affine"
+    float64 (S, 4, 4), "views", "pixel_spacing" (2,), "frame_interval_ms", "filename_or_obj", "n_coils", "scale"}.
+    ``expected_views`` / ``expected_shape`` (the model's (S, T, H, W)) are checked by :func:`read_kspace_h5`.
+
+    Missing views (``missing_views``, as for image inputs): with ``expected_views``, S is the model's view count and
+    the file's views are placed at their rows. A model view the file lacks is an error naming the file and the view
+    under ``"fail"`` (default); under ``"invalid"`` it gets zero k-space, ``view_valid`` 0, a NaN affine and, here,
+    an all-zero mask (the inference config then gives it the image path's mask,
+    :class:`kmtr_monai.inference.MissingViewMaskd`). A file holding every view reads as it always did.
 
     Scale: models are trained on k-space of images whose magnitude spans [0, √2] per subject (``RandSmoothPhase``
     default). ``normalize_max`` (e.g. ``math.sqrt(2)``) multiplies the k-space by ``normalize_max /
@@ -430,20 +451,22 @@ class LoadKspaceH5d(MapTransform):
 
     def __init__(self, keys: KeysCollection = "path", expected_views: Sequence[str] | None = None,
                  expected_shape: Sequence[int] | None = None, normalize_max: float | None = None,
-                 kspace_key: str = "kspace", mask_key: str = "mask", eid_key: str = "eid",
-                 meta_key: str = "kspace_meta_dict", allow_missing_keys: bool = False) -> None:  # fmt: skip
+                 missing_views: str = "fail", kspace_key: str = "kspace", mask_key: str = "mask",
+                 eid_key: str = "eid", meta_key: str = "kspace_meta_dict", valid_key: str = "view_valid",
+                 allow_missing_keys: bool = False) -> None:  # fmt: skip
         super().__init__(keys, allow_missing_keys)
         self.expected_views = None if expected_views is None else [str(v) for v in expected_views]
         self.expected_shape = None if expected_shape is None else tuple(int(v) for v in expected_shape)
         if normalize_max is not None and not normalize_max > 0:
             raise ValueError(f"normalize_max must be > 0 or None, got {normalize_max}")
-        self.normalize_max = normalize_max
+        self.normalize_max, self.missing_views = normalize_max, missing_views  # checked by check_views
         self.kspace_key, self.mask_key, self.eid_key, self.meta_key = kspace_key, mask_key, eid_key, meta_key
+        self.valid_key = valid_key
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
-            r = read_kspace_h5(str(d[key]), self.expected_views, self.expected_shape)
+            r = read_kspace_h5(str(d[key]), self.expected_views, self.expected_shape, missing_views=self.missing_views)
             k = torch.from_numpy(r["kspace"])
             n_coils = 1
             if r["sens_maps"] is not None:
@@ -456,10 +479,21 @@ class LoadKspaceH5d(MapTransform):
                     raise KspaceFileError(r["path"], "kspace", "all sampled values are zero; cannot normalise")
                 scale = self.normalize_max / peak
                 k = k * scale
-            d[self.kspace_key] = k.to(torch.complex64)
-            d[self.mask_key] = torch.from_numpy(r["mask"].astype(np.float32))
+            views = self.expected_views or r["views"]
+            valid = torch.tensor([v in r["views"] for v in views])  # (S,) the file's views, in model order
+
+            def place(a: torch.Tensor, fill: float) -> torch.Tensor:  # the file's rows at the model's views
+                if valid.all():
+                    return a
+                out = torch.full((len(views), *a.shape[1:]), fill, dtype=a.dtype)
+                out[valid] = a
+                return out
+
+            d[self.kspace_key] = place(k.to(torch.complex64), 0.0)
+            d[self.mask_key] = place(torch.from_numpy(r["mask"].astype(np.float32)), 0.0)
+            d[self.valid_key] = valid.to(torch.float32)
             d[self.eid_key] = r["eid"]
-            d[self.meta_key] = {"affine": torch.from_numpy(r["affine"]), "views": r["views"],
+            d[self.meta_key] = {"affine": place(torch.from_numpy(r["affine"]), float("nan")), "views": views,
                                 "pixel_spacing": torch.from_numpy(r["pixel_spacing"]),
                                 "frame_interval_ms": r["frame_interval_ms"], "filename_or_obj": r["path"],
                                 "n_coils": n_coils, "scale": scale}  # fmt: skip
