@@ -90,22 +90,29 @@ def export_bundle(name: str, out: str, preset: str = "small", weights: str | Non
 
 def infer(bundle: str, input: str, out: str, acceleration: int | None = None, preset: str = "small",
           weights: str | None = None, device: str | None = None, missing_views: str = "invalid",
-          virtual_coils: int | None = None, frame_interval_ms: float | None = None, **overrides):  # fmt: skip
+          virtual_coils: int | None = None, frame_interval_ms: float | None = None, slice_views: str = "auto",
+          **overrides):  # fmt: skip
     """Run a Stage III bundle's inference on INPUT (a subject folder, a cohort folder, an HDF5 k-space file or a
     scanner k-space file: ISMRMRD, fastMRI-style HDF5, CMRxRecon .mat v7.3) and write its clinical outputs to OUT
     (phenotypes.csv, diseases.csv, segmentations on the input's grid or per-view NIfTI files). --missing-views
-    {invalid,fail}: a view file that a subject lacks (a SAX-only subject) enters the model as zeros and gets no output
-    (invalid, the default), or stops the run naming the file (fail). A scanner file (its slices, in order, are the
-    bundle's views) is first converted to OUT/model_input/<name>.h5 on the model grid: --virtual-coils V compresses
-    the coils to V (SVD) first; --frame-interval-ms MS is the time between the file's frames (else outputs count
-    time in source frames). Further --key value pairs are bundle config overrides (e.g. --kspace_scale_max
-    1.4142)."""
+    {invalid,fail}: a view the input lacks (a SAX-only subject folder, an HDF5 file holding some of the views, a
+    scanner file that is a SAX stack) enters the model as zeros and gets no output (invalid, the default), or stops
+    the run naming the file and view (fail). A scanner file is first converted to OUT/model_input/<name>.h5 on the
+    model grid. --slice-views {auto,all,sax}: its slices, in order, are the bundle's views la_2ch, la_3ch, la_4ch,
+    sax_0.. (all), or it is a SAX stack, base first, whose slices are sax_0.. (centred in a deeper stack, as for
+    image inputs; the LAX views are missing) (sax); auto (default): all when the slice count equals the bundle's
+    view count, else sax (pass sax for a SAX stack of exactly that many slices). --virtual-coils V compresses the
+    coils to V (SVD) first; --frame-interval-ms MS is the time between the file's frames (else outputs count time
+    in source frames). Further --key value pairs are bundle config overrides (e.g. --kspace_scale_max 1.4142)."""
     from kmtr_monai.bundle import bundle_command
+    from kmtr_monai.io.scanner_input import SLICE_VIEWS
 
     if missing_views not in ("invalid", "fail"):
         raise ValueError(f"--missing-views must be 'invalid' or 'fail' for inference, got {missing_views!r}")
+    if slice_views not in SLICE_VIEWS:
+        raise ValueError(f"--slice-views must be one of {', '.join(SLICE_VIEWS)}, got {slice_views!r}")
     overrides = {**overrides, "input_path": str(Path(input).resolve()), "output_dir": str(Path(out).resolve()),
-                 "missing_views": missing_views}  # fmt: skip
+                 "missing_views": missing_views, "slice_views": slice_views}  # fmt: skip
     if weights is not None:
         weights = Path(weights).resolve()
         if weights.name != "model.pt":

@@ -9,9 +9,10 @@ and ``frame_interval_ms``. Segmentations of a subject folder are written on the 
 (``seg_sa.nii.gz`` ... with the input's shape and affine, :func:`kmtr_monai.io.outputs.write_source_niftis`); other
 outputs are per-view NIfTI files on the model grid that overlay the source in a viewer.
 
-A subject folder may lack view files (a SAX-only subject): the inference config's ``missing_views`` (``kmtr infer
---missing_views``) is ``"invalid"`` by default (the view enters the network as zeros, as in training under that
-policy, and gets no output file) or ``"fail"`` (stop, naming the missing file).
+A subject folder may lack view files (a SAX-only subject), an HDF5 file may hold a subset of the views, and a scanner
+file may be a SAX stack alone: the inference config's ``missing_views`` (``kmtr infer --missing_views``) is
+``"invalid"`` by default (the view enters the network as zeros, as in training under that policy, with the same
+sampling mask whatever the input format, and gets no output file) or ``"fail"`` (stop, naming the file and view).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from monai.config import KeysCollection
-from monai.transforms import MapTransform
+from monai.transforms import Compose, MapTransform
 
 from kmtr_monai.constants import IMAGE_FILES, is_lax
 from kmtr_monai.distributed import is_main_process
@@ -36,18 +37,21 @@ def _is_subject(folder: Path) -> bool:
 
 
 def model_input(path: str | os.PathLike, work_dir: str | os.PathLike, views: Sequence[str], n_frames: int, crop: int,
-                pixel_mm: float, virtual_coils: int | None = None, frame_interval_ms: float | None = None) -> str:
+                pixel_mm: float, virtual_coils: int | None = None, frame_interval_ms: float | None = None,
+                slice_views: str = "auto", missing_views: str = "invalid") -> str:  # fmt: skip
     """The input the inference reads (absolute): a scanner k-space file converted to a ``kmtr-kspace`` file under
-    ``work_dir`` on the model grid (:func:`kmtr_monai.io.scanner_input.write_model_input`); anything else (a folder,
-    a ``kmtr-kspace`` file, a path that does not exist) as it is. A file of no known format is an error naming it."""
+    ``work_dir`` on the model grid (:func:`kmtr_monai.io.scanner_input.write_model_input`, whose ``slice_views`` say
+    whether its slices are the views or a SAX stack); anything else (a folder, a ``kmtr-kspace`` file, a path that
+    does not exist) as it is. A file of no known format is an error naming it."""
     from kmtr_monai.io.kspace_h5 import FORMAT
     from kmtr_monai.io.scanner_input import input_format, write_model_input
 
     p = Path(path).resolve()
     if not p.is_file() or input_format(p) == FORMAT:
         return str(p)
-    return write_model_input(p, Path(work_dir).resolve(), views, n_frames, crop, pixel_mm,
-                             virtual_coils=virtual_coils, frame_interval_ms=frame_interval_ms)  # fmt: skip
+    return write_model_input(p, Path(work_dir).resolve(), views, n_frames, crop, pixel_mm, virtual_coils=virtual_coils,
+                             frame_interval_ms=frame_interval_ms, slice_views=slice_views,
+                             missing_views=missing_views)  # fmt: skip
 
 
 def input_items(path: str | os.PathLike) -> list[dict]:
@@ -128,6 +132,34 @@ class KspaceGeometryd(MapTransform):
         for key in self.key_iterator(d):
             d["view_affine"] = torch.as_tensor(d[key]["affine"])
             d["frame_interval_ms"] = float(d[key]["frame_interval_ms"])
+        return d
+
+
+class MissingViewMaskd(MapTransform):
+    """For HDF5 inputs (``LoadKspaceH5d(missing_views="invalid")``): a view missing from the file enters the network
+    as a view file missing from a subject folder does. That view's image is zeros, and ``kspace_sim#validate``
+    (``simulate``: eid-seeded smooth phase, FFT, eid-seeded sampling mask) makes it zero k-space with the eid's
+    sampling mask. Here ``simulate`` runs on a zero image (S, T, H, W) with the item's ``eid``, and its mask replaces
+    the rows of ``d[keys]`` (S, T, H) whose ``view_valid`` is 0 (the file's views keep the file's mask; the k-space
+    of a missing view is zero already)."""
+
+    def __init__(self, simulate: Sequence, keys: KeysCollection = "mask", valid_key: str = "view_valid",
+                 kspace_key: str = "kspace", eid_key: str = "eid", image_key: str = "image") -> None:  # fmt: skip
+        super().__init__(keys)
+        self.simulate = Compose(simulate)
+        self.valid_key, self.kspace_key, self.eid_key, self.image_key = valid_key, kspace_key, eid_key, image_key
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        missing = torch.as_tensor(d[self.valid_key]) == 0
+        if not missing.any():
+            return d
+        zeros = torch.zeros(torch.as_tensor(d[self.kspace_key]).shape, dtype=torch.float32)  # (S, T, H, W)
+        sim = self.simulate({self.image_key: zeros, self.eid_key: d[self.eid_key]})
+        for key in self.key_iterator(d):
+            mask = torch.as_tensor(d[key]).clone()
+            mask[missing] = torch.as_tensor(sim[key], dtype=mask.dtype)[missing]
+            d[key] = mask
         return d
 
 

@@ -3,8 +3,13 @@ by its content and converted once into a ``kmtr-kspace`` file on the bundle's mo
 path (:class:`~kmtr_monai.io.kspace_h5.LoadKspaceH5d`) then reads like any other (``kmtr infer``,
 ``bundles/common/inference.json`` ``model_input``).
 
-- **Slices are views**: the file's slices, in order, are the bundle's views (``la_2ch, la_3ch, la_4ch, sax_0..``);
-  a file with another slice count is an error naming the file and the views expected.
+- **Slices are views or a SAX stack** (``slice_views``, :func:`choose_slices`): ``"all"``: the file's slices, in order,
+  are the bundle's views (``la_2ch, la_3ch, la_4ch, sax_0..``); ``"sax"``: the file is a SAX stack (slice 0 the
+  base, as UK Biobank's Z), its slices are ``sax_0..`` in order, chosen from a deeper stack as image inputs choose
+  them (:func:`kmtr_monai.data.cohort.sax_start`: centred), and the LAX views are missing (``missing_views``:
+  "invalid" writes a file of the SAX views alone, which the HDF5 path reads with zeros for the LAX views, "fail"
+  is an error naming the file and the missing views); ``"auto"`` (default): "all" when the slice count equals the
+  bundle's view count, else "sax".
 - **Grid**: :func:`~kmtr_monai.io.scanner_model.to_kspace_item` with the bundle's ``n_frames`` and ``crop`` (coil
   compression to ``virtual_coils``, coil maps, CG-SENSE combination, frames subsampled, readout cropped, ky fitted,
   scaled to the training range).
@@ -23,10 +28,15 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from kmtr_monai.io.kspace_h5 import FORMAT, H5_SUFFIXES, write_kspace_h5
+import numpy as np
+
+from kmtr_monai.constants import is_lax
+from kmtr_monai.io.kspace_h5 import FORMAT, H5_SUFFIXES, MISSING_VIEWS, write_kspace_h5
 from kmtr_monai.io.scanner import ScannerFileError, detect_format, read_scanner_kspace
 
-__all__ = ["input_format", "write_model_input"]
+__all__ = ["SLICE_VIEWS", "choose_slices", "input_format", "write_model_input"]
+
+SLICE_VIEWS = ("auto", "all", "sax")  # what a scanner file's slices are: see the module docstring
 
 
 def input_format(path: str | os.PathLike) -> str:
@@ -54,20 +64,50 @@ def input_format(path: str | os.PathLike) -> str:
         raise ScannerFileError(path, err.field, f"{reason} (or a {FORMAT} HDF5 file)") from err
 
 
+def choose_slices(path: str, n_slices: int, views: Sequence[str], slice_views: str = "auto",
+                  missing_views: str = "invalid") -> tuple[list[int], list[str]]:  # fmt: skip
+    """The file's slice indices the model reads and their view names (a subset of ``views``, in their order), for
+    ``slice_views`` "auto", "all" or "sax" (module docstring). Errors (``ScannerFileError`` naming ``path`` and the
+    field ``slices``): under "all", a slice count other than the view count; under "sax", fewer slices than the
+    model's SAX views, or ``missing_views="fail"`` (the LAX views are missing)."""
+    from kmtr_monai.data.cohort import sax_start
+
+    if slice_views not in SLICE_VIEWS or missing_views not in MISSING_VIEWS:
+        raise ValueError(f"slice_views must be one of {list(SLICE_VIEWS)} and missing_views one of "
+                         f"{list(MISSING_VIEWS)}, got {slice_views!r} and {missing_views!r}")  # fmt: skip
+    views = [str(v) for v in views]
+    if slice_views == "all" or (slice_views == "auto" and n_slices == len(views)):
+        if n_slices != len(views):
+            raise ScannerFileError(path, "slices", f"{n_slices} slice(s), but the model takes {len(views)} views "
+                                                   f"{views}: one slice per view, in that order "
+                                                   f"(slice_views='all')")  # fmt: skip
+        return list(range(n_slices)), views
+    sax, lax = [v for v in views if not is_lax(v)], [v for v in views if is_lax(v)]
+    if n_slices < len(sax):
+        raise ScannerFileError(path, "slices", f"{n_slices} slice(s) taken as a SAX stack, but the model takes "
+                                               f"{len(sax)} SAX views {sax}")  # fmt: skip
+    if lax and missing_views == "fail":
+        raise ScannerFileError(path, "slices", f"{n_slices} slice(s) taken as a SAX stack: the view(s) {lax} are "
+                                               f"missing (missing_views='fail'; 'invalid' gives them zeros and no "
+                                               f"output)")  # fmt: skip
+    start = sax_start(np.zeros(n_slices, dtype=bool), len(sax))  # no labels at inference: the centred range
+    return list(range(start, start + len(sax))), sax
+
+
 def write_model_input(path: str | os.PathLike, work_dir: str | os.PathLike, views: Sequence[str], n_frames: int,
                       crop: int, pixel_mm: float, virtual_coils: int | None = None,
-                      frame_interval_ms: float | None = None) -> str:  # fmt: skip
+                      frame_interval_ms: float | None = None, slice_views: str = "auto",
+                      missing_views: str = "invalid") -> str:  # fmt: skip
     """Convert the scanner file ``path`` to ``<work_dir>/<stem>.h5``, a ``kmtr-kspace`` file on the model grid
     (``views``, ``n_frames``, ``crop`` × ``crop``; see the module docstring), and return that path. The file is kept
     (it is what the model saw). ``virtual_coils``: SVD coil compression first; ``frame_interval_ms``: the time
-    between the file's frames; ``pixel_mm``: the spacing the model was trained at (assumed for files without one)."""
+    between the file's frames; ``pixel_mm``: the spacing the model was trained at (assumed for files without one);
+    ``slice_views``, ``missing_views``: which views the slices are (:func:`choose_slices`)."""
     from kmtr_monai.io.scanner_model import to_kspace_item
 
-    path, views = os.fspath(path), [str(v) for v in views]
+    path = os.fspath(path)
     scan = read_scanner_kspace(path)
-    if scan.n_slices != len(views):
-        raise ScannerFileError(path, "slices", f"{scan.n_slices} slice(s), but the model takes {len(views)} views "
-                                               f"{views}: one slice per view, in that order")  # fmt: skip
+    slices, views = choose_slices(path, scan.n_slices, views, slice_views, missing_views)
     spacing = None
     if scan.pixel_spacing is None:
         warnings.warn(f"{path}: no pixel spacing in the file; assuming the model's {pixel_mm:g} mm", stacklevel=2)
@@ -77,8 +117,9 @@ def write_model_input(path: str | os.PathLike, work_dir: str | os.PathLike, view
         warnings.warn(f"{path}: frame interval unknown (pass frame_interval_ms); outputs count time in source "
                       f"frames", stacklevel=2)  # fmt: skip
         interval = 1.0
-    item = to_kspace_item(scan, grid=(crop, crop), n_frames=int(n_frames), views=views, pixel_spacing=spacing,
-                          frame_interval_ms=float(interval), n_virtual=virtual_coils)  # fmt: skip
+    item = to_kspace_item(scan, grid=(crop, crop), n_frames=int(n_frames), slices=slices, views=views,
+                          pixel_spacing=spacing, frame_interval_ms=float(interval),
+                          n_virtual=virtual_coils)  # fmt: skip
     if any(abs(v / float(pixel_mm) - 1) > 0.1 for v in item["pixel_spacing"]):
         warnings.warn(f"{path}: the model grid's pixels are {' x '.join(f'{v:.3g}' for v in item['pixel_spacing'])} "
                       f"mm, the model was trained at {pixel_mm:g} mm: the heart appears at another scale",
