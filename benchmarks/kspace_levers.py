@@ -1,0 +1,209 @@
+"""Stage I and Stage II levers (issue 25): retrain the k-space MAE or the alignment with one change each and probe
+the k-space encoder as the pipeline probes it.
+
+Each lever is the ``kspace-mae`` bundle's own training command (``kmtr_monai.bundle.bundle_command``) with the base
+run's overrides (``RUN/kspace-mae/stage.json``) plus the lever's, on the base run's cohort. Outputs go to
+``RUN/stage1-levers/<name>/kspace-mae`` (an interrupted lever resumes through the bundle's ``resume: auto``; a
+finished one is not retrained). Every encoder, the base run's Stage I included, is then scored with the pipeline's
+linear-probe protocol (:func:`kmtr_monai.probes.run_probe`, encoder ``stage1``, regression, R=4): ridge on frozen
+features, regularisation chosen on validation, scored on ``test``. Reported per lever and pooling: probe mean R²
+over the 12 phenotypes, its gain over the base Stage I with a 95 % paired bootstrap interval, the mean pairwise
+cosine and effective rank of the test features, the lever's best ``val_mse`` against view sharing, and minutes.
+``scratch`` rows are the same architecture at random initialisation (no training), the reference that says what
+the tokenizer alone gives a linear probe.
+
+Equal compute: a lever that changes the cost of a step (``benchmarks/mae_throughput.py --interleave``: patch tokens
+2.86×, hybrid (2, 8, 16) 1.12× an image-MAE step) gets the base budget scaled by that ratio (``max_steps``).
+
+Stage II levers (``--align``) retrain ``align`` from a Stage I (the run's, ``base``, or a Stage I lever's) with the
+base run's overrides (``RUN/align/stage.json``) plus the lever's, into ``RUN/stage2-levers/<name>/align``, and probe
+the aligned k-space encoder (encoder ``kmtr``). Reported per lever: the probe, its gain over the run's k-MTR and over
+its own unaligned Stage I (the issue's "k-MTR − unaligned" target), both with 95 % paired intervals, the spread of
+the test features, and the training loss per epoch against its chance level (``kmtr_monai.losses.chance_loss``).
+
+Usage::
+
+    python benchmarks/kspace_levers.py --run runs/small --preset small --levers hybrid hybrid-invariance
+    python benchmarks/kspace_levers.py --run runs/small --preset small --levers hybrid --align siglip-hybrid
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+
+from kmtr_monai.bundle import bundle_command
+
+BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
+HYBRID = {"tokenizer": "hybrid", "kspace_patch": [2, 8, 16]}  # cells of 2 frames x 8 ky lines x 16 x samples
+# name -> (encoder overrides: the network, needed again to probe it; training-only overrides)
+LEVERS: dict[str, tuple[dict, dict]] = {
+    "hybrid": (HYBRID, {"max_steps": 300}),  # 120 patch steps x 2.86 / 1.12: the base run's compute
+    "hybrid-invariance": (HYBRID, {"max_steps": 150, "invariance_weight": 0.1}),  # two draws: twice a step's cost
+    "patch-invariance": ({}, {"max_steps": 60, "invariance_weight": 0.1}),
+    "line-g2x4": ({"tokenizer": "line", "dec_group": [2, 4]}, {"max_steps": 240}),  # 1.43x
+}
+POOLINGS = ("mean", "layout")
+
+
+# name -> (Stage I: "base" or a LEVERS name; align overrides)
+ALIGN_LEVERS: dict[str, tuple[str, dict]] = {
+    "siglip": ("base", {"contrastive": "siglip"}),
+    "clip-hybrid": ("hybrid", {}),
+    "siglip-hybrid": ("hybrid", {"contrastive": "siglip"}),
+}
+
+
+def _train(run: Path, preset: str, bundle: str, out: Path, overrides: dict, threads: int) -> Path:
+    """Train ``bundle`` with the run's own overrides for it plus ``overrides`` into ``out`` unless ``done.json`` is
+    there (an interrupted run resumes); returns the checkpoint folder ``out/models``."""
+    ckpt = out / "models"
+    if (out / "done.json").is_file():
+        return ckpt
+    out.mkdir(parents=True, exist_ok=True)
+    stage = "kspace-mae" if bundle == "kspace-mae" else "align"
+    base = json.loads((run / stage / "stage.json").read_text())["fingerprint"]["overrides"]
+    overrides = {**base, "ckpt_dir": str(ckpt), "output_dir": str(out / "eval"), **overrides}
+    cmd = bundle_command(bundle, preset, {k: json.dumps(v) if isinstance(v, list) else v
+                                          for k, v in overrides.items()})  # fmt: skip
+    (out / "command.txt").write_text(" ".join(cmd) + "\n")
+    start = time.perf_counter()
+    with open(out / "log.txt", "a") as log:
+        subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True,
+                       env={**os.environ, "OMP_NUM_THREADS": str(threads)})  # fmt: skip
+    (out / "done.json").write_text(json.dumps({"overrides": overrides, "minutes": (time.perf_counter() - start) / 60}))
+    return ckpt
+
+
+def stage1(run: Path, preset: str, name: str, threads: int) -> tuple[Path, dict]:
+    """(checkpoint folder, encoder overrides) of Stage I ``name`` (``base``: the run's own), trained if needed."""
+    if name == "base":
+        return run / "kspace-mae" / "models", {}
+    encoder, training = LEVERS[name]
+    out = run / "stage1-levers" / name / "kspace-mae"
+    ckpt = out / "models"
+    return _train(run, preset, "kspace-mae", out, {"stage1_ckpt": str(ckpt / "model.pt"),
+                  "kspace_mae_ckpt": str(ckpt / "model.pt"), **encoder, **training}, threads), encoder  # fmt: skip
+
+
+def probe(run: Path, preset: str, folder: Path, encoder: str, ckpts: dict, overrides: dict, pooling: str) -> dict:
+    """The pipeline's probe of one encoder into ``folder``, with its own feature cache there (the run's undersampled
+    inputs are linked, not copied)."""
+    from kmtr_monai.probes import run_probe
+
+    cache = folder / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    for src in (run / "linear_cache").glob("kspace_R4_*.npz"):
+        if not (cache / src.name).exists():
+            (cache / src.name).symlink_to(src)
+    out = folder / f"probe-{encoder}-{pooling}"
+    run_probe(run / "cohort", BUNDLES, preset, encoder, pooling, "regress", ckpts, 4, out, cache, overrides=overrides)
+    return read_probe(out / "test" / "R4")
+
+
+def read_probe(folder: Path) -> dict:
+    """Test predictions, targets and metrics of a probe folder written by ``finish_run``."""
+    def table(f):
+        rows = list(csv.reader(open(folder / f)))
+        return np.array([[float(v) if v not in ("", "nan") else np.nan for v in r[1:]] for r in rows[1:]])
+
+    metrics = {k: float(v) for k, v in csv.reader(open(folder / "metrics.csv"))}  # name,value rows, no header
+    return {"pred": table("phenotypes.csv"), "y": table("targets.csv"), "metrics": metrics}
+
+
+def history(eval_dir: Path) -> list[dict[str, float]]:
+    return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(open(eval_dir / "history.csv"))]
+
+
+def gain(base: dict, res: dict) -> str:
+    from kmtr_monai.metrics import r2_gain_interval
+
+    g = r2_gain_interval(res["y"], base["pred"], res["pred"])
+    return f"{g['gain']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]"
+
+
+def stage1_table(run: Path, preset: str, names: list[str], threads: int) -> None:
+    rows = []  # (label, pooling, probe, best validation epoch or None, minutes)
+    best = lambda d: min(history(d), key=lambda r: r["val_mse"])  # noqa: E731
+    base_min = json.loads((run / "kspace-mae" / "stage.json").read_text())["minutes"]
+    scratch = {"{}": run / "stage1-levers" / "scratch-patch"}
+    for pooling in POOLINGS:
+        rows.append(("base (patch, the run's Stage I)", pooling,
+                     read_probe(run / f"regress-probe-stage1-{pooling}" / "test" / "R4"),
+                     best(run / "kspace-mae" / "eval"), base_min))  # fmt: skip
+        rows.append(("scratch, patch", pooling, probe(run, preset, scratch["{}"], "scratch", {}, {}, pooling), None, 0.0))
+    for name in names:
+        ckpt, encoder = stage1(run, preset, name, threads)
+        key = json.dumps(encoder, sort_keys=True)
+        first = key not in scratch  # the random-init reference of each new encoder architecture
+        scratch.setdefault(key, run / "stage1-levers" / f"scratch-{name}")
+        minutes = json.loads((ckpt.parent / "done.json").read_text())["minutes"]
+        for pooling in POOLINGS:
+            if first:
+                rows.append((f"scratch, {name}'s encoder", pooling,
+                             probe(run, preset, scratch[key], "scratch", {}, encoder, pooling), None, 0.0))
+            rows.append((name, pooling, probe(run, preset, ckpt.parent.parent, "stage1", {"stage1": ckpt / "model.pt"},
+                                              encoder, pooling), best(ckpt.parent / "eval"), minutes))  # fmt: skip
+    base = {p: r for label, p, r, *_ in rows if label.startswith("base")}
+    print(f"\nStage I levers — run {run}, test split, R=4, ridge probe of 12 phenotypes\n")
+    print("| Stage I | pooling | probe mean R² | − base [95 % CI] | mean cosine | eff. rank | best val_mse "
+          "(view sharing) | minutes |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    for label, pooling, res, val, minutes in rows:
+        m = res["metrics"]
+        diff = "—" if label.startswith("base") else gain(base[pooling], res)
+        v = f"{val['val_mse']:.4f} ({val['val_view_sharing_mse']:.4f})" if val else "—"
+        print(f"| {label} | {pooling} | {m['val_mean_r2']:.3f} | {diff} | {m['mean_cosine']:.3f} | "
+              f"{m['effective_rank']:.1f} | {v} | {minutes:.1f} |")  # fmt: skip
+
+
+def align_table(run: Path, preset: str, names: list[str], threads: int) -> None:
+    from kmtr_monai.losses import chance_loss
+
+    batch = 16  # the small preset's align_batch_size (bundles/presets/small.json)
+    base_kmtr = read_probe(run / "regress-probe-kmtr-mean" / "test" / "R4")
+    print(f"\nStage II levers — run {run}, test split, R=4, ridge probe of 12 phenotypes, mean pooling\n")
+    print("| align | Stage I | probe mean R² | − the run's k-MTR [95 % CI] | − its unaligned Stage I [95 % CI] | "
+          "mean cosine | training loss per epoch (chance) | minutes |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    for name in names:
+        source, overrides = ALIGN_LEVERS[name]
+        s1_ckpt, encoder = stage1(run, preset, source, threads)
+        out = run / "stage2-levers" / name / "align"
+        ckpt = _train(run, preset, "align", out, {"kspace_mae_ckpt": str(s1_ckpt / "model.pt"),
+                                                  "stage1_ckpt": str(s1_ckpt / "model.pt"), **encoder, **overrides},
+                      threads)  # fmt: skip
+        res = probe(run, preset, out.parent, "kmtr", {"align": ckpt / "model.pt"}, encoder, "mean")
+        unaligned = (read_probe(run / "regress-probe-stage1-mean" / "test" / "R4") if source == "base" else
+                     read_probe(s1_ckpt.parent.parent / "probe-stage1-mean" / "test" / "R4"))  # fmt: skip
+        losses = ", ".join(f"{r['train_loss']:.2f}" for r in history(out / "eval"))
+        kind = overrides.get("contrastive", "clip")
+        minutes = json.loads((out / "done.json").read_text())["minutes"]
+        print(f"| {name} | {source} | {res['metrics']['val_mean_r2']:.3f} | {gain(base_kmtr, res)} | "
+              f"{gain(unaligned, res)} | {res['metrics']['mean_cosine']:.3f} | {losses} "
+              f"({chance_loss(kind, batch):.2f}) | {minutes:.1f} |")  # fmt: skip
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", required=True, help="output folder of `kmtr pipeline` (cohort/, kspace-mae/, linear_cache/)")
+    ap.add_argument("--preset", default="small", choices=("tiny", "small"))
+    ap.add_argument("--levers", nargs="*", default=list(LEVERS), choices=list(LEVERS), help="Stage I levers")
+    ap.add_argument("--align", nargs="*", default=[], choices=list(ALIGN_LEVERS), help="Stage II levers")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    run = Path(args.run).resolve()
+    stage1_table(run, args.preset, args.levers, args.threads)
+    if args.align:
+        align_table(run, args.preset, args.align, args.threads)
+
+
+if __name__ == "__main__":
+    main()
