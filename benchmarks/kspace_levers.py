@@ -49,6 +49,8 @@ LEVERS: dict[str, tuple[dict, dict]] = {
     "hybrid-invariance": (HYBRID, {"max_steps": 150, "invariance_weight": 0.1}),  # two draws: twice a step's cost
     "patch-invariance": ({}, {"max_steps": 60, "invariance_weight": 0.1}),
     "line-g2x4": ({"tokenizer": "line", "dec_group": [2, 4]}, {"max_steps": 240}),  # 1.43x
+    # the image-profile target from fully-sampled data (no parameters, the base's steps and cost)
+    "profile": ({}, {"profile_weight": 0.1}),
 }
 POOLINGS = ("mean", "layout")
 

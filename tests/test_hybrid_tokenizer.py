@@ -1,4 +1,5 @@
-"""Issue 25: hybrid x-ky tokens, the grouped line decoder and the mask/phase-draw invariance term of the k-space MAE."""
+"""Issue 25: hybrid x-ky tokens, the grouped line decoder, the mask/phase-draw invariance term and the image-profile
+target of the k-space MAE."""
 
 import math
 from pathlib import Path
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from kmtr_monai.networks import build_kspace_mae
-from kmtr_monai.networks.mae import invariance_term
+from kmtr_monai.networks.mae import image_profiles, invariance_term, profile_term
 from kmtr_monai.networks.tokenizers import KspaceHybridTokenizer, from_hybrid, to_hybrid
 from kmtr_monai.transforms import fft1c, ifft1c, ifft2c
 
@@ -201,6 +202,57 @@ def test_invariance_in_the_model(tokenizer):
     assert off.invariance_weight == 0 and "invariance" not in off(under, mask, full, kspace_b=under_b, mask_b=mask_b)
 
 
+# ----------------------------------------------------------------------------------------- image-profile target
+def test_image_profiles_of_a_rectangle():
+    """A centred 8 × 4 box of ones: its x profile (sum over y) is 8 on 4 columns, its y profile 4 on 8 rows."""
+    img = torch.zeros(2, 2, 4, 16, 16)
+    img[0, :, :, 4:12, 2:6] = 1.0
+    img[1, :, 2:] = 0.5  # frames 2-3 of subject 1: uniform
+    k = torch.fft.fftshift(torch.fft.fft2(torch.fft.ifftshift(img.to(torch.complex64), dim=(-2, -1)), norm="ortho"),
+                           dim=(-2, -1))  # fmt: skip
+    p = image_profiles(torch.stack([k.real, k.imag], 1), cells=(2, 2), bins=4)  # (B, S, T'=2, 8)
+    assert p.shape == (2, 2, 2, 8)
+    expect = torch.tensor([4.0, 4.0, 0, 0, 0, 4.0, 4.0, 0])  # bins of 4 columns / rows
+    torch.testing.assert_close(p[0, 1, 1], expect, atol=1e-4, rtol=0)
+    torch.testing.assert_close(p[1, 0, 0], torch.zeros(8), atol=1e-4, rtol=0)
+    torch.testing.assert_close(p[1, 0, 1], torch.full((8,), 8.0), atol=1e-4, rtol=0)  # 16 × 0.5 per column / row
+
+
+def test_profile_term_reads_the_first_channels_and_skips_missing_views():
+    g = torch.Generator().manual_seed(0)
+    prof = torch.rand(6, 2, 3, 4, generator=g) * 10 + 5
+    z = (prof - prof.mean(0)) / prof.std(0, unbiased=False)
+    feats = torch.cat([z, torch.randn(6, 2, 3, 12, generator=g)], -1)  # the first 4 channels hold the profiles
+    assert float(profile_term(feats, prof)) < 1e-8
+    assert float(profile_term(feats, prof * 3 + 1)) < 1e-8  # scale-free: standardised over the batch
+    wrong = feats.clone()
+    wrong[:, 1, :, :4] = 7.0  # view 1 does not hold them ...
+    assert float(profile_term(wrong, prof)) > 1.0
+    assert float(profile_term(wrong, prof, view_valid=torch.tensor([[1.0, 0.0]] * 6))) < 1e-8  # ... but is missing
+    assert float(profile_term(feats[:1], prof[:1])) == 0.0
+
+
+@pytest.mark.parametrize("tokenizer", ["patch", "hybrid"])
+def test_profile_target_in_the_model(tokenizer):
+    torch.manual_seed(0)
+    m = build_kspace_mae("tiny", tokenizer=tokenizer, profile_weight=0.5)
+    under, full, mask = make_batch(4, seed=2)
+    out = m(under, mask, full)
+    assert float(out["profile"]) > 0
+    plain = m.loss({k: v for k, v in out.items() if not k.startswith("profile")})
+    torch.testing.assert_close(m.loss(out), plain + 0.5 * out["profile"])
+    m.loss(out).backward()
+    assert m.tokenizer.proj.weight.grad.abs().sum() > 0  # it reaches the encoder
+    m.eval()
+    assert "profile" not in m(under, mask, full)
+    off = build_kspace_mae("tiny", tokenizer=tokenizer)
+    assert set(off.state_dict()) == set(m.state_dict())  # no parameters: checkpoints load either way
+    with pytest.raises(ValueError, match="profile"):
+        build_kspace_mae("tiny", tokenizer="line", profile_weight=1.0)
+    with pytest.raises(ValueError, match="profile"):
+        build_kspace_mae("tiny", profile_weight=1.0, profile_bins=10_000)
+
+
 def test_second_draw_transform():
     from kmtr_monai.transforms import (ComplexToChanneld, FFT2cd, RandGlobalPhased, RandKspaceMaskd,
                                        RandSmoothPhased, SecondDrawd)  # fmt: skip
@@ -243,7 +295,7 @@ def test_bundle_defaults_unchanged(tiny_cohort, tmp_path):
     wf = _workflow(tiny_cohort, tmp_path)
     p = wf.parser
     net = p.get_parsed_content("network_def")
-    assert net.kind == "patch" and net.invariance_weight == 0 and net.dec_group == (1, 1)
+    assert net.kind == "patch" and net.invariance_weight == 0 and net.profile_weight == 0 and net.dec_group == (1, 1)
     assert len(p.get_parsed_content("train#transforms")) == len(p.get_parsed_content("kspace_sim#train"))
     assert p.get_parsed_content("train#trainer#prepare_batch").input_keys == ("kspace", "mask", "kspace_full",
                                                                               "view_valid")  # fmt: skip

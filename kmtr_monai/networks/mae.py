@@ -59,8 +59,10 @@ __all__ = [
     "apply_norm",
     "build_image_mae",
     "build_kspace_mae",
+    "image_profiles",
     "invariance_term",
     "normalise_sampled",
+    "profile_term",
     "pool_tokens",
 ]
 
@@ -163,6 +165,38 @@ def invariance_term(za: torch.Tensor, zb: torch.Tensor, eps: float = 1e-8) -> to
     a, b = za.float() - za.float().mean(0), zb.float() - zb.float().mean(0)
     corr = (a * b).mean(0) / ((a.square().mean(0) + eps) * (b.square().mean(0) + eps)).sqrt()
     return (1.0 - corr).mean()
+
+
+def image_profiles(kspace_full: torch.Tensor, cells: Sequence[int], bins: int) -> torch.Tensor:
+    """Phase-free descriptors of each (view, time step) cell, from FULLY-SAMPLED k-space only (no labels).
+
+    kspace_full (B, 2, S, T, H, W) real/imag → (B, S, T', 2·bins): the magnitude image |ifft2c| summed along y (its
+    x profile, W values) and along x (its y profile, H values), each averaged into ``bins`` bins, then averaged over
+    the T/T' frames of each time step (``cells`` = (S, T')). Where the heart is, and how large, per view and phase.
+    """
+    from ..transforms.fft import ifft2c
+
+    b, _, s, t, h, w = kspace_full.shape
+    img = ifft2c(torch.complex(kspace_full[:, 0].float(), kspace_full[:, 1].float())).abs()  # (B, S, T, H, W)
+    prof = [nn.functional.adaptive_avg_pool1d(img.sum(d).reshape(b * s * t, 1, -1), bins) for d in (-2, -1)]
+    prof = torch.cat(prof, dim=-1).reshape(b, s, cells[1], t // cells[1], 2 * bins)
+    return prof.mean(3)
+
+
+def profile_term(cell_features: torch.Tensor, profiles: torch.Tensor, view_valid: torch.Tensor | None = None,
+                 eps: float = 1e-6) -> torch.Tensor:  # fmt: skip
+    """MSE between the first 2·bins channels of each cell's pooled feature and the profiles standardised over the
+    batch: cell_features (B, S, T', D), profiles (B, S, T', 2·bins), view_valid (B, S) (a missing view counts not).
+
+    No head between them: the pooled features themselves must hold the profiles linearly, which is what a linear
+    probe (and Stage II, which pools the same cells) reads. Standardising over the batch keeps what differs between
+    subjects. Needs B >= 2 (returns 0 for B = 1)."""
+    if profiles.shape[0] < 2:
+        return cell_features.sum() * 0.0
+    z = (profiles - profiles.mean(0)) / (profiles.std(0, unbiased=False) + eps)
+    err = (cell_features[..., : z.shape[-1]].float() - z).square().mean(-1)  # (B, S, T')
+    w = torch.ones_like(err) if view_valid is None else view_valid.to(err.dtype)[:, :, None].expand_as(err)
+    return (err * w).sum() / w.sum().clamp_min(1.0)
 
 
 def _check_pool(pool: str) -> str:
@@ -336,13 +370,17 @@ class KspaceMAE(_MAEBase):
             mask/phase draws of each subject (``kspace_b``, ``mask_b`` in :meth:`forward`), added to the loss in
             training. 0 (default): off, and the second draw is not needed. invariance_pool: pooling for that term
             (None: ``pool``).
+        profile_weight: weight of :func:`profile_term` in training: the first 2·``profile_bins`` channels of each
+            (view, time step) cell's mean token regress that cell's :func:`image_profiles` from the fully-sampled
+            k-space (an auxiliary target from fully-sampled data, no labels; patch or hybrid tokens). 0 (default):
+            off. No parameters, so checkpoints load with it on or off.
 
     ``forward(kspace (B,2,S,T,H,W), mask (B,S,T,H), kspace_full (B,2,S,T,H,W) | None, view_valid, kspace_b, mask_b)``
     returns ``pred`` (B,2,S,T,H,W) in original units (k-space), ``target`` (= kspace_full), ``weight`` (B,S,T,H),
     ``pred_norm``/``target_norm`` (normalised units; hybrid space for hybrid tokens), ``ref_norm`` (the view-shared
     k-space, normalised: the reference predictor), ``scale`` (B,) the per-subject RMS of sampled values and, with
     the invariance term on and a second draw given in training, ``invariance`` (the term) and ``invariance_loss``
-    (weighted; :meth:`loss` adds it).
+    (weighted; :meth:`loss` adds it); likewise ``profile`` and ``profile_loss``.
     """
 
     def __init__(
@@ -370,6 +408,8 @@ class KspaceMAE(_MAEBase):
         dec_group: Sequence[int] = (1, 1),
         invariance_weight: float = 0.0,
         invariance_pool: str | None = None,
+        profile_weight: float = 0.0,
+        profile_bins: int = 8,
     ) -> None:
         super().__init__()
         if reference not in ("view_sharing", "none"):
@@ -387,6 +427,10 @@ class KspaceMAE(_MAEBase):
             raise ValueError(f"invariance_weight must be >= 0, got {invariance_weight}")
         self.invariance_weight = float(invariance_weight)
         self.invariance_pool = _check_pool(invariance_pool) if invariance_pool is not None else _check_pool(pool)
+        if profile_weight < 0 or profile_bins < 1 or (profile_weight > 0 and 2 * profile_bins > dim):
+            raise ValueError(f"need profile_weight >= 0 and 1 <= 2 * profile_bins <= dim ({dim}), got "
+                             f"{profile_weight}, {profile_bins}")  # fmt: skip
+        self.profile_weight, self.profile_bins = float(profile_weight), int(profile_bins)
         if norm not in ("asinh", "scale"):
             raise ValueError(f"norm must be 'asinh' or 'scale', got {norm!r}")
         if sampled_weight < 0 or asinh_alpha <= 0:
@@ -416,8 +460,9 @@ class KspaceMAE(_MAEBase):
         init_vit_weights(self.head)
         if reference == "view_sharing":  # start exactly at the reference: the decoder learns the correction
             nn.init.zeros_(self.head.weight)
-        if "view_time" in (pool, self.invariance_pool) and self.view_time_cells is None:
-            raise ValueError("pool 'view_time' needs patch or hybrid tokens; line tokens are not on a (view, time) grid")
+        if ("view_time" in (pool, self.invariance_pool) or self.profile_weight > 0) and self.view_time_cells is None:
+            raise ValueError("pool 'view_time' and profile_weight need patch or hybrid tokens; line tokens are not on "
+                             "a (view, time) grid")  # fmt: skip
 
     # ----------------------------------------------------------------------------------------- input / scaling
     def _check_inputs(self, kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -558,18 +603,23 @@ class KspaceMAE(_MAEBase):
             za = self.pool_tokens(enc, self.invariance_pool, valid)
             out["invariance"] = invariance_term(za, self._pooled_draw(kspace_b, mask_b))
             out["invariance_loss"] = self.invariance_weight * out["invariance"]
+        if self.profile_weight > 0 and self.training and kspace_full is not None:
+            cells = self.view_time_cells
+            feats = self.pool_tokens(enc, "view_time", valid).reshape(b, *cells, -1)
+            out["profile"] = profile_term(feats, image_profiles(kspace_full, cells, self.profile_bins), view_valid)
+            out["profile_loss"] = self.profile_weight * out["profile"]
         return out
 
     @staticmethod
     def loss(out: dict[str, torch.Tensor]) -> torch.Tensor:
         """Weighted MSE in normalised units: per-line mean over (real/imag, readout), weighted by ``weight``; plus
-        ``invariance_loss`` when the output has one (training with ``invariance_weight`` > 0)."""
+        ``invariance_loss`` and ``profile_loss`` when the output has them (training with their weights > 0)."""
         if "target_norm" not in out:
             raise ValueError("loss: output has no 'target_norm'; call forward with kspace_full")
         per_line = (out["pred_norm"] - out["target_norm"]).square().mean(dim=(1, 5))
         w = out["weight"]
         mse = (per_line * w).sum() / w.sum().clamp_min(1e-12)
-        return mse + out["invariance_loss"] if "invariance_loss" in out else mse
+        return mse + sum(out[k] for k in ("invariance_loss", "profile_loss") if k in out)
 
     def encode(self, kspace: torch.Tensor, mask: torch.Tensor, return_valid: bool = False,
                return_hidden: bool = False):  # fmt: skip
