@@ -60,6 +60,8 @@ ALIGN_LEVERS: dict[str, tuple[str, dict]] = {
     "siglip": ("base", {"contrastive": "siglip"}),
     "clip-hybrid": ("hybrid", {}),
     "siglip-hybrid": ("hybrid", {"contrastive": "siglip"}),
+    "clip-profile": ("profile", {}),
+    "siglip-profile": ("profile", {"contrastive": "siglip"}),
 }
 
 
@@ -131,8 +133,39 @@ def gain(base: dict, res: dict) -> str:
     return f"{g['gain']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]"
 
 
+def phase_free_features(kspace: np.ndarray, mask: np.ndarray, kind: str) -> np.ndarray:
+    """No-network summaries of the sampled k-space that the smooth simulated phase cannot scramble.
+
+    kspace (N, 2, S, T, H, W) real/imag (H = ky, W = kx), mask (N, S, T, H) → ``"energy"``: Σ|k|² over the sampled
+    lines of each (view, frame) (N, S·T); ``"x_profile"``: Σ over the sampled ky lines of |ifft1c_kx(k)|², the
+    energy of each image column x (Parseval along y: the column's energy, from 1/R of its lines), averaged over
+    frames (N, S·W)."""
+    from kmtr_monai.transforms import ifft1c
+
+    k = (kspace[:, 0] + 1j * kspace[:, 1]) * mask[..., None]
+    if kind == "energy":
+        return (np.abs(k) ** 2).sum((-2, -1)).reshape(len(k), -1)
+    hybrid = ifft1c(k, dim=-1)  # x along the last axis; ky lines untouched
+    return (np.abs(hybrid) ** 2).sum(-2).mean(2).reshape(len(k), -1)
+
+
+def reference_rows(run: Path) -> list[tuple[str, dict]]:
+    """The phase-free summaries above under the same ridge protocol, on the run's cached R=4 inputs."""
+    from kmtr_monai.linear_eval import SPLITS, linear_eval
+
+    data = {s: np.load(run / "linear_cache" / f"kspace_R4_{s}.npz") for s in SPLITS}
+    rows = []
+    for kind, label in (("energy", "no network: sampled energy per (view, frame)"),
+                        ("x_profile", "no network: column energies of the sampled hybrid k-space")):  # fmt: skip
+        res = linear_eval({s: phase_free_features(data[s]["kspace"], data[s]["mask"], kind) for s in SPLITS},
+                          {s: data[s]["phenotypes"] for s in SPLITS}, "regress")  # fmt: skip
+        rows.append((label, {"pred": res["pred"]["test"], "y": data["test"]["phenotypes"],
+                             "metrics": {**res["metrics"]["test"], "mean_cosine": np.nan, "effective_rank": np.nan}}))
+    return rows
+
+
 def stage1_table(run: Path, preset: str, names: list[str], threads: int) -> None:
-    rows = []  # (label, pooling, probe, best validation epoch or None, minutes)
+    rows = [(label, "—", res, None, 0.0) for label, res in reference_rows(run)]  # (label, pooling, probe, val, min)
     best = lambda d: min(history(d), key=lambda r: r["val_mse"])  # noqa: E731
     base_min = json.loads((run / "kspace-mae" / "stage.json").read_text())["minutes"]
     scratch = {"{}": run / "stage1-levers" / "scratch-patch"}
@@ -154,6 +187,7 @@ def stage1_table(run: Path, preset: str, names: list[str], threads: int) -> None
             rows.append((name, pooling, probe(run, preset, ckpt.parent.parent, "stage1", {"stage1": ckpt / "model.pt"},
                                               encoder, pooling), best(ckpt.parent / "eval"), minutes))  # fmt: skip
     base = {p: r for label, p, r, *_ in rows if label.startswith("base")}
+    base["—"] = base["mean"]
     print(f"\nStage I levers — run {run}, test split, R=4, ridge probe of 12 phenotypes\n")
     print("| Stage I | pooling | probe mean R² | − base [95 % CI] | mean cosine | eff. rank | best val_mse "
           "(view sharing) | minutes |")  # fmt: skip
