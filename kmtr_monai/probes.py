@@ -14,6 +14,9 @@ The k-space encoders read the undersampled k-space and mask at ``acceleration``.
 in eval mode under ``torch.no_grad()`` from the tokens (B, 1+N, dim) of ``encoder.encode``:
 
 * ``mean``: the mean of the valid non-class tokens (B, dim), as the models' pooled feature (``pool_tokens``);
+* ``view_time``: the mean of the valid tokens of each (view, time step) cell, concatenated (B, S·T'·dim; small
+  5·4·192 = 3,840), the pooling Stage II aligns (``pool_tokens(..., "view_time")``): it keeps views and cardiac
+  phases apart, not spatial position;
 * ``layout``: every non-class token in the encoder's token-grid order (view, time, ky/y, kx/x), invalid tokens
   zeroed, flattened (B, N·dim): tiny 5·2·4·4 tokens × 64 = 10,240 features, small 5·4·6·6 × 192 = 138,240. Kept
   whole (no 2×2 token averaging): the protocol's cost after one Gram product does not depend on the feature count
@@ -42,7 +45,7 @@ __all__ = ["ENCODERS", "POOLINGS", "build_encoder", "encoder_features", "run_pro
            "effective_rank"]  # fmt: skip
 
 ENCODERS = ("kmtr", "stage1", "scratch", "imagemae")
-POOLINGS = ("mean", "layout")
+POOLINGS = ("mean", "view_time", "layout")
 _CKPT = {"kmtr": "align", "stage1": "stage1", "imagemae": "imagemae"}  # the ckpts entry each encoder needs
 
 
@@ -80,19 +83,21 @@ def build_encoder(bundles: str | Path, preset: str, encoder: str, ckpts: Mapping
 @torch.no_grad()
 def encoder_features(net: torch.nn.Module, arrays: Mapping[str, np.ndarray], batch_size: int = 8
                      ) -> dict[str, np.ndarray]:  # fmt: skip
-    """``{"mean": (N, dim), "layout": (N, n_tokens·dim)}`` float32 of ``net`` on :func:`split_inputs` arrays
+    """``{"mean": (N, dim), "view_time": (N, S·T'·dim), "layout": (N, n_tokens·dim)}`` float32 of ``net`` on
+    :func:`split_inputs` arrays
     (``kspace`` (N,2,S,T,H,W) + ``mask`` (N,S,T,H) for a k-space encoder, ``image`` (N,S,T,H,W) for an image one)."""
     from kmtr_monai.networks.mae import pool_tokens
 
     image = getattr(net, "input_kind", "kspace") == "image"
     inputs = (arrays["image"],) if image else (arrays["kspace"], arrays["mask"])
     inputs = [torch.as_tensor(np.asarray(a), dtype=torch.float32) for a in inputs]
-    means, layouts = [], []
+    feats = {p: [] for p in POOLINGS}
     for i in range(0, inputs[0].shape[0], batch_size):
         tokens, _, valid = net.encode(*(t[i : i + batch_size] for t in inputs), return_valid=True)
-        means.append(pool_tokens(tokens, "mean", valid).float())
-        layouts.append((tokens[:, 1:] * valid[..., None].to(tokens.dtype)).flatten(1).float())
-    return {"mean": torch.cat(means).numpy(), "layout": torch.cat(layouts).numpy()}
+        feats["mean"].append(pool_tokens(tokens, "mean", valid).float())
+        feats["view_time"].append(pool_tokens(tokens, "view_time", valid, net.view_time_cells).float())
+        feats["layout"].append((tokens[:, 1:] * valid[..., None].to(tokens.dtype)).flatten(1).float())
+    return {p: torch.cat(f).numpy() for p, f in feats.items()}
 
 
 def run_probe(cohort: str | Path, bundles: str | Path, preset: str, encoder: str, pooling: str, task: str,
@@ -119,7 +124,7 @@ def run_probe(cohort: str | Path, bundles: str | Path, preset: str, encoder: str
     ckpt = _CKPT.get(encoder)
     sources = [inputs_digest(cohort, bundles, preset, input, r, s) for s in SPLITS]
     extra = sorted((overrides or {}).items())
-    digest = file_digest("probe", 1, tag, preset, *sources, *([Path(ckpts[ckpt]).resolve()] if ckpt else []),
+    digest = file_digest("probe", 2, tag, preset, *sources, *([Path(ckpts[ckpt]).resolve()] if ckpt else []),
                          *([repr(extra)] if extra else []))  # fmt: skip
 
     def features() -> tuple[dict, dict]:

@@ -46,7 +46,7 @@ PROBE_ENCODERS = (  # (encoder, label, input, upstream stage): frozen encoders p
     ("scratch", "k-space ViT, random init", "kspace", None),
     ("imagemae", "Image MAE (fully-sampled image)", "image", "image-mae"),
 )
-PROBE_POOLINGS = ("mean", "layout")
+PROBE_POOLINGS = ("mean", "view_time", "layout")
 TASK_BUNDLES = {"regress": "regress", "classify": "classify", "segment": "segment-unetr", "recon": "recon"}
 # Run order of Stage III: k-MTR on every task first, then the baselines the report's questions need most (unaligned
 # and scratch encoders, the zero-filled and fully-sampled image CNNs, the image MAE under the same frozen head as

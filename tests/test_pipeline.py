@@ -187,7 +187,7 @@ def test_stage_table_is_the_papers_comparison():
         assert [(s.method, s.input) for s in floors] == [("floor-image", "image"), ("floor-zf", "zero_filled"),
                                                          ("floor-kspace", "kspace")]  # fmt: skip
         probes = {(s.meta["encoder"], s.meta["pooling"]): s for s in stages if s.task == task and s.kind == "probe"}
-        assert set(probes) == {(e, p) for e in ("kmtr", "stage1", "scratch", "imagemae") for p in ("mean", "layout")}
+        assert set(probes) == {(e, p) for e in ("kmtr", "stage1", "scratch", "imagemae") for p in ("mean", "view_time", "layout")}
         assert probes["kmtr", "mean"].upstream == ("align",) and probes["scratch", "layout"].upstream == ()
         assert probes["imagemae", "mean"].input == "image" and probes["stage1", "mean"].input == "kspace"
     assert [s.method for s in stages if s.task == "segment"] == ["dynunet-image", "dynunet-zf", "kmtr"]
@@ -218,7 +218,7 @@ def test_run_order_puts_kmtr_and_the_main_comparisons_first():
     ordered = run_order(all_stages())
     names = [s.name for s in ordered]
     linear = sum(s.kind != "model" for s in ordered)
-    assert linear == 22 and {s.kind for s in ordered[3:3 + linear]} == {"floor", "probe"}
+    assert linear == 30 and {s.kind for s in ordered[3:3 + linear]} == {"floor", "probe"}
     assert names[:3] == ["image-mae", "kspace-mae", "align"]
     assert names[3 + linear:7 + linear] == ["regress-kmtr", "classify-kmtr", "segment-kmtr", "recon-kmtr"]
     assert names.index("regress-stage1") < names.index("regress-cnn-image") < names.index("regress-vit-image")
