@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from kmtr_monai.bundle import bundle_command
+from kmtr_monai.probes import POOLINGS
 
 BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
 HYBRID = {"tokenizer": "hybrid", "kspace_patch": [2, 8, 16]}  # cells of 2 frames x 8 ky lines x 16 x samples
@@ -52,7 +53,6 @@ LEVERS: dict[str, tuple[dict, dict]] = {
     # the image-profile target from fully-sampled data (no parameters, the base's steps and cost)
     "profile": ({}, {"profile_weight": 0.1}),
 }
-POOLINGS = ("mean", "layout")
 
 
 # name -> (Stage I: "base" or a LEVERS name; align overrides)
@@ -171,7 +171,8 @@ def stage1_table(run: Path, preset: str, names: list[str], threads: int) -> None
     scratch = {"{}": run / "stage1-levers" / "scratch-patch"}
     for pooling in POOLINGS:
         rows.append(("base (patch, the run's Stage I)", pooling,
-                     read_probe(run / f"regress-probe-stage1-{pooling}" / "test" / "R4"),
+                     probe(run, preset, run / "stage1-levers" / "base", "stage1",
+                           {"stage1": run / "kspace-mae" / "models" / "model.pt"}, {}, pooling),
                      best(run / "kspace-mae" / "eval"), base_min))  # fmt: skip
         rows.append(("scratch, patch", pooling, probe(run, preset, scratch["{}"], "scratch", {}, {}, pooling), None, 0.0))
     for name in names:
@@ -204,11 +205,16 @@ def align_table(run: Path, preset: str, names: list[str], threads: int) -> None:
     from kmtr_monai.losses import chance_loss
 
     batch = 16  # the small preset's align_batch_size (bundles/presets/small.json)
-    base_kmtr = read_probe(run / "regress-probe-kmtr-mean" / "test" / "R4")
-    print(f"\nStage II levers — run {run}, test split, R=4, ridge probe of 12 phenotypes, mean pooling\n")
-    print("| align | Stage I | probe mean R² | − the run's k-MTR [95 % CI] | − its unaligned Stage I [95 % CI] | "
-          "mean cosine | training loss per epoch (chance) | minutes |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|")
+    poolings = ("mean", "view_time")
+    base = {p: probe(run, preset, run / "stage2-levers" / "base", "kmtr",
+                     {"align": run / "align" / "models" / "model.pt"}, {}, p) for p in poolings}  # fmt: skip
+    print(f"\nStage II levers — run {run}, test split, R=4, ridge probe of 12 phenotypes\n")
+    print("| align | Stage I | pooling | probe mean R² | − the run's k-MTR [95 % CI] | − its unaligned Stage I "
+          "[95 % CI] | mean cosine | training loss per epoch (chance) | minutes |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    for pooling in poolings:
+        m = base[pooling]["metrics"]
+        print(f"| the run's k-MTR | base | {pooling} | {m['val_mean_r2']:.3f} | — | — | {m['mean_cosine']:.3f} | | |")
     for name in names:
         source, overrides = ALIGN_LEVERS[name]
         s1_ckpt, encoder = stage1(run, preset, source, threads)
@@ -216,15 +222,16 @@ def align_table(run: Path, preset: str, names: list[str], threads: int) -> None:
         ckpt = _train(run, preset, "align", out, {"kspace_mae_ckpt": str(s1_ckpt / "model.pt"),
                                                   "stage1_ckpt": str(s1_ckpt / "model.pt"), **encoder, **overrides},
                       threads)  # fmt: skip
-        res = probe(run, preset, out.parent, "kmtr", {"align": ckpt / "model.pt"}, encoder, "mean")
-        unaligned = (read_probe(run / "regress-probe-stage1-mean" / "test" / "R4") if source == "base" else
-                     read_probe(s1_ckpt.parent.parent / "probe-stage1-mean" / "test" / "R4"))  # fmt: skip
         losses = ", ".join(f"{r['train_loss']:.2f}" for r in history(out / "eval"))
-        kind = overrides.get("contrastive", "clip")
+        chance = chance_loss(overrides.get("contrastive", "clip"), batch)
         minutes = json.loads((out / "done.json").read_text())["minutes"]
-        print(f"| {name} | {source} | {res['metrics']['val_mean_r2']:.3f} | {gain(base_kmtr, res)} | "
-              f"{gain(unaligned, res)} | {res['metrics']['mean_cosine']:.3f} | {losses} "
-              f"({chance_loss(kind, batch):.2f}) | {minutes:.1f} |")  # fmt: skip
+        s1_folder = run / "stage1-levers" / source  # "base" included: its probes are written there too
+        for pooling in poolings:
+            res = probe(run, preset, out.parent, "kmtr", {"align": ckpt / "model.pt"}, encoder, pooling)
+            unaligned = read_probe(s1_folder / f"probe-stage1-{pooling}" / "test" / "R4")
+            print(f"| {name} | {source} | {pooling} | {res['metrics']['val_mean_r2']:.3f} | "
+                  f"{gain(base[pooling], res)} | {gain(unaligned, res)} | {res['metrics']['mean_cosine']:.3f} | "
+                  f"{losses} ({chance:.2f}) | {minutes:.1f} |")  # fmt: skip
 
 
 def main(argv=None) -> None:
