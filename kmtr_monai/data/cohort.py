@@ -41,23 +41,47 @@ def sax_start(lv_at_ed: np.ndarray, n_sax: int, offset: int = 2) -> int:
     return int(np.clip(start, 0, n_z - n_sax))
 
 
-def crop_centred(arr: np.ndarray, centre: Sequence[int], crop: int, fill: float = 0) -> np.ndarray:
-    """Fixed ``crop``×``crop`` window over the last two axes of ``arr`` (..., X, Y), centred at ``centre`` (x, y).
+def crop_centred(arr: np.ndarray, centre: Sequence[int], crop: int | Sequence[int], fill: float = 0) -> np.ndarray:
+    """Fixed ``crop``×``crop`` window (or ``crop`` = (h, w): h×w) over the last two axes of ``arr`` (..., X, Y),
+    starting at (x, y) = ``centre`` − (h // 2, w // 2).
 
     Parts outside the image are filled with ``fill``. One slicing op for all leading axes (frames, slices).
     Written here because MONAI's SpatialCrop clips at the border instead of padding, so a crop + pad pair would
     have to track the clipped offsets.
     """
     n_x, n_y = arr.shape[-2:]
-    x0, y0 = int(centre[0]) - crop // 2, int(centre[1]) - crop // 2
-    out = np.full((*arr.shape[:-2], crop, crop), fill, dtype=arr.dtype)
-    sx0, sx1, sy0, sy1 = max(x0, 0), min(x0 + crop, n_x), max(y0, 0), min(y0 + crop, n_y)
+    h, w = (int(crop), int(crop)) if np.isscalar(crop) else (int(crop[0]), int(crop[1]))
+    x0, y0 = int(centre[0]) - h // 2, int(centre[1]) - w // 2
+    out = np.full((*arr.shape[:-2], h, w), fill, dtype=arr.dtype)
+    sx0, sx1, sy0, sy1 = max(x0, 0), min(x0 + h, n_x), max(y0, 0), min(y0 + w, n_y)
     if sx1 > sx0 and sy1 > sy0:
         out[..., sx0 - x0 : sx1 - x0, sy0 - y0 : sy1 - y0] = arr[..., sx0:sx1, sy0:sy1]
     return out
 
 
 CROP_CENTRES = ("motion", "image", "label")
+GEOMETRIES = ("image_crop", "acquisition")  # see LoadCohortSubjectd and kspace_pe_lines
+
+
+def kspace_pe_lines(kspace_geometry: str, crop: int, pe_lines: int | None) -> int:
+    """The phase-encode line count H of the model's k-space (and image) grid under ``kspace_geometry``.
+
+    ``"image_crop"`` (the paper's mode, the default): ``crop`` (a ``crop``×``crop`` image around the heart, its FFT).
+    ``"acquisition"``: ``pe_lines`` (the whole phase-encode field of view, ``pe_lines``·pixel_mm mm, about the FOV
+    centre; only the readout is cropped to ``crop`` around the heart). Bundles read it as the config key ``n_pe``
+    (``bundles/common/train.json``). Raises a one-line ValueError naming the key on bad values.
+    """
+    if kspace_geometry not in GEOMETRIES:
+        raise ValueError(f"kspace_geometry (bundles/common/train.json) must be one of {list(GEOMETRIES)}, "
+                         f"got {kspace_geometry!r}")  # fmt: skip
+    if kspace_geometry == "image_crop":
+        return int(crop)
+    ok = isinstance(pe_lines, (int, np.integer)) and not isinstance(pe_lines, bool)
+    if not ok or int(pe_lines) < int(crop):
+        raise ValueError(f"pe_lines (bundles/common/train.json, default the preset's cohort.matrix) must be an int "
+                         f">= crop ({crop}) under kspace_geometry='acquisition' (the phase-encode FOV in pixels "
+                         f"of pixel_mm), got {pe_lines!r}")  # fmt: skip
+    return int(pe_lines)
 
 
 def motion_centre(image: np.ndarray, quantile: float = 0.75, sigma: float = 2.0) -> tuple[int, int]:
@@ -170,6 +194,17 @@ class LoadCohortSubjectd(MapTransform):
     bit-identically, and ``pixel_mm=None`` never resamples. Any frame count is accepted: ``frame_indices`` picks
     ``n_frames`` of the file's T (repeating frames when T < ``n_frames``).
 
+    Geometry of the k-space (``geometry``, the bundles' ``kspace_geometry``): ``"image_crop"`` (default, the paper's
+    mode) cuts the ``crop``×``crop`` window above; H = W = ``crop``. ``"acquisition"`` makes the k-space a scanner
+    gives after readout cropping: H (NIfTI X, the phase-encode axis, the mask's line axis) keeps the whole field of
+    view, centre-cropped or zero-padded to ``pe_lines`` about the FOV centre (X // 2, NOT the heart: the heart stays
+    off centre as on a scanner); only W (NIfTI Y, the readout) is cropped to ``crop`` about the heart's readout
+    position (the ``crop_centre`` rule's y, plus the jitter of ``RandLoadCohortSubjectd`` along W only). ``image``
+    and ``seg`` are then (S, T, ``pe_lines``, ``crop``), ``crop_centre`` holds the window centre (X // 2, y), and
+    ``fft2c(image)`` equals the full-FOV image's ``fft2c`` with the readout cropped in hybrid space (inverse 1-D FFT
+    along kx, crop, FFT back), which is exact, so a model trained on it reads scanner k-space (ky fitted to
+    ``pe_lines``, readout cropped to ``crop``: ``kmtr_monai.io.scanner_model.to_kspace_item``).
+
     Missing view files (``missing_views``): ``"fail"`` raises FileNotFoundError naming the file; ``"invalid"``
     gives the view zeros, ``view_valid`` 0 and ``seg_valid`` 0 (a missing segmentation alone: ``seg_valid`` 0). A
     subject with no image file at all always raises. Every other bad file (see ``validate``) raises a ValueError
@@ -189,6 +224,8 @@ class LoadCohortSubjectd(MapTransform):
         crop_centre: str = "motion",
         return_geometry: bool = False,
         pixel_mm: float | None = None,
+        geometry: str = "image_crop",
+        pe_lines: int | None = None,
     ):
         super().__init__(keys=eid_key)
         self.root, self.load_seg = root, load_seg
@@ -214,6 +251,8 @@ class LoadCohortSubjectd(MapTransform):
             raise ValueError(f"pixel_mm must be a positive number of mm (the preset's cohort.pixel_mm) or None, "
                              f"got {pixel_mm!r}")  # fmt: skip
         self.pixel_mm = None if pixel_mm is None else float(pixel_mm)
+        self.geometry = geometry
+        self.out_hw = (kspace_pe_lines(geometry, self.crop, pe_lines), self.crop)  # validates geometry, pe_lines
 
     # -- file access -------------------------------------------------------------------------------------------
     def _read(self, folder: str, subject: str, files: Mapping[str, str], key: str):
@@ -293,7 +332,7 @@ class LoadCohortSubjectd(MapTransform):
                                        "under missing_views='fail'; missing_views='invalid' gives a missing view "
                                        "zeros and flags it invalid")  # fmt: skip
             if self.missing_views == "invalid" and not self._exists(folder, IMAGE_FILES[key]):
-                shape = (n_views, self.n_frames, self.crop, self.crop)
+                shape = (n_views, self.n_frames, *self.out_hw)
                 images.append(np.full(shape, np.nan, dtype=np.float32))  # becomes 0 after normalisation
                 segs.append(np.zeros(shape, dtype=np.int64))
                 valid += [0.0] * n_views
@@ -304,10 +343,13 @@ class LoadCohortSubjectd(MapTransform):
                 continue
             image, seg, centre, slices, grid_affine, grid_shape = self._view_stack(folder, subject, key)
             shift = self._shift()
-            centre = (centre[0] + shift[0], centre[1] + shift[1])
-            images.append(crop_centred(image, centre, self.crop, fill=np.nan))
+            if self.geometry == "acquisition":  # whole phase-encode FOV about its centre; readout about the heart
+                centre = (grid_shape[0] // 2, centre[1] + shift[1])
+            else:
+                centre = (centre[0] + shift[0], centre[1] + shift[1])
+            images.append(crop_centred(image, centre, self.out_hw, fill=np.nan))
             no_seg = np.zeros(images[-1].shape, np.int64)
-            segs.append(crop_centred(seg, centre, self.crop) if seg is not None else no_seg)
+            segs.append(crop_centred(seg, centre, self.out_hw) if seg is not None else no_seg)
             valid += [float(seg is not None)] * n_views
             present += [1.0] * n_views
             centres += [centre] * n_views
@@ -315,12 +357,12 @@ class LoadCohortSubjectd(MapTransform):
             if self.return_geometry:
                 from kmtr_monai.io.outputs import uncrop_affine
 
-                view_affines += [uncrop_affine(grid_affine, grid_shape, self.crop, centre, z) for z in slices]
+                view_affines += [uncrop_affine(grid_affine, grid_shape, self.out_hw, centre, z) for z in slices]
         if not any(present):
             names = sorted({IMAGE_FILES[k] for k in files})
             raise MissingFileError(subject, IMAGE_FILES[files[0]],
                                    f"subject {subject!r}: none of the view files {names} exists")  # fmt: skip
-        stack = np.concatenate(images, axis=0)  # (S, K, crop, crop), NaN outside the field of view
+        stack = np.concatenate(images, axis=0)  # (S, K, H, W), NaN outside the field of view
         lo, hi = np.nanmin(stack), np.nanmax(stack)
         stack = (stack - lo) / (hi - lo) if hi > lo else np.zeros_like(stack)
         d["image"] = torch.from_numpy(np.nan_to_num(stack, nan=0.0).astype(np.float32))

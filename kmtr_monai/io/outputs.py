@@ -166,11 +166,13 @@ def write_view_niftis(
 
 
 def uncrop_affine(
-    affine_full: Any, full_shape: Sequence[int], crop: int, centre: Sequence[int] | None = None, z: int = 0
+    affine_full: Any, full_shape: Sequence[int], crop: int | Sequence[int], centre: Sequence[int] | None = None,
+    z: int = 0,
 ) -> np.ndarray:
-    """Affine (4, 4) of a ``crop``×``crop`` window cut from an (X, Y) image with voxel->world ``affine_full``.
+    """Affine (4, 4) of a ``crop``×``crop`` (or ``crop`` = (h, w): h×w) window cut from an (X, Y) image with
+    voxel->world ``affine_full``.
 
-    The window starts at (x0, y0) = centre - crop // 2 (the rule of ``kmtr_monai.data.cohort.crop_centred``;
+    The window starts at (x0, y0) = centre - (h // 2, w // 2) (the rule of ``kmtr_monai.data.cohort.crop_centred``;
     pass the centre the loader used, e.g. its ``motion_centre``; default: the image centre (X // 2, Y // 2)), and
     at slice ``z`` of the source stack (a SAX view). Crop voxel (i, j, 0) then has the world position of source voxel
     (x0 + i, y0 + j, z), so a prediction on the crop overlays the source image in a viewer.
@@ -182,7 +184,8 @@ def uncrop_affine(
         raise ValueError(f"full_shape must give (X, Y), got {full_shape}")
     cx, cy = (int(full_shape[0]) // 2, int(full_shape[1]) // 2) if centre is None else (int(centre[0]), int(centre[1]))
     shift = np.eye(4)
-    shift[:3, 3] = (cx - int(crop) // 2, cy - int(crop) // 2, int(z))
+    h, w = (int(crop), int(crop)) if np.isscalar(crop) else (int(crop[0]), int(crop[1]))
+    shift[:3, 3] = (cx - h // 2, cy - w // 2, int(z))
     return a @ shift
 
 
