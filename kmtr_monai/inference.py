@@ -38,10 +38,10 @@ def _is_subject(folder: Path) -> bool:
 
 def model_input(path: str | os.PathLike, work_dir: str | os.PathLike, views: Sequence[str], n_frames: int, crop: int,
                 pixel_mm: float, virtual_coils: int | None = None, frame_interval_ms: float | None = None,
-                slice_views: str = "auto", missing_views: str = "invalid") -> str:  # fmt: skip
+                slice_views: str = "auto", missing_views: str = "invalid", n_pe: int | None = None) -> str:  # fmt: skip
     """The input the inference reads (absolute): a scanner k-space file converted to a ``kmtr-kspace`` file under
     ``work_dir`` on the model grid (:func:`kmtr_monai.io.scanner_input.write_model_input`, whose ``slice_views`` say
-    whether its slices are the views or a SAX stack); anything else (a folder, a ``kmtr-kspace`` file, a path that
+    whether its slices are the views or a SAX stack; ``n_pe`` ky lines, None: ``crop``); anything else (a folder, a ``kmtr-kspace`` file, a path that
     does not exist) as it is. A file of no known format is an error naming it."""
     from kmtr_monai.io.kspace_h5 import FORMAT
     from kmtr_monai.io.scanner_input import input_format, write_model_input
@@ -51,7 +51,7 @@ def model_input(path: str | os.PathLike, work_dir: str | os.PathLike, views: Seq
         return str(p)
     return write_model_input(p, Path(work_dir).resolve(), views, n_frames, crop, pixel_mm, virtual_coils=virtual_coils,
                              frame_interval_ms=frame_interval_ms, slice_views=slice_views,
-                             missing_views=missing_views)  # fmt: skip
+                             missing_views=missing_views, n_pe=n_pe)  # fmt: skip
 
 
 def input_items(path: str | os.PathLike) -> list[dict]:

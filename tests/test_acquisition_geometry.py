@@ -234,3 +234,82 @@ def test_stage3_trains_in_acquisition_mode(stage_one_two, tiny_cohort, tmp_path,
     wf = _run(name, tiny_cohort, tmp_path, **overrides)
     assert wf.batch_shapes["kspace"] == (4, 2, 5, 4, PE, CROP)
     assert wf.batch_shapes[target[0]] == target[1]
+
+
+# --------------------------------------------------------------------------------- inference on the same grid
+def _acquisition_weights(bundle: str, path: Path, foreground: int | None = None) -> Path:
+    """A random-init acquisition-mode checkpoint (``{"model": state_dict}``); ``foreground``: the segmentation
+    predicts that label everywhere, so the output shows the model grid's footprint on the source."""
+    from kmtr_monai.constants import PHENOTYPES
+
+    parser = ConfigParser()
+    parser.read_config(config_files(bundle, "inference", "tiny"))
+    parser.update({"bundle_root": "/nonexistent", "kspace_geometry": "acquisition",
+                   "target_stats": {"mean": [100.0] * len(PHENOTYPES), "std": [10.0] * len(PHENOTYPES)}})  # fmt: skip
+    torch.manual_seed(0)
+    net = parser.get_parsed_content("network_def")
+    if foreground is not None:
+        last = [m for m in net.modules() if isinstance(m, torch.nn.Conv3d) and m.out_channels == 6][-1]
+        with torch.no_grad():
+            last.weight.zero_()
+            last.bias.zero_()
+            last.bias[foreground] = 10.0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": net.state_dict()}, path)
+    return path
+
+
+def _infer(bundle: str, weights: Path, input_path: Path, result: Path) -> None:
+    wf = ConfigWorkflow(config_file=config_files(bundle, "inference", "tiny"),
+                        meta_file=str(BUNDLES / bundle / "configs" / "metadata.json"),
+                        logging_file=str(BUNDLES / "common" / "logging.conf"), workflow_type="train",
+                        bundle_root=str(BUNDLES / bundle), dataset_dir="/nonexistent", ckpt_dir=str(weights.parent),
+                        output_dir=str(result), input_path=str(input_path), kspace_geometry="acquisition")  # fmt: skip
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+
+
+def test_segmentation_inference_covers_the_whole_pe_fov_on_the_source_grid(tiny_cohort, tmp_path):
+    """A subject folder in acquisition mode: the output, on the source grid, covers every PE row and the ``crop``
+    readout columns about the heart (the label predicted everywhere on the model grid shows that footprint)."""
+    subject = tiny_cohort / _first_eid(tiny_cohort)
+    weights = _acquisition_weights("segment-unetr", tmp_path / "w" / "model.pt", foreground=1)
+    _infer("segment-unetr", weights, subject, tmp_path / "out")
+    src = nib.load(subject / "sa.nii.gz")
+    seg = nib.load(tmp_path / "out" / subject.name / "seg_sa.nii.gz")
+    assert seg.shape == src.shape and np.array_equal(seg.affine, src.affine)
+    d = LoadCohortSubjectd(str(tiny_cohort), n_sax=2, n_frames=4, crop=CROP, load_seg=False, pixel_mm=4.0,
+                           geometry="acquisition", pe_lines=PE, return_geometry=True)({"eid": subject.name})  # fmt: skip
+    y0 = int(d["crop_centre"][-1, 1]) - CROP // 2
+    z = int(d["source_slice"][-1])
+    t = [round(i * (src.shape[3] - 1) / 3) for i in range(4)]
+    footprint = np.zeros(src.shape[:2], bool)
+    footprint[:, max(y0, 0) : y0 + CROP] = True  # every PE row (the whole FOV), the readout window
+    got = np.asanyarray(seg.dataobj)[:, :, z][..., t] > 0
+    assert (got == footprint[..., None]).all()
+
+
+def test_scanner_file_enters_on_the_acquisition_grid(tiny_cohort, tmp_path):
+    """An 8-coil ISMRMRD file (2x oversampled readout, R = 4, a noise scan; coil maps from the time-averaged
+    imaging lines) of a 48-line PE FOV:
+    the model input keeps all 48 ky lines (pixel size kept) and crops the readout to 32; regress runs on it."""
+    pytest.importorskip("ismrmrd")
+    from scanner_files import acquire, header_xml, internal_input, write_ismrmrd
+
+    from kmtr_monai.constants import LAX_VIEWS, PHENOTYPES, sax_views
+    from kmtr_monai.io import read_kspace_h5
+
+    views = [*LAX_VIEWS, *sax_views(2)]
+    sub = internal_input(tiny_cohort, _first_eid(tiny_cohort), views, n_frames=4, crop=PE)  # a 48 x 48 FOV
+    coil_k, _ = acquire(sub["x"])
+    file = write_ismrmrd(tmp_path / "cine.h5", coil_k, sub["mask"], calib=False, header=header_xml(5, 4, PE, PE))
+    weights = _acquisition_weights("regress", tmp_path / "w" / "model.pt")
+    _infer("regress", weights, file, tmp_path / "out")
+    got = read_kspace_h5(str(tmp_path / "out" / "model_input" / "cine.h5"), views, (5, 4, PE, CROP))
+    np.testing.assert_array_equal(got["mask"], sub["mask"])  # every acquired ky line where it was
+    np.testing.assert_allclose(got["pixel_spacing"], [4.0, 4.0])
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "out" / "phenotypes.csv")))
+    assert len(rows) == 1 and all(np.isfinite(float(rows[0][c])) for c in PHENOTYPES)

@@ -97,9 +97,11 @@ def choose_slices(path: str, n_slices: int, views: Sequence[str], slice_views: s
 def write_model_input(path: str | os.PathLike, work_dir: str | os.PathLike, views: Sequence[str], n_frames: int,
                       crop: int, pixel_mm: float, virtual_coils: int | None = None,
                       frame_interval_ms: float | None = None, slice_views: str = "auto",
-                      missing_views: str = "invalid") -> str:  # fmt: skip
+                      missing_views: str = "invalid", n_pe: int | None = None) -> str:  # fmt: skip
     """Convert the scanner file ``path`` to ``<work_dir>/<stem>.h5``, a ``kmtr-kspace`` file on the model grid
-    (``views``, ``n_frames``, ``crop`` × ``crop``; see the module docstring), and return that path. The file is kept
+    (``views``, ``n_frames``, ``n_pe`` × ``crop``: ky fitted to ``n_pe`` lines, None: ``crop``, the readout cropped
+    to ``crop``; see the module docstring; bundles pass their ``n_pe``, which ``kspace_geometry="acquisition"``
+    makes ``pe_lines``), and return that path. The file is kept
     (it is what the model saw). ``virtual_coils``: SVD coil compression first; ``frame_interval_ms``: the time
     between the file's frames; ``pixel_mm``: the spacing the model was trained at (assumed for files without one);
     ``slice_views``, ``missing_views``: which views the slices are (:func:`choose_slices`)."""
@@ -117,7 +119,7 @@ def write_model_input(path: str | os.PathLike, work_dir: str | os.PathLike, view
         warnings.warn(f"{path}: frame interval unknown (pass frame_interval_ms); outputs count time in source "
                       f"frames", stacklevel=2)  # fmt: skip
         interval = 1.0
-    item = to_kspace_item(scan, grid=(crop, crop), n_frames=int(n_frames), slices=slices, views=views,
+    item = to_kspace_item(scan, grid=(crop if n_pe is None else int(n_pe), crop), n_frames=int(n_frames), slices=slices, views=views,
                           pixel_spacing=spacing, frame_interval_ms=float(interval),
                           n_virtual=virtual_coils)  # fmt: skip
     if any(abs(v / float(pixel_mm) - 1) > 0.1 for v in item["pixel_spacing"]):
