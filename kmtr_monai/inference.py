@@ -41,8 +41,8 @@ def model_input(path: str | os.PathLike, work_dir: str | os.PathLike, views: Seq
                 slice_views: str = "auto", missing_views: str = "invalid", n_pe: int | None = None) -> str:  # fmt: skip
     """The input the inference reads (absolute): a scanner k-space file converted to a ``kmtr-kspace`` file under
     ``work_dir`` on the model grid (:func:`kmtr_monai.io.scanner_input.write_model_input`, whose ``slice_views`` say
-    whether its slices are the views or a SAX stack; ``n_pe`` ky lines, None: ``crop``); anything else (a folder, a ``kmtr-kspace`` file, a path that
-    does not exist) as it is. A file of no known format is an error naming it."""
+    whether its slices are the views or a SAX stack; ``n_pe`` ky lines, None: ``crop``); anything else (a folder, a
+    ``kmtr-kspace`` file, a path that does not exist) as it is. A file of no known format is an error naming it."""
     from kmtr_monai.io.kspace_h5 import FORMAT
     from kmtr_monai.io.scanner_input import input_format, write_model_input
 

@@ -167,10 +167,10 @@ class LoadCohortSubjectd(MapTransform):
         ``seg`` int64 (S, T, H, W) in unified labels and ``seg_valid`` float32 (S,) (0 for la_3ch) when ``load_seg``.
         ``view_valid`` float32 (S,): 1 when the view's image file exists (0 only under ``missing_views="invalid"``).
         ``crop_centre`` int64 (S, 2), ``source_slice`` int64 (S,) and ``view_affine`` float64 (S, 4, 4) when
-        ``return_geometry``: the (x, y) voxel at the crop centre (the crop starts at centre − crop // 2) of the grid
-        the crop was cut from (the file's own grid, or its in-plane resampling to ``pixel_mm``), the source Z index
-        of each view (0 for LAX), and the voxel-to-world matrix of each view's (H, W) crop
-        (``kmtr_monai.io.outputs.uncrop_affine`` of that grid); −1 and NaN for a missing view. The affine places a
+        ``return_geometry``: the (x, y) voxel at the crop centre (the (H, W) crop starts at centre − (H // 2,
+        W // 2)) of the grid the crop was cut from (the file's own grid, or its in-plane resampling to
+        ``pixel_mm``), the source Z index of each view (0 for LAX), and the voxel-to-world matrix of each view's
+        (H, W) crop (``kmtr_monai.io.outputs.uncrop_affine`` of that grid); −1 and NaN for a missing view. The affine places a
         prediction back on the source grid (``kmtr_monai.io.outputs.resample_to_source``).
         ``phenotypes`` float32 (12,), ``diseases`` float32 (3,) when present in the item; ``eid`` (str).
 
@@ -389,6 +389,7 @@ class RandLoadCohortSubjectd(Randomizable, LoadCohortSubjectd):
     """``LoadCohortSubjectd`` whose crop centre is shifted by a random integer in [−crop_jitter, crop_jitter] along
     each in-plane axis, drawn per file (the SAX stack shares one shift): training-time jitter around the same
     label-free image-centred rule used at evaluation and inference. ``crop_jitter=0`` equals the parent exactly.
+    Under ``geometry="acquisition"`` only the readout (W) window moves; the phase-encode FOV stays centred.
     """
 
     def __init__(self, root: str, n_sax: int, n_frames: int, crop: int, crop_jitter: int = 0, **kwargs):

@@ -119,7 +119,8 @@ def write_model_input(path: str | os.PathLike, work_dir: str | os.PathLike, view
         warnings.warn(f"{path}: frame interval unknown (pass frame_interval_ms); outputs count time in source "
                       f"frames", stacklevel=2)  # fmt: skip
         interval = 1.0
-    item = to_kspace_item(scan, grid=(crop if n_pe is None else int(n_pe), crop), n_frames=int(n_frames), slices=slices, views=views,
+    grid = (crop if n_pe is None else int(n_pe), crop)
+    item = to_kspace_item(scan, grid=grid, n_frames=int(n_frames), slices=slices, views=views,
                           pixel_spacing=spacing, frame_interval_ms=float(interval),
                           n_virtual=virtual_coils)  # fmt: skip
     if any(abs(v / float(pixel_mm) - 1) > 0.1 for v in item["pixel_spacing"]):
