@@ -68,15 +68,17 @@ def kspace(root: str, preset: str = "tiny", acceleration: int = 4, pattern: str 
 
 def pipeline(out: str = "runs/tiny", preset: str = "tiny", cohort: str | None = None, accelerations="2,4,8,16",
              device: str | None = None, nproc: int = 1, force: str | None = None, stages: str | None = None,
-             subjects: int | None = None, seed: int = 0, workers: int = 1):  # fmt: skip
+             subjects: int | None = None, seed: int = 0, workers: int = 1, set: str | None = None):  # noqa: A002
     """The main job: k-MTR (Stage I, II, III) and its baselines on one cohort, tested on its held-out split, with a
     report in OUT/report. Re-running skips finished stages; --force STAGE[,STAGE] redoes them; --stages limits the
     run to some stages or tasks; --cohort uses an existing UK Biobank-layout cohort instead of simulating one;
-    --nproc N trains each stage on N processes with torchrun and the bundles' multi_gpu_train.json."""
+    --nproc N trains each stage on N processes with torchrun and the bundles' multi_gpu_train.json; --set
+    KEY=VALUE[,KEY=VALUE] (repeatable) sets a bundle config key for every stage, models, floors and probes alike
+    (e.g. --set kspace_geometry=acquisition; values are JSON when they parse, else strings)."""
     from kmtr_monai.pipeline import run_pipeline
 
     run_pipeline(out=out, preset=preset, cohort=cohort, accelerations=accelerations, device=device, nproc=nproc,
-                 force=force, stages=stages, subjects=subjects, seed=seed, workers=workers)  # fmt: skip
+                 force=force, stages=stages, subjects=subjects, seed=seed, workers=workers, settings=set)  # fmt: skip
 
 
 def export_bundle(name: str, out: str, preset: str = "small", weights: str | None = None):
@@ -210,11 +212,27 @@ def one_line(err: BaseException) -> str:
     return f"{name}: {text}" if text else name
 
 
+def _join_repeated(argv: list[str], flag: str) -> list[str]:
+    """``flag A ... flag B`` (or ``flag=A``) → one ``flag A,B`` after the options (fire keeps only the last)."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    values, rest, i = [], [], 0
+    while i < end:
+        if argv[i] == flag and i + 1 < end:
+            values.append(argv[i + 1])
+            i += 1
+        elif argv[i].startswith(flag + "="):
+            values.append(argv[i][len(flag) + 1 :])
+        else:
+            rest.append(argv[i])
+        i += 1
+    return argv if len(values) < 2 else [*rest, flag, ",".join(values), *argv[end:]]
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run a ``kmtr`` command; exits 1 with a one-line root cause on error (traceback with --debug/KMTR_DEBUG=1)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("KMTR_DEBUG", "") not in ("", "0")
-    argv = [a for a in argv if a != "--debug"]
+    argv = _join_repeated([a for a in argv if a != "--debug"], "--set")
     _STATE["debug"] = debug
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     command = argv[0] if argv and not argv[0].startswith("-") else ""

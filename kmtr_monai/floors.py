@@ -14,6 +14,7 @@ A trained model on the same input should clear its floor.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -53,14 +54,15 @@ def floor_features(input: str, arrays: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def run_floor(cohort: str | Path, bundles: str | Path, preset: str, input: str, acceleration: int | None, task: str,
-              out: str | Path, cache: str | Path) -> dict:  # fmt: skip
+              out: str | Path, cache: str | Path, overrides: Mapping | None = None) -> dict:  # fmt: skip
     """The ``input`` floor for ``task`` (``"regress"`` or ``"classify"``) on ``cohort``'s splits.
 
     Writes ``out/test/<R{acceleration} | full>/`` (``phenotypes.csv`` or ``diseases.csv``, ``targets.csv``,
     ``metrics.csv``: ``val_mean_mae``, ``val_mean_r2`` or ``val_mean_auc``, ``val_f1``, ``val_threshold``, per-target
     scores, the chosen ``alpha_<phenotype>`` / ``C_<disease>``) and ``out/eval/metrics.csv`` (the same on the
     validation split). ``acceleration`` is ignored for ``image`` (key ``"full"``). Loaded arrays and the reduced
-    features are cached under ``cache`` (shared by both tasks and by the probes).
+    features are cached under ``cache`` (shared by both tasks and by the probes). ``overrides``: further bundle
+    config keys of the inputs (the pipeline's ``--set``; part of the cache key).
 
     Returns ``{"tests": {"4" or "full": "<out.name>/test/R4"}, "validation": {metric: value}, "minutes": float}``.
     """
@@ -69,10 +71,11 @@ def run_floor(cohort: str | Path, bundles: str | Path, preset: str, input: str, 
     start = time.perf_counter()
     r = None if input == "image" else int(acceleration if acceleration is not None else 4)
     tag = f"{input}_{'full' if r is None else f'R{r}'}"
-    digest = file_digest("floor", 1, tag, *(inputs_digest(cohort, bundles, preset, input, r, s) for s in SPLITS))
+    digest = file_digest("floor", 1, tag, *(inputs_digest(cohort, bundles, preset, input, r, s, overrides)
+                                            for s in SPLITS))  # fmt: skip
 
     def features() -> tuple[dict, dict]:
-        arrays = {s: split_inputs(cohort, bundles, preset, input, r, s, cache) for s in SPLITS}
+        arrays = {s: split_inputs(cohort, bundles, preset, input, r, s, cache, overrides) for s in SPLITS}
         return {"floor": {s: floor_features(input, arrays[s]) for s in SPLITS}}, arrays
 
     red = reduced_cache(Path(cache) / f"floor_{tag}.npz", digest, features)

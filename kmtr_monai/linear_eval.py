@@ -3,7 +3,8 @@
 * **Inputs** (:func:`split_inputs`): every subject of a split through a bundle's deterministic
   ``validate#preprocessing`` (the ``regress`` bundle at the run's preset; phase map and ky–t mask seeded by
   ``eid``), i.e. exactly what a model is validated and tested on; cached per (input, R, split) as ``.npz`` and
-  rebuilt when the datalist, the phenotype table or the bundle configs change (a SHA-256 digest is stored).
+  rebuilt when the datalist, the phenotype table, the bundle configs or the config overrides (the pipeline's
+  ``--set``) change (a SHA-256 digest is stored).
 * **Fit** (:func:`linear_eval`): features standardised with training statistics; per phenotype a ridge
   regression on standardised targets, per disease an L2 logistic regression with ``class_weight="balanced"`` (the
   classify bundle's ``pos_weight`` = negatives/positives gives the same class ratio). The strength is chosen on the
@@ -37,9 +38,9 @@ from kmtr_monai.constants import DISEASES, PHENOTYPES
 from kmtr_monai.metrics import effective_rank, mean_pairwise_cosine
 
 __all__ = [
-    "SPLITS", "STRENGTH_GRID", "TASKS", "bundle_parser", "load_split", "batched", "file_digest", "cached_arrays",
-    "inputs_digest", "split_inputs", "reduced_cache", "reduced_split", "mean_pairwise_cosine", "effective_rank",
-    "reduce_features", "linear_eval", "write_linear_results", "write_metrics", "finish_run",
+    "SPLITS", "STRENGTH_GRID", "TASKS", "bundle_parser", "inputs_parser", "load_split", "batched", "file_digest",
+    "cached_arrays", "inputs_digest", "split_inputs", "reduced_cache", "reduced_split", "mean_pairwise_cosine",
+    "effective_rank", "reduce_features", "linear_eval", "write_linear_results", "write_metrics", "finish_run",
 ]  # fmt: skip
 
 SPLITS = ("training", "validation", "test")
@@ -127,9 +128,10 @@ def _input_r(input: str, acceleration: int | None) -> int | None:
 
 
 def inputs_digest(cohort: str | Path, bundles: str | Path, preset: str, input: str, acceleration: int | None,
-                  split: str) -> str:  # fmt: skip
+                  split: str, overrides: Mapping[str, Any] | None = None) -> str:  # fmt: skip
     """The cache key of :func:`split_inputs`, without loading anything: SHA-256 of the cohort's ``datalist.json``
-    and ``phenotypes.csv``, the ``regress`` bundle's config files at ``preset`` and the arguments."""
+    and ``phenotypes.csv``, the ``regress`` bundle's config files at ``preset`` and the arguments (``overrides``
+    only when not empty, so the key without them is the one of earlier versions)."""
     from kmtr_monai.bundle import config_files
 
     if split not in SPLITS:
@@ -139,31 +141,42 @@ def inputs_digest(cohort: str | Path, bundles: str | Path, preset: str, input: s
     if not datalist.is_file():
         raise FileNotFoundError(f"{datalist} does not exist (write it with `kmtr datalist {cohort}`)")
     configs = config_files(bundles / "regress", "train", preset)
+    extra = [repr(sorted(overrides.items()))] if overrides else []
     return file_digest(_CACHE_VERSION, datalist, cohort / "phenotypes.csv", *map(Path, configs), str(cohort), preset,
-                       input, _input_r(input, acceleration), split)  # fmt: skip
+                       input, _input_r(input, acceleration), split, *extra)  # fmt: skip
+
+
+def inputs_parser(cohort: str | Path, bundles: str | Path, preset: str, input: str, acceleration: int | None,
+                  overrides: Mapping[str, Any] | None = None):  # fmt: skip
+    """The ``regress`` bundle's parser :func:`split_inputs` loads through: ``overrides`` (e.g. the pipeline's
+    ``--set``) with the keys it sets itself (cohort, input, R, kept keys) on top."""
+    r = _input_r(input, acceleration)
+    over = {**(overrides or {}), "dataset_dir": str(Path(cohort).resolve()), "num_workers": 0, "input": input,
+            "keep_keys": ["eid", "phenotypes", "diseases", *_INPUT_KEYS[input]]}  # fmt: skip
+    if r is not None:
+        over["val_acceleration"] = r
+    return bundle_parser(Path(bundles).resolve() / "regress", preset, over)
 
 
 def split_inputs(cohort: str | Path, bundles: str | Path, preset: str, input: str, acceleration: int | None,
-                 split: str, cache: str | Path) -> dict[str, np.ndarray]:  # fmt: skip
+                 split: str, cache: str | Path, overrides: Mapping[str, Any] | None = None
+                 ) -> dict[str, np.ndarray]:  # fmt: skip
     """What the models read for one split, through the ``regress`` bundle's validation preprocessing.
 
     ``input``: ``"image"`` (fully sampled, ``acceleration`` ignored), ``"zero_filled"`` (|ifft2c| of the
     undersampled k-space, the bundle's ``input_transforms``) or ``"kspace"`` (the masked k-space and its mask).
     Returns float32 ``image`` or ``zero_filled`` (N,S,T,H,W), or ``kspace`` (N,2,S,T,H,W) and ``mask`` (N,S,T,H);
     float64 ``phenotypes`` (N,12) and ``diseases`` (N,3) (NaN = missing); ``eid`` (N,) str; ``digest``
-    (:func:`inputs_digest`). Cached in ``cache/<input>_R<R>_<split>.npz`` (``image_<split>.npz``).
+    (:func:`inputs_digest`). Cached in ``cache/<input>_R<R>_<split>.npz`` (``image_<split>.npz``). ``overrides``:
+    further config keys of the bundle (:func:`inputs_parser`).
     """
     r = _input_r(input, acceleration)
     cohort, bundles = Path(cohort).resolve(), Path(bundles).resolve()
-    digest = inputs_digest(cohort, bundles, preset, input, r, split)
+    digest = inputs_digest(cohort, bundles, preset, input, r, split, overrides)
     name = f"{input}_{split}.npz" if r is None else f"{input}_R{r}_{split}.npz"
 
     def build() -> dict[str, np.ndarray]:
-        overrides = {"dataset_dir": str(cohort), "num_workers": 0, "input": input,
-                     "keep_keys": ["eid", "phenotypes", "diseases", *_INPUT_KEYS[input]]}  # fmt: skip
-        if r is not None:
-            overrides["val_acceleration"] = r
-        parser = bundle_parser(bundles / "regress", preset, overrides)
+        parser = inputs_parser(cohort, bundles, preset, input, r, overrides)
         with torch.random.fork_rng(devices=[]):  # the DataLoader draws a base seed: leave the caller's RNG alone
             data = load_split(parser, split, keys=(*_INPUT_KEYS[input], "phenotypes", "diseases"))
         out = {k: data[k].float().numpy() for k in _INPUT_KEYS[input]}

@@ -20,11 +20,17 @@ Budget: the preset's ``pipeline`` block sets the subject count, ``epochs`` and b
 family (:attr:`Stage.family`, e.g. ``cnn``) or stage name (a stage name wins over its family, which wins over its
 task), e.g. the small preset's frozen encoders for the pretrained models and the CNN family's step budget.
 
-Resume: a stage whose ``stage.json`` says done, with the same fingerprint (its overrides, the preset, the epochs and
-the finishing times of the stages it reads), and whose outputs exist (test metrics; a model's checkpoint and
-validation metrics), is skipped. ``force`` names stages to redo; stages downstream of a redone one are redone
-because their fingerprint changes. A stage interrupted during training resumes from its last epoch (the bundles'
-``resume: auto``).
+Settings (``--set KEY=VALUE``, :func:`parse_settings`): bundle config keys for every stage of the run, e.g.
+``kspace_geometry=acquisition``: the models' overrides, the floors' and probes' inputs and the probes' encoders.
+They have the lowest precedence: what makes a stage its method (the stage table's ``input``, ``encoder``, ``init``,
+``network_def``, ``tokenizer``) and the preset's per-task/family/stage budget win, so ``--set tokenizer=hybrid``
+leaves the k-GIN baseline's line tokenizer alone; the stages where a setting is shadowed are printed at the start.
+
+Resume: a stage whose ``stage.json`` says done, with the same fingerprint (its overrides, the preset, the epochs, the
+settings and the finishing times of the stages it reads), and whose outputs exist (test metrics; a model's
+checkpoint and validation metrics), is skipped. ``force`` names stages to redo; stages downstream of a redone one are
+redone because their fingerprint changes. A stage interrupted during training resumes from its last epoch (the
+bundles' ``resume: auto``).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +74,45 @@ def parse_accelerations(accelerations) -> list[int]:
     if not values or values[0] < 1:
         raise ValueError(f"--accelerations: every acceleration must be >= 1, got {accelerations!r}")
     return values
+
+
+#: Config keys the pipeline sets itself for each stage (and every ``*_ckpt``): refused as settings.
+OWNED_KEYS = ("bundle_root", "dataset_dir", "ckpt_dir", "output_dir", "train_accelerations", "max_epochs", "device",
+              "eval_split", "val_acceleration")  # fmt: skip
+
+
+def _json_or_str(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_settings(settings, bundles: str | Path | None = None) -> dict:
+    """``--set``: ``"KEY=VALUE[,KEY=VALUE]"``, a sequence of those or a dict → ``{key: value}`` (values parsed as
+    JSON when they parse, else strings). ValueError in one line for a key whose first part (before ``#``) is not in
+    ``bundles/common/train.json`` or that the pipeline sets itself (:data:`OWNED_KEYS`, ``*_ckpt``)."""
+    if not settings:
+        return {}
+    if isinstance(settings, Mapping):
+        items = dict(settings)
+    else:
+        items = {}
+        for part in [settings] if isinstance(settings, str) else list(settings):
+            for item in re.split(r",(?=\s*[A-Za-z_][\w#]*\s*=)", str(part)):  # commas before the next KEY=
+                key, sep, value = item.partition("=")
+                if not sep or not key.strip():
+                    raise ValueError(f"--set: expected KEY=VALUE[,KEY=VALUE], got {item!r}")
+                items[key.strip()] = _json_or_str(value.strip())
+    common = Path(bundles or default_bundles_dir()) / "common" / "train.json"
+    known = json.loads(common.read_text())
+    for key in items:
+        root = str(key).split("#")[0]
+        if root in OWNED_KEYS or root.endswith("_ckpt"):
+            raise ValueError(f"--set {key}: the pipeline sets {root!r} itself for each stage")
+        if root not in known:
+            raise ValueError(f"--set {key}: unknown config key {root!r} (not in {common})")
+    return items
 
 
 class Progress:
@@ -178,6 +224,7 @@ class PipelineRun:
     epochs: dict = field(default_factory=dict)
     overrides: dict = field(default_factory=dict)
     bundles: Path = field(default_factory=default_bundles_dir)
+    settings: dict = field(default_factory=dict)
 
     def stage_dir(self, name: str) -> Path:
         return self.out / name
@@ -191,8 +238,9 @@ class PipelineRun:
 
     def train_overrides(self, stage: Stage) -> dict:
         d = self.stage_dir(stage.name)
+        # the run's settings first: the stage's own and the preset's overrides win over them
         over = {"dataset_dir": self.cohort, "ckpt_dir": d / "models", "output_dir": d / "eval",
-                **self.upstream_ckpts(), **stage.overrides}  # fmt: skip
+                **self.upstream_ckpts(), **self.settings, **stage.overrides}  # fmt: skip
         if stage.task != "pretrain":
             over["train_accelerations"] = self.accelerations
         if stage.task in self.epochs or stage.name in self.epochs:
@@ -221,7 +269,18 @@ class PipelineRun:
             up = self.stage_dir(name) / "stage.json"
             finished[name] = json.loads(up.read_text()).get("finished") if up.is_file() else None
         over = {k: str(v) for k, v in self.train_overrides(stage).items()}
-        return {"preset": self.preset, "overrides": over, "tests": self.test_accelerations(stage), "upstream": finished}
+        fp = {"preset": self.preset, "overrides": over, "tests": self.test_accelerations(stage), "upstream": finished}
+        return fp | ({"settings": _json_safe(self.settings, self.out)} if self.settings else {})
+
+    def shadowed_settings(self, stages: list[Stage]) -> dict[str, list[str]]:
+        """``{key: [stage names]}``: the settings a stage's own or the preset's overrides replace."""
+        shadowed = {}
+        for stage in stages:
+            over = self.train_overrides(stage)
+            for key, value in self.settings.items():
+                if over.get(key) != value:
+                    shadowed.setdefault(key, []).append(stage.name)
+        return shadowed
 
     def is_done(self, stage: Stage) -> bool:
         """Its ``stage.json`` says done with the current fingerprint and its outputs exist: every test folder's
@@ -298,7 +357,7 @@ def run_floor_stage(run: PipelineRun, stage: Stage, k: int, progress: Progress) 
     from kmtr_monai.floors import run_floor
 
     return _linear_stage(run, stage, k, progress, lambda r, out, cache: run_floor(
-        run.cohort, run.bundles, run.preset, stage.input, r, stage.task, out, cache))  # fmt: skip
+        run.cohort, run.bundles, run.preset, stage.input, r, stage.task, out, cache, run.settings))  # fmt: skip
 
 
 def run_probe_stage(run: PipelineRun, stage: Stage, k: int, progress: Progress) -> dict:
@@ -309,7 +368,7 @@ def run_probe_stage(run: PipelineRun, stage: Stage, k: int, progress: Progress) 
     ckpts = {"align": c["align_ckpt"], "stage1": c["kspace_mae_ckpt"], "imagemae": c["image_mae_ckpt"]}
     return _linear_stage(run, stage, k, progress, lambda r, out, cache: run_probe(
         run.cohort, run.bundles, run.preset, stage.meta["encoder"], stage.meta["pooling"], stage.task, ckpts, r,
-        out, cache))  # fmt: skip
+        out, cache, run.settings))  # fmt: skip
 
 
 # How each kind of stage runs: ``runner(run, stage, k, progress) -> stage.json record`` (status, minutes, tests,
@@ -333,14 +392,15 @@ def _config_value(bundle: Path, key: str):
 def run_pipeline(out: str = "runs/tiny", preset: str = "tiny", cohort: str | None = None,
                  accelerations="2,4,8,16", device: str | None = None, nproc: int = 1, force: str | None = None,
                  stages: str | None = None, subjects: int | None = None, seed: int = 0, workers: int = 1,
-                 report: bool = True) -> dict:  # fmt: skip
+                 report: bool = True, settings: dict | str | None = None) -> dict:  # fmt: skip
     """Simulate (or take) a cohort, write its datalist, run every stage not already done, test each model on the
     held-out test split and write the report. Returns the report's results (or the stage records without it).
 
     ``cohort``: an existing UK Biobank-layout cohort (``phenotypes.csv``, ``diseases.csv``, subject folders); else
     ``subjects`` (default: the preset's ``pipeline.subjects``) are simulated into ``out/cohort``. ``accelerations``:
     drawn in Stage III training and each one tested. ``force``: stage names to redo (comma-separated). ``stages``:
-    run only these stage or task names (their upstream stages must be done already or be listed).
+    run only these stage or task names (their upstream stages must be done already or be listed). ``settings``:
+    bundle config keys for every stage (:func:`parse_settings`; the module docstring says where they apply).
     """
     from kmtr_monai.data.datalist import write_datalist
 
@@ -350,6 +410,7 @@ def run_pipeline(out: str = "runs/tiny", preset: str = "tiny", cohort: str | Non
         raise ValueError(f"--device must be cpu or cuda, got {device!r}")
     if not isinstance(nproc, int) or nproc < 1:
         raise ValueError(f"--nproc must be a positive integer, got {nproc!r}")
+    bundle_settings = parse_settings(settings)
     budget = PRESETS[preset].get("pipeline", {})
     out_dir = Path(out).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -357,10 +418,13 @@ def run_pipeline(out: str = "runs/tiny", preset: str = "tiny", cohort: str | Non
     if not (cohort_dir / "datalist.json").is_file():
         write_datalist(str(cohort_dir), seed=seed, preset=preset)
     run = PipelineRun(out_dir, preset, cohort_dir, parse_accelerations(accelerations), device, nproc,
-                      dict(budget.get("epochs", {})), dict(budget.get("overrides", {})))  # fmt: skip
+                      dict(budget.get("epochs", {})), dict(budget.get("overrides", {})),
+                      settings=bundle_settings)  # fmt: skip
     everything = all_stages()
     chosen = run_order(select_stages(everything, stages))
     forced = {s.name for s in select_stages(everything, force)} if force else set()
+    for key, names in run.shadowed_settings(chosen).items():
+        print(f"--set {key}: replaced by the stage's or the preset's own value in {', '.join(names)}", flush=True)
     progress = Progress(len(chosen))
     records = {}
     for k, stage in enumerate(chosen, 1):
@@ -472,6 +536,7 @@ def write_manifest(run: PipelineRun, stages: list[Stage]) -> Path:
     (the paper's), run or not; paths relative to DIR when inside it (the format: :mod:`kmtr_monai.report`)."""
     manifest = {"version": 2, "preset": run.preset, "bundles": str(Path(run.bundles).resolve()),
                 "cohort": _rel(run.cohort, run.out), "accelerations": run.accelerations,
+                "settings": _json_safe(run.settings, run.out),
                 "acceleration": _config_value(run.bundles / "regress", "val_acceleration"),
                 "seg_acceleration": _config_value(run.bundles / "segment-unetr", "val_acceleration"),
                 "stages": [manifest_entry(run, s) for s in stages]}  # fmt: skip

@@ -106,7 +106,8 @@ def run_probe(cohort: str | Path, bundles: str | Path, preset: str, encoder: str
     """Probe ``encoder`` with ``pooling`` for ``task`` (``"regress"`` or ``"classify"``) on ``cohort``'s splits.
 
     ``ckpts``: ``{"align": ..., "stage1": ..., "imagemae": ...}`` checkpoint paths (only the one the encoder needs
-    is read). ``acceleration``: R of the k-space input (default 4; ignored for ``imagemae``).
+    is read). ``acceleration``: R of the k-space input (default 4; ignored for ``imagemae``). ``overrides``: further
+    bundle config keys, for the inputs and the encoder alike (the pipeline's ``--set``; part of the cache key).
     Writes ``out/test/<R{acceleration} | full>/`` (as :func:`kmtr_monai.floors.run_floor`, with ``mean_cosine`` and
     ``effective_rank`` of the test features in ``metrics.csv``) and ``out/eval/metrics.csv``. Inputs and the
     features of both poolings are cached under ``cache`` (keyed by the datalist, configs and checkpoint bytes), so
@@ -122,13 +123,13 @@ def run_probe(cohort: str | Path, bundles: str | Path, preset: str, encoder: str
     r = None if input == "image" else int(acceleration if acceleration is not None else 4)
     tag = f"{encoder}_{'full' if r is None else f'R{r}'}"
     ckpt = _CKPT.get(encoder)
-    sources = [inputs_digest(cohort, bundles, preset, input, r, s) for s in SPLITS]
+    sources = [inputs_digest(cohort, bundles, preset, input, r, s, overrides) for s in SPLITS]
     extra = sorted((overrides or {}).items())
     digest = file_digest("probe", 2, tag, preset, *sources, *([Path(ckpts[ckpt]).resolve()] if ckpt else []),
                          *([repr(extra)] if extra else []))  # fmt: skip
 
     def features() -> tuple[dict, dict]:
-        arrays = {s: split_inputs(cohort, bundles, preset, input, r, s, cache) for s in SPLITS}
+        arrays = {s: split_inputs(cohort, bundles, preset, input, r, s, cache, overrides) for s in SPLITS}
         net = build_encoder(bundles, preset, encoder, ckpts, overrides)
         per_split = {s: encoder_features(net, arrays[s]) for s in SPLITS}
         return {p: {s: per_split[s][p] for s in SPLITS} for p in POOLINGS}, arrays

@@ -146,6 +146,7 @@ def collect(cfg: dict) -> tuple[dict, dict]:
     results = {"run": {"dir": str(cfg["dir"]), "preset": cfg.get("preset"), "cohort": cfg["cohort"],
                        "accelerations": cfg.get("accelerations", []), "acceleration": cfg["acceleration"],
                        "seg_acceleration": cfg.get("seg_acceleration"), "n_test": len(cfg["test_eids"]),
+                       "settings": cfg.get("settings") or {},
                        "bootstrap": {"draws": DRAWS, "seed": SEED, "level": LEVEL}}}  # fmt: skip
     results["stages"] = stage_summary(cfg)
     results["labels"] = labels_by_task(cfg)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 from kmtr_monai.report.evidence import QUESTIONS
@@ -141,13 +142,26 @@ def md_figures(results: dict) -> str:
     return "\n\n".join(lines)
 
 
-def render_markdown(results: dict) -> str:
+def settings_text(settings: dict | None) -> str:
+    """``bundle settings: k=v, ...`` (the pipeline's ``--set``, strings bare, other values as JSON); "" when none."""
+    shown = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in (settings or {}).items()]
+    return "bundle settings: " + ", ".join(shown) if shown else ""
+
+
+def md_head(results: dict) -> str:
     run = results["run"]
     head = (f"# k-MTR pipeline report\n\n**{results['headline']['text']}**\n\nRun `{run['dir']}`, preset "
             f"`{run['preset']}`, {run['n_test']} test subjects; default R={run['acceleration']}, segmentation "
             f"R={run['seg_acceleration']}.")  # fmt: skip
+    if settings_text(run.get("settings")):
+        head += f"\n\nEvery stage ran with {settings_text(run['settings'])}."
     if run["preset"] in SMOKE_PRESETS:
         head += "\n\n" + SMOKE_NOTE
+    return head
+
+
+def render_markdown(results: dict) -> str:
+    head = md_head(results)
     missing = "## Missing\n\n" + ("\n".join(f"- {m}" for m in results["missing"]) or "Nothing.")
     notes = ("## Notes\n\nExpected warnings met while computing the tables (a metric undefined on this test split):\n\n"
              + "\n".join(f"- {n}" for n in results["notes"])) if results["notes"] else ""  # fmt: skip
@@ -219,6 +233,8 @@ def summary_text(results: dict) -> str:
     run = results["run"]
     lines = [f"k-MTR pipeline report: preset {run['preset']}, {run['n_test']} test subjects, "
              f"bootstrap 95 % intervals ({run['bootstrap']['draws']} draws)", results["headline"]["text"]]
+    if settings_text(run.get("settings")):
+        lines.append(settings_text(run["settings"]))
     if run["preset"] in SMOKE_PRESETS:
         lines.append(SMOKE_NOTE)
     lines += _summary_vector(results) + _summary_images(results) + _summary_evidence(results)
