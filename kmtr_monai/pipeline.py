@@ -30,7 +30,9 @@ Resume: a stage whose ``stage.json`` says done, with the same fingerprint (its o
 settings and the finishing times of the stages it reads), and whose outputs exist (test metrics; a model's
 checkpoint and validation metrics), is skipped. ``force`` names stages to redo; stages downstream of a redone one are
 redone because their fingerprint changes. A stage interrupted during training resumes from its last epoch (the
-bundles' ``resume: auto``).
+bundles' ``resume: auto``) only while its fingerprint is unchanged: a forced stage, or one whose fingerprint changed,
+first loses its checkpoints (resume files included), validation and test outputs, so another configuration's files
+cannot seed it.
 """
 
 from __future__ import annotations
@@ -296,6 +298,12 @@ class PipelineRun:
         return (record.get("status") == "done" and record.get("fingerprint") == self.fingerprint(stage)
                 and all(t.is_file() for t in outputs))  # fmt: skip
 
+    def reconfigured(self, stage: Stage) -> bool:
+        """Its ``stage.json`` holds another fingerprint: the folder's checkpoints (resume files included) and
+        metrics belong to another configuration."""
+        state = self.stage_dir(stage.name) / "stage.json"
+        return state.is_file() and json.loads(state.read_text()).get("fingerprint") != self.fingerprint(stage)
+
     def command(self, stage: Stage, overrides: dict, workflow: str = "train") -> list[str]:
         multi = workflow == "train" and self.nproc > 1
         cmd = bundle_command(self.bundles / stage.bundle, self.preset, overrides, workflow, multi_gpu=multi,
@@ -432,7 +440,7 @@ def run_pipeline(out: str = "runs/tiny", preset: str = "tiny", cohort: str | Non
             records[stage.name] = json.loads((run.stage_dir(stage.name) / "stage.json").read_text())
             progress.done(f"[{k}/{len(chosen)}] {stage.name}: done before, skipped")
             continue
-        if stage.name in forced:
+        if stage.name in forced or run.reconfigured(stage):  # never resume from another configuration's files
             for sub in ("models", "eval", "test"):
                 shutil.rmtree(run.stage_dir(stage.name) / sub, ignore_errors=True)
         missing = [u for u in stage.upstream if not run.is_done(next(s for s in everything if s.name == u))]

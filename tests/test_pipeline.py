@@ -160,6 +160,33 @@ def test_cohort_option_uses_an_existing_cohort(tiny_run, tmp_path):
     assert state["status"] == "done" and str(cohort) in json.dumps(state["fingerprint"])
 
 
+def test_a_reconfigured_stage_never_resumes_from_the_previous_configurations_files(tmp_path, monkeypatch):
+    """A stage interrupted mid-training keeps its resume files while its fingerprint is unchanged; once its
+    configuration changes (here a stale fingerprint in stage.json), they are removed before it runs."""
+    from kmtr_monai import pipeline
+
+    seen = []
+
+    def floor_runner(run, stage, k, progress):
+        seen.append(sorted(p.name for p in (run.stage_dir(stage.name) / "models" / "resume").glob("*")))
+        folder = run.stage_dir(stage.name) / "test" / "R4"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "metrics.csv").write_text("val_mean_r2,0.5\n")
+        return {"status": "done", "minutes": 0.1, "tests": {"4": "x"}, "finished": 1.0, "validation": {}}
+
+    monkeypatch.setitem(pipeline.RUNNERS, "floor", floor_runner)
+    out, name = tmp_path / "run", "regress-floor-kspace"
+    args = dict(out=str(out), preset="tiny", subjects=12, accelerations="4", stages=name, report=False)
+    run_pipeline(**args)
+    current = json.loads((out / name / "stage.json").read_text())["fingerprint"]
+    for fingerprint, kept in ((current, ["resume_checkpoint_5.pt"]), ({**current, "max_steps": 400}, [])):
+        (out / name / "models" / "resume").mkdir(parents=True, exist_ok=True)
+        (out / name / "models" / "resume" / "resume_checkpoint_5.pt").write_bytes(b"x")
+        (out / name / "stage.json").write_text(json.dumps({"status": "running", "fingerprint": fingerprint}))
+        run_pipeline(**args)
+        assert seen[-1] == kept
+
+
 def test_bad_arguments_name_what_was_expected(tmp_path):
     with pytest.raises(ValueError, match="accelerations"):
         parse_accelerations("4,x")
