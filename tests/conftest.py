@@ -82,10 +82,11 @@ def kmtr_main(capfd):
     return run
 
 
-def _random_weights(bundle, path, foreground=None):
+def _random_weights(bundle, path, foreground=None, settings=None):
     """A random-init checkpoint of ``bundle`` at the tiny preset (``{"model": state_dict}``) at ``path`` (a
     ``.../models/model.pt`` for ``kmtr infer --weights``); ``foreground``: the segmentation's last layer set to
-    predict that label everywhere, so that the output shows the crop's footprint."""
+    predict that label everywhere, so that the output shows the crop's footprint; ``settings``: further config keys
+    (e.g. ``{"kspace_geometry": "acquisition"}``)."""
     from monai.bundle import ConfigParser
 
     from kmtr_monai.bundle import config_files
@@ -95,6 +96,7 @@ def _random_weights(bundle, path, foreground=None):
     parser.read_config(config_files(bundle, "inference", "tiny"))
     parser["bundle_root"] = "/nonexistent"
     parser["target_stats"] = {"mean": [100.0] * len(PHENOTYPES), "std": [10.0] * len(PHENOTYPES)}
+    parser.update(settings or {})
     torch.manual_seed(0)
     net = parser.get_parsed_content("network_def")
     if foreground is not None:
@@ -110,6 +112,6 @@ def _random_weights(bundle, path, foreground=None):
 
 @pytest.fixture(scope="session")
 def random_weights():
-    """The function ``random_weights(bundle, path, foreground=None) -> path`` writing a random-init tiny-preset
+    """The function ``random_weights(bundle, path, foreground=None, settings=None) -> path`` writing a random-init tiny-preset
     checkpoint for inference tests."""
     return _random_weights

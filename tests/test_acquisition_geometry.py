@@ -21,6 +21,7 @@ from kmtr_monai.data.cohort import LoadCohortSubjectd, kspace_pe_lines
 BUNDLES = Path(__file__).resolve().parent.parent / "bundles"
 CROP, PE = 32, 48  # tiny preset: crop 32, cohort matrix 48 (the default pe_lines)
 AX = (-2, -1)
+ACQUISITION = {"kspace_geometry": "acquisition"}
 
 
 def _first_eid(cohort: Path) -> str:
@@ -243,28 +244,6 @@ def test_stage3_trains_in_acquisition_mode(stage_one_two, tiny_cohort, tmp_path,
 
 
 # --------------------------------------------------------------------------------- inference on the same grid
-def _acquisition_weights(bundle: str, path: Path, foreground: int | None = None) -> Path:
-    """A random-init acquisition-mode checkpoint (``{"model": state_dict}``); ``foreground``: the segmentation
-    predicts that label everywhere, so the output shows the model grid's footprint on the source."""
-    from kmtr_monai.constants import PHENOTYPES
-
-    parser = ConfigParser()
-    parser.read_config(config_files(bundle, "inference", "tiny"))
-    parser.update({"bundle_root": "/nonexistent", "kspace_geometry": "acquisition",
-                   "target_stats": {"mean": [100.0] * len(PHENOTYPES), "std": [10.0] * len(PHENOTYPES)}})  # fmt: skip
-    torch.manual_seed(0)
-    net = parser.get_parsed_content("network_def")
-    if foreground is not None:
-        last = [m for m in net.modules() if isinstance(m, torch.nn.Conv3d) and m.out_channels == 6][-1]
-        with torch.no_grad():
-            last.weight.zero_()
-            last.bias.zero_()
-            last.bias[foreground] = 10.0
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": net.state_dict()}, path)
-    return path
-
-
 def _infer(bundle: str, weights: Path, input_path: Path, result: Path) -> None:
     wf = ConfigWorkflow(config_file=config_files(bundle, "inference", "tiny"),
                         meta_file=str(BUNDLES / bundle / "configs" / "metadata.json"),
@@ -276,11 +255,11 @@ def _infer(bundle: str, weights: Path, input_path: Path, result: Path) -> None:
     wf.finalize()
 
 
-def test_segmentation_inference_covers_the_whole_pe_fov_on_the_source_grid(tiny_cohort, tmp_path):
+def test_segmentation_inference_covers_the_whole_pe_fov_on_the_source_grid(tiny_cohort, tmp_path, random_weights):
     """A subject folder in acquisition mode: the output, on the source grid, covers every PE row and the ``crop``
     readout columns about the heart (the label predicted everywhere on the model grid shows that footprint)."""
     subject = tiny_cohort / _first_eid(tiny_cohort)
-    weights = _acquisition_weights("segment-unetr", tmp_path / "w" / "model.pt", foreground=1)
+    weights = random_weights("segment-unetr", tmp_path / "w" / "model.pt", foreground=1, settings=ACQUISITION)
     _infer("segment-unetr", weights, subject, tmp_path / "out")
     src = nib.load(subject / "sa.nii.gz")
     seg = nib.load(tmp_path / "out" / subject.name / "seg_sa.nii.gz")
@@ -297,7 +276,7 @@ def test_segmentation_inference_covers_the_whole_pe_fov_on_the_source_grid(tiny_
     assert (got == footprint[..., None]).all()
 
 
-def test_scanner_file_enters_on_the_acquisition_grid(tiny_cohort, tmp_path):
+def test_scanner_file_enters_on_the_acquisition_grid(tiny_cohort, tmp_path, random_weights):
     """An 8-coil ISMRMRD file (2x oversampled readout, R = 4, a noise scan; coil maps from the time-averaged
     imaging lines) of a 48-line PE FOV:
     the model input keeps all 48 ky lines (pixel size kept) and crops the readout to 32; regress runs on it."""
@@ -311,7 +290,7 @@ def test_scanner_file_enters_on_the_acquisition_grid(tiny_cohort, tmp_path):
     sub = internal_input(tiny_cohort, _first_eid(tiny_cohort), views, n_frames=4, crop=PE)  # a 48 x 48 FOV
     coil_k, _ = acquire(sub["x"])
     file = write_ismrmrd(tmp_path / "cine.h5", coil_k, sub["mask"], calib=False, header=header_xml(5, 4, PE, PE))
-    weights = _acquisition_weights("regress", tmp_path / "w" / "model.pt")
+    weights = random_weights("regress", tmp_path / "w" / "model.pt", settings=ACQUISITION)
     _infer("regress", weights, file, tmp_path / "out")
     got = read_kspace_h5(str(tmp_path / "out" / "model_input" / "cine.h5"), views, (5, 4, PE, CROP))
     np.testing.assert_array_equal(got["mask"], sub["mask"])  # every acquired ky line where it was
