@@ -14,6 +14,7 @@ import torch
 from scipy import ndimage
 from monai.data import CacheDataset, Dataset, MetaTensor
 from monai.transforms import Compose, MapTransform, Randomizable, Spacing
+from monai.utils import ensure_tuple_rep
 
 from kmtr_monai.constants import (
     DISEASES,
@@ -50,7 +51,7 @@ def crop_centred(arr: np.ndarray, centre: Sequence[int], crop: int | Sequence[in
     have to track the clipped offsets.
     """
     n_x, n_y = arr.shape[-2:]
-    h, w = (int(crop), int(crop)) if np.isscalar(crop) else (int(crop[0]), int(crop[1]))
+    h, w = map(int, ensure_tuple_rep(crop, 2))
     x0, y0 = int(centre[0]) - h // 2, int(centre[1]) - w // 2
     out = np.full((*arr.shape[:-2], h, w), fill, dtype=arr.dtype)
     sx0, sx1, sy0, sy1 = max(x0, 0), min(x0 + h, n_x), max(y0, 0), min(y0 + w, n_y)

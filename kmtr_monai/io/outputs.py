@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.utils import ensure_tuple_rep
 
 from kmtr_monai.constants import DISEASES, PHENOTYPES
 
@@ -184,7 +185,7 @@ def uncrop_affine(
         raise ValueError(f"full_shape must give (X, Y), got {full_shape}")
     cx, cy = (int(full_shape[0]) // 2, int(full_shape[1]) // 2) if centre is None else (int(centre[0]), int(centre[1]))
     shift = np.eye(4)
-    h, w = (int(crop), int(crop)) if np.isscalar(crop) else (int(crop[0]), int(crop[1]))
+    h, w = map(int, ensure_tuple_rep(crop, 2))
     shift[:3, 3] = (cx - h // 2, cy - w // 2, int(z))
     return a @ shift
 

@@ -153,8 +153,8 @@ def md_head(results: dict) -> str:
     head = (f"# k-MTR pipeline report\n\n**{results['headline']['text']}**\n\nRun `{run['dir']}`, preset "
             f"`{run['preset']}`, {run['n_test']} test subjects; default R={run['acceleration']}, segmentation "
             f"R={run['seg_acceleration']}.")  # fmt: skip
-    if settings_text(run.get("settings")):
-        head += f"\n\nEvery stage ran with {settings_text(run['settings'])}."
+    if settings := settings_text(run.get("settings")):
+        head += f"\n\nEvery stage ran with {settings}."
     if run["preset"] in SMOKE_PRESETS:
         head += "\n\n" + SMOKE_NOTE
     return head
@@ -233,8 +233,8 @@ def summary_text(results: dict) -> str:
     run = results["run"]
     lines = [f"k-MTR pipeline report: preset {run['preset']}, {run['n_test']} test subjects, "
              f"bootstrap 95 % intervals ({run['bootstrap']['draws']} draws)", results["headline"]["text"]]
-    if settings_text(run.get("settings")):
-        lines.append(settings_text(run["settings"]))
+    if settings := settings_text(run.get("settings")):
+        lines.append(settings)
     if run["preset"] in SMOKE_PRESETS:
         lines.append(SMOKE_NOTE)
     lines += _summary_vector(results) + _summary_images(results) + _summary_evidence(results)
