@@ -7,6 +7,7 @@ default ``image_crop`` unchanged, and the bundles training at the tiny preset in
 
 import json
 import os
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -16,6 +17,7 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 from kmtr_monai.bundle import config_files
+from kmtr_monai.cli import root_cause
 from kmtr_monai.data.cohort import LoadCohortSubjectd, kspace_pe_lines
 
 BUNDLES = Path(__file__).resolve().parent.parent / "bundles"
@@ -175,9 +177,7 @@ def test_bad_geometry_is_a_one_line_error_naming_the_key(tiny_cohort):
         LoadCohortSubjectd(str(tiny_cohort), n_sax=2, n_frames=4, crop=CROP, geometry="acquisition", pe_lines=None)
     with pytest.raises(Exception) as err:  # through the bundle config: the root cause is the one-line message
         _parser("kspace-mae", tiny_cohort, kspace_geometry="scanner").get_parsed_content("kspace_mae")
-    cause = err.value
-    while cause.__cause__ is not None:
-        cause = cause.__cause__
+    cause = root_cause(err.value)
     assert isinstance(cause, ValueError) and str(cause).startswith("kspace_geometry (bundles/common/train.json)")
     assert kspace_pe_lines("image_crop", CROP, None) == CROP and kspace_pe_lines("acquisition", CROP, PE) == PE
 
@@ -241,6 +241,24 @@ def test_stage3_trains_in_acquisition_mode(stage_one_two, tiny_cohort, tmp_path,
     wf = _run(name, tiny_cohort, tmp_path, **overrides)
     assert wf.batch_shapes["kspace"] == (4, 2, 5, 4, PE, CROP)
     assert wf.batch_shapes[target[0]] == target[1]
+
+
+@pytest.mark.parametrize("upstream, overrides", [
+    ("align", {"init": "aligned"}),  # k-MTR's k-space encoder (input grid PE x readout)
+    ("image-mae", {"encoder": "@baselines#image_mae", "input": "image"}),  # the image MAE's ViT
+])  # fmt: skip
+def test_checkpoint_of_the_other_geometry_is_refused(stage_one_two, tiny_cohort, upstream, overrides):
+    """The sin-cos position codes are not weights, so only the recorded input grid tells the geometries apart."""
+    out, _ = stage_one_two
+    ckpt = out / upstream / "models" / "model.pt"
+    overrides = {"align_ckpt": str(ckpt), "image_mae_ckpt": str(ckpt), **overrides}
+    with pytest.raises(Exception) as err:  # MONAI wraps it in "Failed to evaluate": the root cause is the message
+        _parser("regress", tiny_cohort, **overrides).get_parsed_content("encoder", lazy=False)
+    cause = str(root_cause(err.value))
+    assert re.search(r"input_shape = \(S, T, H, W\) \(5, 4, 48, 32\) .* \(5, 4, 32, 32\)", cause), cause
+    assert str(ckpt) in cause and "kspace_geometry" in cause
+    own = _parser("regress", tiny_cohort, **overrides, **ACQUISITION).get_parsed_content("encoder", lazy=False)
+    assert own.tokenizer.input_shape.tolist() == [5, 4, PE, CROP]  # the same file loads in its own geometry
 
 
 # --------------------------------------------------------------------------------- inference on the same grid

@@ -14,6 +14,7 @@ from kmtr_monai.metrics import (
 from kmtr_monai.engines.checkpoint import load_encoder_weights, save_checkpoint_atomic
 from kmtr_monai.networks.dual import DualEncoder, Projector
 from kmtr_monai.networks.mae import build_image_mae, build_kspace_mae
+from kmtr_monai.networks.tokenizers import ImageTokenizer
 
 
 # ---------------------------------------------------------------- retrieval
@@ -345,6 +346,24 @@ def test_load_encoder_weights_mismatch_names_file_and_keys(tmp_path):
         load_encoder_weights(enc, path, prefix="image_encoder.")
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         load_encoder_weights(enc, tmp_path / "missing.pt")
+
+
+def test_load_encoder_weights_checks_the_recorded_input_grid(tmp_path, caplog):
+    """48 x 48 and 64 x 48 tokenizers have the same weights' shapes; only the recorded grid tells them apart."""
+    crop = ImageTokenizer(n_views=2, n_lax=1, n_frames=4, size=48, patch=(2, 8, 8), dim=16)
+    full_pe = ImageTokenizer(n_views=2, n_lax=1, n_frames=4, size=(64, 48), patch=(2, 8, 8), dim=16)
+    assert all(crop.state_dict()[k].shape == v.shape for k, v in full_pe.state_dict().items() if k != "input_shape")
+    path = save_checkpoint_atomic(crop.state_dict(), tmp_path / "crop.pt")
+    with pytest.raises(ValueError, match=r"crop.pt.*input_shape = \(S, T, H, W\) \(2, 4, 48, 48\).*\(2, 4, 64, 48\)"):
+        load_encoder_weights(full_pe, path)
+    assert torch.equal(load_encoder_weights(ImageTokenizer(2, 1, 4, 48, (2, 8, 8), 16), path).proj.weight,
+                       crop.proj.weight)  # fmt: skip
+    legacy = {k: v for k, v in crop.state_dict().items() if k != "input_shape"}  # saved before the grid was recorded
+    path = save_checkpoint_atomic(legacy, tmp_path / "legacy.pt")
+    with caplog.at_level("WARNING"):
+        assert torch.equal(load_encoder_weights(full_pe, path).proj.weight, crop.proj.weight)
+    assert "legacy.pt: no recorded input grid" in caplog.text
+    assert full_pe.input_shape.tolist() == [2, 4, 64, 48]  # its own record is kept
 
 
 def test_save_checkpoint_atomic_leaves_no_tmp_files(tmp_path):

@@ -36,7 +36,9 @@ def load_encoder_weights(
         ValueError: naming the file, when ``key`` is absent, no entry has ``prefix``, or the keys/shapes do not
             match exactly (lists missing, unexpected and shape-mismatched keys). MONAI's ``copy_model_state``
             skips mismatches silently, which would let a wrongly-sized Stage I checkpoint start Stage II from
-            random weights; hence this strict loader.
+            random weights; hence this strict loader. Also when a tokenizer's recorded ``input_shape`` (S, T, H, W)
+            differs from the module's: an encoder of the other ``kspace_geometry`` or crop (a checkpoint without the
+            record, from before it existed, loads with a warning).
     """
     path = Path(checkpoint_path)
     if not path.is_file():
@@ -55,6 +57,11 @@ def load_encoder_weights(
         if not state:
             raise ValueError(f"checkpoint {path}: no entries start with prefix {prefix!r}")
     own = module.state_dict()
+    unrecorded = sorted(k for k in set(own) - set(state) if k.endswith("input_shape"))
+    if unrecorded:  # a checkpoint from before the input grid was recorded
+        logging.getLogger(__name__).warning(f"checkpoint {path}: no recorded input grid ({unrecorded}); loaded "
+                                            "unchecked, so it must come from the same crop and kspace_geometry")
+        state |= {k: own[k] for k in unrecorded}
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     mismatched = [
@@ -66,6 +73,13 @@ def load_encoder_weights(
         raise ValueError(
             f"checkpoint {path} (key={key!r}, prefix={prefix!r}) does not match {type(module).__name__}: "
             f"missing keys {missing}; unexpected keys {unexpected}; shape mismatches {mismatched}"
+        )
+    for k in sorted(k for k in own if k.endswith("input_shape") and not torch.equal(state[k], own[k])):
+        raise ValueError(
+            f"checkpoint {path} (key={key!r}): {k} = (S, T, H, W) {tuple(state[k].tolist())} was trained on "
+            f"another input grid than this {type(module).__name__} takes, {tuple(own[k].tolist())}; build it with "
+            "the checkpoint's crop, frames, views and kspace_geometry (H is the phase-encode lines: crop in "
+            "'image_crop', pe_lines in 'acquisition')"
         )
     module.load_state_dict(state, strict=True)
     return module

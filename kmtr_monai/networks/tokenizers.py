@@ -101,6 +101,17 @@ def unpatchify(p: torch.Tensor, patch: Sequence[int], grid: Sequence[int]) -> to
     )
 
 
+def register_input_shape(module: nn.Module, n_views: int, n_frames: int, h: int, w: int) -> None:
+    """Record the input grid (S, T, H, W) as a persistent buffer ``input_shape``, saved with the weights.
+
+    Why: the sin-cos position codes are computed, not learned, so an encoder trained on one input grid (e.g. a
+    48 × 48 image crop) loads without a shape error into one built for another (the 64-line phase-encode FOV of
+    ``kspace_geometry="acquisition"``) and silently reads its tokens at the wrong positions.
+    :func:`kmtr_monai.engines.checkpoint.load_encoder_weights` compares this buffer's values and refuses the mismatch.
+    """
+    module.register_buffer("input_shape", torch.tensor([n_views, n_frames, h, w], dtype=torch.int64))
+
+
 class _PatchTokenizer(nn.Module):
     """Shared Conv3d patch embedding over (t, h, w) for every view + fixed code on the (view, t, h, w) grid."""
 
@@ -111,6 +122,7 @@ class _PatchTokenizer(nn.Module):
         self.n_views, self.n_frames = n_views, n_frames
         self.grid = _patch_grid(n_views, n_frames, self.hw, self.patch)
         self.proj = nn.Conv3d(in_channels, dim, kernel_size=self.patch, stride=self.patch)
+        register_input_shape(self, n_views, n_frames, *self.hw)
         w = self.proj.weight.data  # MAE init: xavier on the flattened kernel, as for a Linear layer
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.zeros_(self.proj.bias)
@@ -235,6 +247,7 @@ class KspaceLineTokenizer(nn.Module):
         self.grid = (n_views, n_frames, n_pe)
         self.n_readout = n_readout
         self.proj = nn.Linear(2 * n_readout, dim)
+        register_input_shape(self, n_views, n_frames, n_pe, n_readout)
         self.register_buffer("pos", position_code(self.grid, dim, n_lax), persistent=False)
 
     @property
@@ -317,6 +330,7 @@ class KspaceHybridTokenizer(nn.Module):
         self.n_views, self.n_frames = n_views, n_frames
         self.grid = _patch_grid(n_views, n_frames, self.hw, self.patch)
         self.proj = nn.Linear((self.channels + 1) * math.prod(self.patch), dim)
+        register_input_shape(self, n_views, n_frames, *self.hw)
         nn.init.xavier_uniform_(self.proj.weight)  # as the patch tokenizers' Conv3d (MAE init)
         nn.init.zeros_(self.proj.bias)
         self.register_buffer("pos", position_code(self.grid, dim, n_lax), persistent=False)
