@@ -25,7 +25,7 @@ VECTOR_METHODS = (  # (method, label, overrides, upstream stage): the paper's co
      {"encoder": "@baselines#image_mae", "input": "image", "init": "stage1"}, "image-mae"),
     ("cnn-zf", "CNN (zero-filled image)", {"encoder": "@cnn_baseline", "input": "zero_filled"}, None),
     ("cnn-kspace", "CNN (k-space)", {"encoder": "@cnn_baseline"}, None),
-    ("scratch", "k-space ViT from scratch", {"init": "scratch"}, None),
+    ("scratch", "k-space ViT from scratch", {"init": "scratch", "head_input_norm": True}, None),  # as vit-image
     ("stage1", "k-space MAE, unaligned", {"init": "stage1"}, "kspace-mae"),
     ("kmtr", "k-MTR", {"init": "aligned"}, "align"),
 )  # fmt: skip
