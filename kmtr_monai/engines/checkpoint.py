@@ -74,7 +74,9 @@ def load_encoder_weights(
             f"checkpoint {path} (key={key!r}, prefix={prefix!r}) does not match {type(module).__name__}: "
             f"missing keys {missing}; unexpected keys {unexpected}; shape mismatches {mismatched}"
         )
-    for k in sorted(k for k in own if k.endswith("input_shape") and not torch.equal(state[k], own[k])):
+    other_grid = sorted(k for k in own if k.endswith("input_shape") and not torch.equal(state[k], own[k]))
+    if other_grid:
+        k = other_grid[0]
         raise ValueError(
             f"checkpoint {path} (key={key!r}): {k} = (S, T, H, W) {tuple(state[k].tolist())} was trained on "
             f"another input grid than this {type(module).__name__} takes, {tuple(own[k].tolist())}; build it with "
