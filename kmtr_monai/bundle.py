@@ -135,17 +135,24 @@ def _localise(config, path: str = ""):
     return config
 
 
-def export_bundle(name: str, out: str | Path, preset: str = "small", weights: str | Path | None = None) -> Path:
+def export_bundle(name: str, out: str | Path, preset: str = "small", weights: str | Path | None = None,
+                  settings: dict | None = None) -> Path:  # fmt: skip
     """Write bundle ``name`` at ``preset`` as a standalone MONAI bundle folder ``out`` and return its path.
 
     ``configs/train.json`` is the merged, flattened layer list; ``evaluate.json`` and ``multi_gpu_train.json`` are
     override files of it; ``inference.json`` (Stage III bundles) is standalone, as MONAI Label loads it alone.
+    ``settings``: top-level config values written into ``train.json`` and ``inference.json`` (e.g.
+    ``{"kspace_geometry": "acquisition"}`` for weights trained in that geometry); the metadata's shapes follow them.
     ``weights``: a checkpoint of this bundle, copied to ``models/model.pt`` after a strict load into the bundle's
-    network (a checkpoint of another bundle or preset is refused with the mismatched keys).
+    network (a checkpoint of another bundle, preset or input grid is refused with the mismatch).
     """
     from monai.bundle import ConfigParser
 
     bundle = _bundle_dir(name)
+    train = ConfigParser.load_config_files(config_files(bundle, "train", preset))
+    unknown = sorted(set(settings or {}) - set(train))
+    if unknown:
+        raise ValueError(f"export {name}: settings {unknown} are not top-level keys of the bundle's train config")
     common = bundle.parent / "common"
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -157,14 +164,17 @@ def export_bundle(name: str, out: str | Path, preset: str = "small", weights: st
     def write(config: dict, file: str) -> None:
         (out / "configs" / file).write_text(json.dumps(_localise(config), indent=2) + "\n")
 
-    write(ConfigParser.load_config_files(config_files(bundle, "train", preset)), "train.json")
+    write({**train, **(settings or {})}, "train.json")
     for workflow in OVERRIDES:
         layer = _layer(common, bundle, workflow)
         if layer:
             write(_merge_overrides(layer), f"{workflow}.json")
     if _layer(common, bundle, "inference"):
-        write(ConfigParser.load_config_files(config_files(bundle, "inference", preset)), "inference.json")
-    (out / "configs" / "metadata.json").write_text(json.dumps(_concrete_metadata(bundle, preset), indent=2) + "\n")
+        inference = ConfigParser.load_config_files(config_files(bundle, "inference", preset))
+        write({**inference, **(settings or {})}, "inference.json")
+    n_pe = ConfigParser({**train, **(settings or {})}).get_parsed_content("n_pe")
+    meta = _concrete_metadata(bundle, preset, n_pe)
+    (out / "configs" / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
     shutil.copy(common / "logging.conf", out / "configs" / "logging.conf")
     shutil.copy(bundle / "docs" / "README.md", out / "docs" / "README.md")
     shutil.copy(bundle.parent.parent / "LICENSE", out / "LICENSE")
@@ -174,14 +184,15 @@ def export_bundle(name: str, out: str | Path, preset: str = "small", weights: st
     return out
 
 
-def _concrete_metadata(bundle: Path, preset: str) -> dict:
-    """The bundle's metadata with the symbolic (S, T, H, W) shapes of its tensors replaced by the preset's sizes,
-    as ``monai.bundle verify_net_in_out`` and MONAI Label read them."""
+def _concrete_metadata(bundle: Path, preset: str, n_pe: int) -> dict:
+    """The bundle's metadata with the symbolic (S, T, H, W) shapes of its tensors replaced by the preset's sizes
+    (H = ``n_pe``, the phase-encode lines of the config's ``kspace_geometry``), as ``monai.bundle
+    verify_net_in_out`` and MONAI Label read them."""
     from kmtr_monai.presets import load_preset
 
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
     p = load_preset(preset)
-    sizes = [3 + p["n_sax"], p["n_frames"], p["crop"], p["crop"]]
+    sizes = [3 + p["n_sax"], p["n_frames"], int(n_pe), p["crop"]]
     for tensors in meta.get("network_data_format", {}).values():
         for spec in tensors.values():
             shape = spec.get("spatial_shape", [])

@@ -81,11 +81,14 @@ def pipeline(out: str = "runs/tiny", preset: str = "tiny", cohort: str | None = 
                  force=force, stages=stages, subjects=subjects, seed=seed, workers=workers, settings=set)  # fmt: skip
 
 
-def export_bundle(name: str, out: str, preset: str = "small", weights: str | None = None):
-    """Write bundle NAME at PRESET as a standalone MONAI bundle folder OUT (flattened configs, docs, LICENSE, weights)."""
+def export_bundle(name: str, out: str, preset: str = "small", weights: str | None = None,
+                  set: str | None = None):  # noqa: A002
+    """Write bundle NAME at PRESET as a standalone MONAI bundle folder OUT (flattened configs, docs, LICENSE, weights);
+    --set KEY=VALUE[,KEY=VALUE] writes config values the weights were trained with (e.g. kspace_geometry=acquisition)."""
     from kmtr_monai.bundle import export_bundle as export
+    from kmtr_monai.pipeline import parse_settings
 
-    path = export(name, out, preset=preset, weights=weights)
+    path = export(name, out, preset=preset, weights=weights, settings=parse_settings(set))
     print(f"exported {name} ({preset}) to {path}")
     return str(path)
 

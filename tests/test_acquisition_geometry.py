@@ -317,3 +317,20 @@ def test_scanner_file_enters_on_the_acquisition_grid(tiny_cohort, tmp_path, rand
 
     rows = list(csv.DictReader(open(tmp_path / "out" / "phenotypes.csv")))
     assert len(rows) == 1 and all(np.isfinite(float(rows[0][c])) for c in PHENOTYPES)
+
+
+def test_export_carries_the_geometry_of_its_weights(stage_one_two, tmp_path):
+    """An acquisition-trained checkpoint exports only with its geometry; the metadata's shapes follow it."""
+    from kmtr_monai.bundle import export_bundle
+
+    out, _ = stage_one_two
+    weights = out / "kspace-mae" / "models" / "model.pt"
+    with pytest.raises(ValueError, match=r"input_shape .* \(5, 4, 48, 32\) .* \(5, 4, 32, 32\)"):
+        export_bundle("kspace-mae", tmp_path / "crop", preset="tiny", weights=weights)
+    exported = export_bundle("kspace-mae", tmp_path / "acq", preset="tiny", weights=weights, settings=ACQUISITION)
+    assert json.loads((exported / "configs" / "train.json").read_text())["kspace_geometry"] == "acquisition"
+    meta = json.loads((exported / "configs" / "metadata.json").read_text())
+    shapes = [spec["spatial_shape"] for t in meta["network_data_format"].values() for spec in t.values()]
+    assert [5, 4, PE, CROP] in shapes and [5, 4, CROP, CROP] not in shapes
+    with pytest.raises(ValueError, match=r"settings \['no_such_key'\]"):
+        export_bundle("kspace-mae", tmp_path / "bad", preset="tiny", settings={"no_such_key": 1})
