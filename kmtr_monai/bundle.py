@@ -149,8 +149,9 @@ def export_bundle(name: str, out: str | Path, preset: str = "small", weights: st
     from monai.bundle import ConfigParser
 
     bundle = _bundle_dir(name)
+    settings = dict(settings or {})
     train = ConfigParser.load_config_files(config_files(bundle, "train", preset))
-    unknown = sorted(set(settings or {}) - set(train))
+    unknown = sorted(set(settings) - set(train))
     if unknown:
         raise ValueError(f"export {name}: settings {unknown} are not top-level keys of the bundle's train config")
     common = bundle.parent / "common"
@@ -164,16 +165,15 @@ def export_bundle(name: str, out: str | Path, preset: str = "small", weights: st
     def write(config: dict, file: str) -> None:
         (out / "configs" / file).write_text(json.dumps(_localise(config), indent=2) + "\n")
 
-    write({**train, **(settings or {})}, "train.json")
+    train |= settings
+    write(train, "train.json")
     for workflow in OVERRIDES:
         layer = _layer(common, bundle, workflow)
         if layer:
             write(_merge_overrides(layer), f"{workflow}.json")
     if _layer(common, bundle, "inference"):
-        inference = ConfigParser.load_config_files(config_files(bundle, "inference", preset))
-        write({**inference, **(settings or {})}, "inference.json")
-    n_pe = ConfigParser({**train, **(settings or {})}).get_parsed_content("n_pe")
-    meta = _concrete_metadata(bundle, preset, n_pe)
+        write(ConfigParser.load_config_files(config_files(bundle, "inference", preset)) | settings, "inference.json")
+    meta = _concrete_metadata(bundle, ConfigParser(train), preset)
     (out / "configs" / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
     shutil.copy(common / "logging.conf", out / "configs" / "logging.conf")
     shutil.copy(bundle / "docs" / "README.md", out / "docs" / "README.md")
@@ -184,15 +184,12 @@ def export_bundle(name: str, out: str | Path, preset: str = "small", weights: st
     return out
 
 
-def _concrete_metadata(bundle: Path, preset: str, n_pe: int) -> dict:
-    """The bundle's metadata with the symbolic (S, T, H, W) shapes of its tensors replaced by the preset's sizes
-    (H = ``n_pe``, the phase-encode lines of the config's ``kspace_geometry``), as ``monai.bundle
-    verify_net_in_out`` and MONAI Label read them."""
-    from kmtr_monai.presets import load_preset
-
+def _concrete_metadata(bundle: Path, config, preset: str) -> dict:
+    """The bundle's metadata with the symbolic (S, T, H, W) shapes of its tensors replaced by the sizes the exported
+    ``config`` (a ``ConfigParser``) builds its network for (H = ``n_pe``: ``crop``, or ``pe_lines`` under
+    ``kspace_geometry="acquisition"``), as ``monai.bundle verify_net_in_out`` and MONAI Label read them."""
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
-    p = load_preset(preset)
-    sizes = [3 + p["n_sax"], p["n_frames"], int(n_pe), p["crop"]]
+    sizes = [int(config.get_parsed_content(k)) for k in ("n_views", "n_frames", "n_pe", "crop")]
     for tensors in meta.get("network_data_format", {}).values():
         for spec in tensors.values():
             shape = spec.get("spatial_shape", [])
