@@ -179,7 +179,11 @@ def export_bundle(name: str, out: str | Path, preset: str = "small", weights: st
     shutil.copy(bundle / "docs" / "README.md", out / "docs" / "README.md")
     shutil.copy(bundle.parent.parent / "LICENSE", out / "LICENSE")
     if weights is not None:
-        _check_weights(out, Path(weights))
+        try:
+            _check_weights(out, Path(weights))
+        except BaseException:
+            shutil.rmtree(out)  # it was empty or absent: a refused export leaves nothing that blocks the retry
+            raise
         shutil.copy(weights, out / "models" / "model.pt")
     return out
 

@@ -327,6 +327,7 @@ def test_export_carries_the_geometry_of_its_weights(stage_one_two, tmp_path):
     weights = out / "kspace-mae" / "models" / "model.pt"
     with pytest.raises(ValueError, match=r"input_shape .* \(5, 4, 48, 32\) .* \(5, 4, 32, 32\)"):
         export_bundle("kspace-mae", tmp_path / "crop", preset="tiny", weights=weights)
+    assert not (tmp_path / "crop").exists()  # the refused export leaves nothing behind
     exported = export_bundle("kspace-mae", tmp_path / "acq", preset="tiny", weights=weights, settings=ACQUISITION)
     assert json.loads((exported / "configs" / "train.json").read_text())["kspace_geometry"] == "acquisition"
     meta = json.loads((exported / "configs" / "metadata.json").read_text())
