@@ -134,7 +134,7 @@ def main(argv=None) -> None:
           f"{ridge_reference(*data[0], *data[1], cells):.3f}; training-mean predictor R² <= 0\n")  # fmt: skip
     results = {}
     for norm in (False, True):
-        parser["task_head#head#input_norm"] = norm
+        parser["head_input_norm"] = norm
         torch.manual_seed(0)
         head = parser.get_parsed_content("task_head#head", lazy=False)  # a new instance
         results[norm] = train_head(parser, head, data, args.steps, args.every)

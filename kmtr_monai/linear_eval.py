@@ -40,7 +40,7 @@ from kmtr_monai.metrics import effective_rank, mean_pairwise_cosine
 __all__ = [
     "SPLITS", "STRENGTH_GRID", "TASKS", "bundle_parser", "inputs_parser", "load_split", "batched", "file_digest",
     "cached_arrays", "inputs_digest", "split_inputs", "reduced_cache", "reduced_split", "mean_pairwise_cosine",
-    "effective_rank", "reduce_features", "linear_eval", "write_linear_results", "write_metrics", "finish_run",
+    "effective_rank", "reduce_features", "linear_eval", "fit_linear_readout", "write_linear_results", "write_metrics", "finish_run",
 ]  # fmt: skip
 
 SPLITS = ("training", "validation", "test")
@@ -259,15 +259,21 @@ def _pick(scores: list[float]) -> int:
     return int(np.flatnonzero(a >= best - 1e-12).max())
 
 
-def _ridge_column(z: dict[str, np.ndarray], y: dict[str, np.ndarray], scale: float) -> tuple[dict, float, float]:
-    """One phenotype: (pred per split in native units, chosen alpha, validation R² at it)."""
+def _constant(z: Mapping[str, np.ndarray], value: float) -> tuple[np.ndarray, float]:
+    """The read-out of a column with nothing to fit: zero weights, ``value`` as intercept."""
+    return np.zeros(z["training"].shape[1]), float(value)
+
+
+def _ridge_column(z: dict[str, np.ndarray], y: dict[str, np.ndarray], scale: float) -> tuple[dict, float, float, tuple]:
+    """One phenotype: (pred per split in native units, chosen alpha, validation R² at it, (coef (r,), intercept):
+    the chosen model in native units, ``pred = z @ coef + intercept``)."""
     from sklearn.linear_model import Ridge
     from sklearn.metrics import r2_score
 
     ok = {s: np.isfinite(y[s]) for s in y}
     ytr = y["training"][ok["training"]]
     if ytr.size < 2:
-        return {s: np.full(len(y[s]), np.nan) for s in y}, math.nan, math.nan
+        return {s: np.full(len(y[s]), np.nan) for s in y}, math.nan, math.nan, _constant(z, ytr.mean() if ytr.size else 0.0)
     mu, sd = ytr.mean(), max(ytr.std(), 1e-12)
     alphas = sorted(g * scale for g in STRENGTH_GRID)  # ascending: index grows with the regularisation (_pick)
     fits, scores = [], []
@@ -279,11 +285,13 @@ def _ridge_column(z: dict[str, np.ndarray], y: dict[str, np.ndarray], scale: flo
                       else math.nan)  # fmt: skip
     k = _pick(scores)
     pred = {s: fits[k].predict(z[s]) * sd + mu for s in z}
-    return pred, float(alphas[k]), float(scores[k])
+    return pred, float(alphas[k]), float(scores[k]), (fits[k].coef_ * sd, float(fits[k].intercept_ * sd + mu))
 
 
-def _logistic_column(z: dict[str, np.ndarray], y: dict[str, np.ndarray], scale: float) -> tuple[dict, float, float]:
-    """One disease: (probability per split, chosen C, validation AUC at it)."""
+def _logistic_column(z: dict[str, np.ndarray], y: dict[str, np.ndarray], scale: float
+                     ) -> tuple[dict, float, float, tuple]:  # fmt: skip
+    """One disease: (probability per split, chosen C, validation AUC at it, (coef (r,), intercept): the chosen model,
+    ``logit = z @ coef + intercept``)."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
@@ -292,7 +300,8 @@ def _logistic_column(z: dict[str, np.ndarray], y: dict[str, np.ndarray], scale: 
     ytr = y["training"][ok["training"]]
     if np.unique(ytr).size < 2:  # nothing to fit: the training prevalence for everyone
         prev = float(ytr.mean()) if ytr.size else 0.5
-        return {s: np.full(len(z[s]), prev) for s in z}, math.nan, math.nan
+        logit = math.log(prev / (1 - prev)) if 0 < prev < 1 else 0.0
+        return {s: np.full(len(z[s]), prev) for s in z}, math.nan, math.nan, _constant(z, logit)
     cs = sorted(1.0 / (g * scale) for g in STRENGTH_GRID)[::-1]  # descending C: index grows with the regularisation
     fits, scores = [], []
     yv = y["validation"][ok["validation"]]
@@ -305,7 +314,8 @@ def _logistic_column(z: dict[str, np.ndarray], y: dict[str, np.ndarray], scale: 
         scores.append(roc_auc_score(yv, m.predict_proba(z["validation"][ok["validation"]])[:, 1])
                       if np.unique(yv).size == 2 else math.nan)  # fmt: skip
     k = _pick(scores)
-    return {s: fits[k].predict_proba(z[s])[:, 1] for s in z}, float(cs[k]), float(scores[k])
+    readout = (fits[k].coef_[0], float(fits[k].intercept_[0]))
+    return {s: fits[k].predict_proba(z[s])[:, 1] for s in z}, float(cs[k]), float(scores[k]), readout
 
 
 def linear_eval(features: Mapping[str, np.ndarray], targets: Mapping[str, np.ndarray], task: str,
@@ -338,7 +348,7 @@ def linear_eval(features: Mapping[str, np.ndarray], targets: Mapping[str, np.nda
     pred = {s: np.full(y[s].shape, np.nan) for s in SPLITS}
     strength, val_score = {}, {}
     for j, name in enumerate(names):
-        p, strength[name], val_score[name] = fit(z, {s: y[s][:, j] for s in SPLITS}, scale)
+        p, strength[name], val_score[name], _ = fit(z, {s: y[s][:, j] for s in SPLITS}, scale)
         for s in SPLITS:
             pred[s][:, j] = p[s]
     out = {"pred": pred, "strength": strength, "val_score": val_score, "names": names, "task": task}
@@ -351,6 +361,46 @@ def linear_eval(features: Mapping[str, np.ndarray], targets: Mapping[str, np.nda
     out["metrics"] = {s: _split_metrics(task, y[s], pred[s], names, out.get("thresholds"), strength)
                       for s in ("validation", "test")}  # fmt: skip
     return out
+
+
+def fit_linear_readout(train: np.ndarray, val: np.ndarray, y_train: np.ndarray, y_val: np.ndarray,
+                       task: str) -> dict[str, Any]:  # fmt: skip
+    """The protocol's linear model (:func:`linear_eval`) as weights on the features, for a network head that applies
+    it (:class:`~kmtr_monai.networks.heads.LinearProbeHead`).
+
+    Args: ``train`` (N, D) and ``val`` (M, D) features; ``y_train`` (N, K) and ``y_val`` (M, K) targets (native
+    units, or 0/1 diseases; NaN = missing); ``task`` ``"regress"`` or ``"classify"``.
+
+    Returns ``{"mean", "scale"}`` (D,) (scale 1 for a constant feature, whose weight is 0), ``"weight"`` (K, D) on
+    the standardised features ``(x - mean) / scale``, ``"bias"`` (K,), ``"strength"`` and ``"val_score"`` (K,):
+    ``standardised @ weight.T + bias`` is the phenotype in native units (regress) or the logit (classify), the same
+    predictions :func:`linear_eval` makes on these features (each weight vector is ``V @ coef`` with ``Z = X V``).
+    """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    x, xv = np.asarray(train, dtype=np.float64), np.asarray(val, dtype=np.float64)
+    y = {"training": np.asarray(y_train, dtype=np.float64), "validation": np.asarray(y_val, dtype=np.float64)}
+    if x.ndim != 2 or xv.ndim != 2 or xv.shape[1] != x.shape[1]:
+        raise ValueError(f"features: expected (N, D) and (M, D), got {x.shape} and {xv.shape}")
+    for split, rows in (("training", len(x)), ("validation", len(xv))):
+        if y[split].ndim != 2 or len(y[split]) != rows or y[split].shape[1] != y["training"].shape[1]:
+            raise ValueError(f"targets of {split}: expected ({rows}, K), got {y[split].shape}")
+    z_tr, z_va, scale = reduce_features(x, xv)
+    mean, sd = x.mean(0), x.std(0)
+    constant = ~(sd > 1e-12 * np.maximum(np.abs(mean), 1.0))
+    sd = np.where(constant, 1.0, sd)
+    basis = np.where(constant[:, None], 0.0, ((x - mean) / sd).T @ z_tr) / np.square(z_tr).sum(0)  # V (D, r)
+    fit = _ridge_column if task == "regress" else _logistic_column
+    weight, bias, strength, val_score = [], [], [], []
+    for j in range(y["training"].shape[1]):
+        _, a, v, (coef, intercept) = fit({"training": z_tr, "validation": z_va}, {k: t[:, j] for k, t in y.items()},
+                                         scale)  # fmt: skip
+        weight.append(basis @ coef)
+        bias.append(intercept)
+        strength.append(a)
+        val_score.append(v)
+    return {"mean": mean, "scale": sd, "weight": np.stack(weight), "bias": np.asarray(bias),
+            "strength": np.asarray(strength), "val_score": np.asarray(val_score)}  # fmt: skip
 
 
 def _split_metrics(task: str, y: np.ndarray, pred: np.ndarray, names: Sequence[str], thresholds, strength) -> dict:

@@ -3,7 +3,7 @@ Stage III task models, heads and dense decoders."""
 
 from .dense_decoders import ImageQueryDecoder, TokenGridUNETRDecoder, TokenUnpatchify, evenly_spaced_layers
 from .downstream import INITS, TaskModel, build_kspace_encoder
-from .heads import DiseaseClassifier, PhenotypeRegressor, TemporalMLPHead
+from .heads import DiseaseClassifier, LinearProbeHead, PhenotypeRegressor, TemporalMLPHead
 from .mae import MODEL_PRESETS, ImageMAE, KspaceMAE, build_image_mae, build_kspace_mae, pool_tokens
 from .pos_embed import grid_positions, lax_flag, position_code, sincos_1d, sincos_code, split_dims
 from .tokenizers import (
@@ -46,6 +46,7 @@ __all__ = [
     "TaskModel",
     "build_kspace_encoder",
     "TemporalMLPHead",
+    "LinearProbeHead",
     "PhenotypeRegressor",
     "DiseaseClassifier",
     "TokenGridUNETRDecoder",

@@ -103,7 +103,9 @@ class TaskModel(nn.Module):
             self.encoder.eval()
         return self
 
-    def forward(self, kspace: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def encode(self, kspace: torch.Tensor, mask: torch.Tensor | None = None) -> tuple:
+        """The encoder's output on :meth:`forward`'s inputs: ``(tokens (B, 1+N, C), pooled, valid (B, N)[,
+        hidden])`` (hidden only when the head reads every block's output)."""
         if getattr(self.encoder, "input_kind", "kspace") == "image":  # an image baseline: kspace is (B, S, T, H, W)
             inputs = (kspace,)
         elif mask is None:  # one packed tensor (MONAI bundle tooling: verify_net_in_out, inferers, MONAI Label)
@@ -114,7 +116,10 @@ class TaskModel(nn.Module):
         else:
             inputs = (kspace, mask)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
-            out = self.encoder.encode(*inputs, return_valid=True, return_hidden=self.use_hidden)
+            return self.encoder.encode(*inputs, return_valid=True, return_hidden=self.use_hidden)
+
+    def forward(self, kspace: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.encode(kspace, mask)
         tokens, valid = out[0], out[2]
         if self.use_hidden:
             return self.head(tokens, valid, out[3])

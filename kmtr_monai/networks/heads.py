@@ -15,7 +15,9 @@ from torch import nn
 from .mae import pool_tokens
 from .transformer import Block, init_vit_weights
 
-__all__ = ["TemporalMLPHead", "PhenotypeRegressor", "DiseaseClassifier"]
+__all__ = ["HEAD_KINDS", "TemporalMLPHead", "LinearProbeHead", "build_vector_head", "PhenotypeRegressor", "DiseaseClassifier"]
+
+HEAD_KINDS = ("temporal", "probe")
 
 
 def check_tokens(tokens: torch.Tensor, dim: int, n_tokens: int | None = None) -> None:
@@ -95,6 +97,76 @@ class TemporalMLPHead(nn.Module):
         for blk in self.mixer:
             x = blk(x)
         return self.mlp(self.norm(x).flatten(1))
+
+
+class LinearProbeHead(nn.Module):
+    """A linear read-out of the class token and the per-(view, time) cell means, started at the linear probe's fit.
+
+    Why: on a frozen encoder, a :class:`TemporalMLPHead` trained by SGD within the small preset's Stage III budget
+    (150 steps of 8) reached validation R² 0.07 where a closed-form ridge on the same features reads 0.44, and a
+    linear head by SGD only 0.14 (image MAE, 21 × 192 features, 700 subjects; ``BENCHMARKS.md``, "Frozen encoders:
+    the probe-initialised head"). This head is the probe's linear model inside the network, the LP part of LP-FT
+    (Kumar et al., ICLR 2022): :class:`kmtr_monai.engines.probe_init.ProbeHeadInit` fits it in closed form on the
+    training split when training starts (strength chosen on validation, the protocol of
+    :func:`kmtr_monai.linear_eval.fit_linear_readout`), and SGD continues from there.
+
+    Features: ``(B, (1 + S·T')·C)``, the class token then the cells in (view, time) order
+    (:func:`pool_tokens` ``"view_time"``), standardised with the fitted training mean and scale (buffers saved with
+    the weights; 0 and 1, and ``fitted`` False, until :meth:`set_readout`).
+
+    ``forward(tokens (B, 1+N, C), valid (B, N) bool | None) -> (B, out_dim)``.
+    """
+
+    def __init__(self, dim: int, n_views: int, n_time: int, out_dim: int) -> None:
+        super().__init__()
+        for name, v in (("dim", dim), ("n_views", n_views), ("n_time", n_time), ("out_dim", out_dim)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"LinearProbeHead {name} must be a positive int, got {v!r}")
+        self.dim, self.cells, self.out_dim = dim, (n_views, n_time), out_dim
+        n_features = (1 + n_views * n_time) * dim
+        self.linear = nn.Linear(n_features, out_dim)
+        nn.init.zeros_(self.linear.weight)  # the mean predictor until fitted
+        nn.init.zeros_(self.linear.bias)
+        self.register_buffer("feature_mean", torch.zeros(n_features))
+        self.register_buffer("feature_scale", torch.ones(n_features))
+        self.register_buffer("fitted", torch.tensor(False))
+
+    def features(self, tokens: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens (B, 1+N, C) → raw read-out features (B, (1 + S·T')·C)."""
+        check_tokens(tokens, self.dim)
+        cells = pool_tokens(tokens, "view_time", valid, self.cells)
+        return torch.cat([tokens[:, 0], cells], dim=1)
+
+    def set_readout(self, mean, scale, weight, bias) -> None:
+        """Install a fitted linear model: feature ``mean`` and ``scale`` (F,), ``weight`` (out_dim, F) on the
+        standardised features, ``bias`` (out_dim,); marks the head ``fitted``."""
+        values = [torch.as_tensor(v, dtype=torch.float32) for v in (mean, scale, weight, bias)]
+        shapes = [tuple(b.shape) for b in (self.feature_mean, self.feature_scale, self.linear.weight, self.linear.bias)]
+        for name, v, shape in zip(("mean", "scale", "weight", "bias"), values, shapes):
+            if tuple(v.shape) != shape or not bool(torch.isfinite(v).all()):
+                raise ValueError(f"LinearProbeHead.set_readout: {name} must be finite with shape {shape}, got "
+                                 f"{tuple(v.shape)}")  # fmt: skip
+        if not bool((values[1] > 0).all()):
+            raise ValueError("LinearProbeHead.set_readout: scale must be > 0")
+        with torch.no_grad():
+            for target, v in zip((self.feature_mean, self.feature_scale, self.linear.weight, self.linear.bias), values):
+                target.copy_(v)
+            self.fitted.fill_(True)
+
+    def forward(self, tokens: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        return self.linear((self.features(tokens, valid) - self.feature_mean) / self.feature_scale)
+
+
+def build_vector_head(kind: str, dim: int, cells: Sequence[int], out_dim: int, hidden: int = 256,
+                      input_norm: bool = False) -> nn.Module:  # fmt: skip
+    """The bundles' ``head_kind`` switch: ``"temporal"`` (:class:`TemporalMLPHead` with ``hidden`` and
+    ``input_norm``) or ``"probe"`` (:class:`LinearProbeHead`); ``cells`` = the encoder's (S, T')."""
+    if kind not in HEAD_KINDS:
+        raise ValueError(f"head_kind must be one of {HEAD_KINDS}, got {kind!r}")
+    n_views, n_time = (int(c) for c in cells)
+    if kind == "probe":
+        return LinearProbeHead(dim, n_views, n_time, out_dim)
+    return TemporalMLPHead(dim, n_views, n_time, out_dim, hidden=hidden, input_norm=input_norm)
 
 
 def _head_out_dim(head: nn.Module, expected: int, what: str) -> None:

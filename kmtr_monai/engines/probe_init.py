@@ -1,0 +1,91 @@
+"""Start a probe head at the linear probe's closed-form fit (the LP of LP-FT) when training starts.
+
+:class:`ProbeHeadInit` is attached to every bundle's trainer and acts only when the network is a Stage III
+:class:`~kmtr_monai.networks.downstream.TaskModel` whose head is a
+:class:`~kmtr_monai.networks.heads.LinearProbeHead` not yet fitted (``head_kind: "probe"``). Then, at
+``Events.STARTED`` (after :class:`~kmtr_monai.engines.resume.ResumeCheckpoint`, so a resumed run, whose head is
+already fitted, is left alone):
+
+1. the encoder runs once, in eval mode and without gradients, over the training loader (its random mask and
+   phase draws, one per subject) and the validation loader, and the head's read-out features are collected
+   (gathered over all ranks under DDP with MONAI's ``evenly_divisible_all_gather``, so every rank fits the same
+   model);
+2. :func:`kmtr_monai.linear_eval.fit_linear_readout` fits the probe protocol's linear model on them (ridge per
+   phenotype, balanced L2 logistic per disease, strength chosen on validation);
+3. the fit is written into the head (:meth:`LinearProbeHead.set_readout`), in the head's own output units: the
+   standardised phenotypes a :class:`~kmtr_monai.networks.heads.PhenotypeRegressor` scales back, or the logits.
+
+Why our own handler: MONAI and Ignite have no closed-form head initialisation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from ignite.engine import Engine, Events
+from monai.utils import evenly_divisible_all_gather
+
+from kmtr_monai.linear_eval import fit_linear_readout
+from kmtr_monai.networks.heads import LinearProbeHead, PhenotypeRegressor
+
+__all__ = ["ProbeHeadInit"]
+
+
+class ProbeHeadInit:
+    """Fit a ``LinearProbeHead`` in closed form at the start of training (module docstring).
+
+    Args:
+        network: the trained network (a ``TaskModel``, possibly wrapped in DDP); anything else: no-op.
+        train_loader, val_loader: the bundle's training and validation dataloaders.
+        prepare_batch: the trainer's ``prepare_batch`` (batch → inputs, target, other inputs).
+        device: where the batches go (the trainer's device).
+    """
+
+    def __init__(self, network: torch.nn.Module, train_loader, val_loader, prepare_batch, device=None) -> None:
+        self.network, self.train_loader, self.val_loader = network, train_loader, val_loader
+        self.prepare_batch, self.device = prepare_batch, device
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def _model_and_head(self):
+        model = getattr(self.network, "module", self.network)  # DDP
+        wrapper = getattr(model, "head", None)
+        head = getattr(wrapper, "head", None)
+        return model, wrapper, head if isinstance(head, LinearProbeHead) else None
+
+    def _features(self, model, head: LinearProbeHead, loader) -> tuple[np.ndarray, np.ndarray]:
+        """→ (read-out features (N, F), targets (N, K)) over ``loader``, gathered over ranks."""
+        feats, targets = [], []
+        with torch.no_grad():
+            for batch in loader:
+                first, target, rest, _ = self.prepare_batch(batch, self.device)
+                out = model.encode(first, *rest)
+                feats.append(head.features(out[0], out[2]).float())
+                targets.append(torch.as_tensor(target, dtype=torch.float32, device=feats[-1].device))
+        x, y = torch.cat(feats), torch.cat(targets)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            x, y = evenly_divisible_all_gather(x), evenly_divisible_all_gather(y)
+        return x.cpu().double().numpy(), y.cpu().double().numpy()
+
+    def __call__(self, engine: Engine) -> None:
+        model, wrapper, head = self._model_and_head()
+        if head is None or bool(head.fitted):
+            return
+        was_training = model.training
+        model.eval()
+        try:
+            (x, y), (xv, yv) = (self._features(model, head, loader) for loader in (self.train_loader, self.val_loader))
+        finally:
+            model.train(was_training)
+        task = "regress" if isinstance(wrapper, PhenotypeRegressor) else "classify"
+        fit = fit_linear_readout(x, xv, y, yv, task)
+        weight, bias = fit["weight"], fit["bias"]
+        if task == "regress":  # native units → the standardised output the PhenotypeRegressor scales back
+            mean, std = (getattr(wrapper, k).detach().cpu().double().numpy() for k in ("target_mean", "target_std"))
+            weight, bias = weight / std[:, None], (bias - mean) / std
+        head.set_readout(fit["mean"], fit["scale"], weight, bias)
+        score = "R²" if task == "regress" else "AUC"
+        engine.logger.info(f"probe head fitted in closed form on {len(x)} training subjects ({x.shape[1]} features): "
+                           f"mean validation {score} {np.nanmean(fit['val_score']):.3f}")  # fmt: skip
