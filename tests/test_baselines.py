@@ -1,7 +1,5 @@
 """Baseline networks (DESIGN §8): ResNet per frame, ViT / image-MAE encoder, DynUNet per frame, k-GIN-style recon."""
 
-import math
-
 import pytest
 import torch
 
@@ -144,35 +142,17 @@ def test_stacked_cnn_reads_every_view_and_frame_as_channels():
     all_grads_finite(enc)
 
 
-@pytest.mark.parametrize("kind", ["kspace", "hybrid"])
-def test_stacked_cnn_kspace_no_leakage_and_errors(kind):
-    enc = StackedFrameResNet(S, T, kind, widths=(4, 8, 8, 16)).eval()
+def test_stacked_cnn_kspace_no_leakage_and_errors():
+    enc = StackedFrameResNet(S, T, "kspace", widths=(4, 8, 8, 16)).eval()
     k, mask = kspace_batch()
-    noisy = noisy_unsampled(k, mask)
-    noisy[0, 0, 0, 0, int(torch.nonzero(~mask[0, 0, 0])[0])] = float("nan")  # even NaN on an unsampled line
     with torch.no_grad():
-        assert torch.equal(enc.encode(k, mask)[1], enc.encode(noisy, mask.float())[1])
+        assert torch.equal(enc.encode(k, mask)[1], enc.encode(noisy_unsampled(k, mask), mask.float())[1])
     with pytest.raises(ValueError, match="needs the ky-t mask"):
         enc.encode(k)
     with pytest.raises(ValueError, match=r"\(S, T\) = \(2, 2\)"):
         StackedFrameResNet(S, T, "image").encode(torch.rand(B, S, T + 1, H, H))
     with pytest.raises(ValueError, match="widths and layers"):
         StackedFrameResNet(S, T, widths=(4, 8))
-
-
-def test_stacked_cnn_hybrid_input_is_the_readout_ifft_of_the_sampled_lines():
-    """Channel truth from an independent FFT: per frame [real, imag, |.|] of ifft along the readout of the zero-filled
-    lines, normalised by the sampled RMS with asinh (alpha 0.05), then the mask."""
-    enc = StackedFrameResNet(S, T, "hybrid", widths=(4, 8, 8, 16))
-    k, mask = kspace_batch()
-    frames = enc.frames(k, mask)  # (B·S·T, 4, H, W)
-    zf = torch.complex(k[:, 0], k[:, 1]) * mask[..., None]
-    h = torch.fft.fftshift(torch.fft.ifft(torch.fft.ifftshift(zf, dim=-1), dim=-1, norm="ortho"), dim=-1)
-    rms = (zf.abs().square().flatten(1).sum(1) / (2 * mask.flatten(1).sum(1) * k.shape[-1])).sqrt()
-    norm = lambda v: torch.asinh(v / (0.05 * rms.view(-1, 1, 1, 1, 1))) / math.asinh(1 / 0.05)  # noqa: E731
-    want = torch.stack([norm(h.real), norm(h.imag), norm(h.abs()), mask[..., None].expand_as(h.real).float()], 3)
-    torch.testing.assert_close(frames, want.flatten(0, 2), rtol=1e-4, atol=1e-5)
-    assert enc.net.conv1.in_channels == 4 * S * T
 
 
 # ----------------------------------------------------------------------------------------- ViT / image MAE

@@ -29,13 +29,13 @@ from torch import nn
 
 from ..engines.checkpoint import load_encoder_weights
 from ..transforms.fft import ifft2c
-from .mae import ImageMAE, KspaceMAE, _check_finite, _zero_filled_rms, apply_norm, normalise_sampled, pool_tokens
-from .tokenizers import check_real, to_hybrid
+from .mae import ImageMAE, KspaceMAE, _check_finite, normalise_sampled, pool_tokens
+from .tokenizers import check_real
 
 __all__ = ["FrameResNetEncoder", "StackedFrameResNet", "ImageEncoder", "FrameDynUNet", "KspaceInterpolationRecon"]
 
 _RESNETS = {18: resnet18, 34: resnet34, 50: resnet50}
-_INPUT_KINDS = ("image", "kspace", "hybrid")
+_INPUT_KINDS = ("image", "kspace")
 
 
 def _check_ndim(name: str, x: torch.Tensor, ndim: int, layout: str) -> None:
@@ -71,13 +71,7 @@ class _FrameInput(nn.Module):
     ``input_kind`` ``"image"``: ``image (B, S, T, H, W)``, 1 channel per frame; ``"kspace"``: ``kspace (B, 2, S, T,
     H, W)`` and ``mask (B, S, T, H)``, 3 channels per frame: real and imaginary parts normalised from SAMPLED values
     only (:func:`~kmtr_monai.networks.mae.normalise_sampled`: sampled RMS + asinh; unsampled lines are zero, so
-    nothing from them leaks in) and the mask broadcast along the readout W. ``"hybrid"``: the same inputs taken to
-    hybrid x-ky space first (:func:`~kmtr_monai.networks.tokenizers.to_hybrid`, the inverse FFT along the fully
-    sampled readout only, line by line: no unsampled line is touched, DESIGN §15), 4 channels per frame: real,
-    imaginary and magnitude (normalised like the k-space, with the sampled RMS and asinh) and the mask. Why: the
-    per-readout-position energy of the sampled lines reads the phenotypes linearly (mean R² 0.32 at the small
-    preset) where the raw k-space values read nothing (``BENCHMARKS.md``), and a convolution along x is local in the
-    image along the readout.
+    nothing from them leaks in) and the mask broadcast along the readout W.
     """
 
     def _init_input(self, n_views: int, n_frames: int, input_kind: str, norm_alpha: float) -> None:
@@ -90,7 +84,7 @@ class _FrameInput(nn.Module):
             raise ValueError(f"norm_alpha must be > 0, got {norm_alpha}")
         self.input_kind, self.alpha = input_kind, float(norm_alpha)
         self.n_views, self.n_frames = n_views, n_frames
-        self.frame_channels = {"image": 1, "kspace": 3, "hybrid": 4}[input_kind]
+        self.frame_channels = 1 if input_kind == "image" else 3
 
     def frames(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Validated input → the (B·S·T, C, H, W) frames fed to the ResNet."""
@@ -109,12 +103,7 @@ class _FrameInput(nn.Module):
         if x.shape[1] != 2 or tuple(x.shape[2:4]) != st:
             raise ValueError(f"kspace: expected shape (B, 2, S, T, H, W) with (S, T) = {st}, got {tuple(x.shape)}")
         m = _check_mask(mask, (x.shape[0], *x.shape[2:5]))
-        if self.input_kind == "hybrid":
-            ks, scale = _zero_filled_rms(x, m)  # zero on unsampled lines: no leakage
-            h = to_hybrid(ks)
-            y = apply_norm(torch.cat([h, torch.hypot(h[:, :1], h[:, 1:2])], dim=1), scale, "asinh", self.alpha)
-        else:
-            y, _ = normalise_sampled(x, m, "asinh", self.alpha)  # zero on unsampled lines: no leakage
+        y, _ = normalise_sampled(x, m, "asinh", self.alpha)  # zero on unsampled lines: no leakage
         _check_finite("kspace (sampled lines)", y)
         m6 = m[:, None, ..., None].to(y.dtype).expand_as(y[:, :1])
         return rearrange(torch.cat([y, m6], dim=1), "b c s t h w -> (b s t) c h w")
