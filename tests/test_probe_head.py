@@ -70,8 +70,9 @@ def test_probe_head_shapes_and_checks():
         build_vector_head("mlp", 8, (2, 3), 4)
 
 
-def _loader(batches):
-    return [{"kspace": k, "mask": m, "phenotypes": y} for k, m, y in batches]
+def _entries(batches):
+    """Per-subject dicts (the handler batches them itself, in order)."""
+    return [{"kspace": k[i], "mask": m[i], "phenotypes": y[i]} for k, m, y in batches for i in range(len(k))]
 
 
 @pytest.mark.parametrize("task", ["regress", "classify"])
@@ -92,8 +93,8 @@ def test_handler_fits_the_head_to_the_probe_of_its_features(task):
             y = signal if task == "regress" else (signal > signal.median(0).values).float()
             out.append((ks, mask, y))
         batches[split] = out
-    handler = ProbeHeadInit(model, _loader(batches["training"]), _loader(batches["validation"]),
-                            PrepareKeys(["kspace", "mask"], "phenotypes"))  # fmt: skip
+    handler = ProbeHeadInit(model, {s: _entries(b) for s, b in batches.items()}, None,
+                            PrepareKeys(["kspace", "mask"], "phenotypes"), batch_size=5)  # fmt: skip
     engine = Engine(lambda e, b: None)
     handler.attach(engine)
     engine.run([0], max_epochs=1)
@@ -126,7 +127,7 @@ def test_handler_fits_the_head_to_the_probe_of_its_features(task):
 def test_handler_ignores_networks_without_a_probe_head():
     enc = tiny_mae().drop_decoder()
     model = TaskModel(enc, DiseaseClassifier(TemporalMLPHead(enc.dim, S, T // 2, 3)))
-    handler = ProbeHeadInit(model, None, None, None)  # would fail if it touched the loaders
+    handler = ProbeHeadInit(model, None, None, None)  # would fail if it touched the data
     engine = Engine(lambda e, b: None)
     handler.attach(engine)
     engine.run([0], max_epochs=1)

@@ -6,10 +6,12 @@
 ``Events.STARTED`` (after :class:`~kmtr_monai.engines.resume.ResumeCheckpoint`, so a resumed run, whose head is
 already fitted, is left alone):
 
-1. the encoder runs once, in eval mode and without gradients, over the training loader (its random mask and
-   phase draws, one per subject) and the validation loader, and the head's read-out features are collected
-   (gathered over all ranks under DDP with MONAI's ``evenly_divisible_all_gather``, so every rank fits the same
-   model);
+1. the encoder runs once, in eval mode and without gradients, over the training and the validation subjects,
+   both through the bundle's deterministic validation preprocessing (the phase map and ky–t mask seeded by the
+   subject, no augmentation: the linear probes' inputs), and the head's read-out features are collected. Every
+   rank of a DDP run reads all subjects, without a sampler, and so fits the same model. Why not the training
+   loader: its augmentations cost the fit (frozen image MAE, validation R² 0.351 with the training loader's random
+   shifts against 0.437 without them);
 2. :func:`kmtr_monai.linear_eval.fit_linear_readout` fits the probe protocol's linear model on them (ridge per
    phenotype, balanced L2 logistic per disease, strength chosen on validation);
 3. the fit is written into the head (:meth:`LinearProbeHead.set_readout`), in the head's own output units: the
@@ -22,9 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from ignite.engine import Engine, Events
-from monai.utils import evenly_divisible_all_gather
+from monai.data import DataLoader, Dataset
 
 from kmtr_monai.linear_eval import fit_linear_readout
 from kmtr_monai.networks.heads import LinearProbeHead, PhenotypeRegressor
@@ -37,14 +38,17 @@ class ProbeHeadInit:
 
     Args:
         network: the trained network (a ``TaskModel``, possibly wrapped in DDP); anything else: no-op.
-        train_loader, val_loader: the bundle's training and validation dataloaders.
+        data: ``{"training": [...], "validation": [...]}`` datalist entries of the two splits.
+        transform: the deterministic preprocessing of one entry (the bundle's ``validate#preprocessing``).
         prepare_batch: the trainer's ``prepare_batch`` (batch → inputs, target, other inputs).
-        device: where the batches go (the trainer's device).
+        device: where the batches go (the trainer's device). batch_size, num_workers: of the two loaders.
     """
 
-    def __init__(self, network: torch.nn.Module, train_loader, val_loader, prepare_batch, device=None) -> None:
-        self.network, self.train_loader, self.val_loader = network, train_loader, val_loader
+    def __init__(self, network: torch.nn.Module, data: dict, transform, prepare_batch, device=None,
+                 batch_size: int = 8, num_workers: int = 0) -> None:  # fmt: skip
+        self.network, self.data, self.transform = network, data, transform
         self.prepare_batch, self.device = prepare_batch, device
+        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self)
@@ -55,19 +59,18 @@ class ProbeHeadInit:
         head = getattr(wrapper, "head", None)
         return model, wrapper, head if isinstance(head, LinearProbeHead) else None
 
-    def _features(self, model, head: LinearProbeHead, loader) -> tuple[np.ndarray, np.ndarray]:
-        """→ (read-out features (N, F), targets (N, K)) over ``loader``, gathered over ranks."""
+    def _features(self, model, head: LinearProbeHead, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """→ (read-out features (N, F), targets (N, K)) of every subject of ``split``, in datalist order."""
+        loader = DataLoader(Dataset(self.data[split], transform=self.transform), batch_size=self.batch_size,
+                            shuffle=False, num_workers=self.num_workers)  # fmt: skip
         feats, targets = [], []
         with torch.no_grad():
             for batch in loader:
                 first, target, rest, _ = self.prepare_batch(batch, self.device)
                 out = model.encode(first, *rest)
-                feats.append(head.features(out[0], out[2]).float())
-                targets.append(torch.as_tensor(target, dtype=torch.float32, device=feats[-1].device))
-        x, y = torch.cat(feats), torch.cat(targets)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            x, y = evenly_divisible_all_gather(x), evenly_divisible_all_gather(y)
-        return x.cpu().double().numpy(), y.cpu().double().numpy()
+                feats.append(head.features(out[0], out[2]).double().cpu())
+                targets.append(torch.as_tensor(target).double().cpu())
+        return torch.cat(feats).numpy(), torch.cat(targets).numpy()
 
     def __call__(self, engine: Engine) -> None:
         model, wrapper, head = self._model_and_head()
@@ -76,7 +79,7 @@ class ProbeHeadInit:
         was_training = model.training
         model.eval()
         try:
-            (x, y), (xv, yv) = (self._features(model, head, loader) for loader in (self.train_loader, self.val_loader))
+            (x, y), (xv, yv) = (self._features(model, head, split) for split in ("training", "validation"))
         finally:
             model.train(was_training)
         task = "regress" if isinstance(wrapper, PhenotypeRegressor) else "classify"
