@@ -362,6 +362,30 @@ def test_regress_two_process_gloo(stage_outputs, tiny_cohort):
     assert float(metrics["val_mean_mae"]) == pytest.approx(saved["metrics"]["val_mean_mae"])  # all 8 subjects scored
 
 
+def test_probe_head_fits_the_same_on_one_and_two_processes(stage_outputs, tiny_cohort):
+    """``head_kind: probe`` through the regress bundle's own configs: the closed-form head fitted by 2 gloo ranks
+    (multi_gpu_train.json) equals the single-process one (learning rate 0 keeps the fit as it was)."""
+    out, _ = stage_outputs
+    over = {"dataset_dir": tiny_cohort, "max_epochs": 1, "align_ckpt": out / "align" / "models" / "model.pt",
+            "freeze_encoder": True, "head_kind": "probe", "learning_rate": 0.0}  # fmt: skip
+    heads = {}
+    for ranks in (1, 2):
+        run = out / f"regress-probe-{ranks}"
+        cmd = bundle_command("regress", "tiny", {**over, "ckpt_dir": run / "models", "output_dir": run / "eval"},
+                             multi_gpu=ranks == 2)  # fmt: skip
+        if ranks == 2:
+            cmd = [cmd[0], "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"] + cmd[1:]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+        assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+        state = torch.load(run / "models" / "model.pt", map_location="cpu", weights_only=True)["model"]
+        heads[ranks] = {k.removeprefix("module."): v for k, v in state.items() if ".head." in k}
+    assert bool(heads[1]["head.head.fitted"]) and float(heads[1]["head.head.linear.weight"].abs().sum()) > 0
+    assert heads[1].keys() == heads[2].keys()
+    for key in heads[1]:
+        torch.testing.assert_close(heads[2][key], heads[1][key], rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("name", ["image-mae", "recon"])
 def test_cohort_with_a_missing_view_trains_with_the_view_masked(stage_outputs, tiny_cohort, tmp_path, name):
     """`--missing_views invalid`: a subject without its 2-chamber files trains and validates (the view is zeros with
