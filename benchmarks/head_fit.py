@@ -10,9 +10,16 @@ training subjects (how well the head fits) and on the validation subjects. Refer
 probe on the standardised per-cell features (``RidgeCV`` per phenotype, strength by leave-one-out) and the
 training-mean predictor (R² <= 0).
 
+``--probe-lrs``: the probe-initialised head (``head_kind: probe``) as well: fitted in closed form on the same
+training and validation features (:func:`kmtr_monai.engines.probe_init.install_fit`, what the bundle does when
+training starts), then trained on with AdamW at each of these learning rates; the validation R² of the fit (step 0)
+and after the steps shows which rate keeps it (the rate of the presets' frozen stages).
+
 Usage::
 
     python benchmarks/head_fit.py --run runs/small --preset small --steps 600
+    python benchmarks/head_fit.py --run runs/small --preset small --steps 150 --every 50 --heads probe \
+        --probe-lrs 1e-5,3e-5,1e-4,5e-4,2e-3
 """
 
 from __future__ import annotations
@@ -85,17 +92,22 @@ def ridge_reference(x_train, y_train, x_val, y_val, cells) -> float:
     return mean_r2(torch.from_numpy(pred), y_val)
 
 
-def train_head(parser, head, data, steps: int, every: int, seed: int = 0) -> list[tuple[int, float, float]]:
-    """Train ``head`` alone on cached tokens; (step, training R², validation R²) every ``every`` steps."""
+def train_head(parser, head, data, steps: int, every: int, seed: int = 0, lr: float | None = None
+               ) -> list[tuple[int, float, float]]:  # fmt: skip
+    """Train ``head`` alone on cached tokens (AdamW at ``lr``, default the bundle's); (step, training R², validation
+    R²) at step 0 and every ``every`` steps."""
     (x_train, y_train), (x_val, y_val) = data
     stats = parser.get_parsed_content("target_stats")
     mean, std = torch.as_tensor(stats["mean"]), torch.as_tensor(stats["std"])
     loss_fn = parser.get_parsed_content("loss")
-    opt = torch.optim.AdamW(head.parameters(), lr=parser.get_parsed_content("learning_rate"),
+    opt = torch.optim.AdamW(head.parameters(), lr=parser.get_parsed_content("learning_rate") if lr is None else lr,
                             weight_decay=parser.get_parsed_content("weight_decay"))  # fmt: skip
     batch = parser.get_parsed_content("batch_size")
     gen = torch.Generator().manual_seed(seed)
-    rows = []
+    head.eval()
+    with torch.no_grad():
+        rows = [(0, mean_r2(mean + std * head(x_train), y_train), mean_r2(mean + std * head(x_val), y_val))]
+    head.train()
     for step in range(1, steps + 1):
         idx = torch.randperm(len(x_train), generator=gen)[:batch]
         loss = loss_fn(mean + std * head(x_train[idx]), y_train[idx])
@@ -119,6 +131,8 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--every", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--heads", default="temporal,probe", help="temporal (raw and input_norm), probe, or both")
+    ap.add_argument("--probe-lrs", default="1e-5,1e-4", help="learning rates after the probe head's fit")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     run = Path(args.run).resolve()
@@ -132,16 +146,41 @@ def main(argv=None) -> None:
           f"subjects; features: across-subject std {spread[0]:.3f}, mean magnitude {spread[1]:.3f}\n")  # fmt: skip
     print(f"references: ridge probe on standardised cell features, validation R² "
           f"{ridge_reference(*data[0], *data[1], cells):.3f}; training-mean predictor R² <= 0\n")  # fmt: skip
+    heads = args.heads.split(",")
+    if "temporal" in heads:
+        results = {}
+        for norm in (False, True):
+            parser["head_input_norm"] = norm
+            torch.manual_seed(0)
+            head = parser.get_parsed_content("task_head#head", lazy=False)  # a new instance
+            results[norm] = train_head(parser, head, data, args.steps, args.every)
+        print("| steps | raw features: training R² | validation R² | input_norm: training R² | validation R² |")
+        print("|---|---|---|---|---|")
+        for (step, f0, v0), (_, f1, v1) in zip(results[False], results[True]):
+            print(f"| {step} | {f0:.3f} | {v0:.3f} | {f1:.3f} | {v1:.3f} |")
+    if "probe" in heads:
+        probe_table(parser, data, [float(v) for v in args.probe_lrs.split(",")], args.steps, args.every)
+
+
+def probe_table(parser, data, lrs: list[float], steps: int, every: int) -> None:
+    """The probe head fitted in closed form, then trained on at each rate: validation R² per step."""
+    from kmtr_monai.engines.probe_init import install_fit
+
+    parser["head_kind"] = "probe"
+    (x_train, y_train), (x_val, y_val) = data
     results = {}
-    for norm in (False, True):
-        parser["head_input_norm"] = norm
+    for lr in lrs:
         torch.manual_seed(0)
-        head = parser.get_parsed_content("task_head#head", lazy=False)  # a new instance
-        results[norm] = train_head(parser, head, data, args.steps, args.every)
-    print("| steps | raw features: training R² | validation R² | input_norm: training R² | validation R² |")
-    print("|---|---|---|---|---|")
-    for (step, f0, v0), (_, f1, v1) in zip(results[False], results[True]):
-        print(f"| {step} | {f0:.3f} | {v0:.3f} | {f1:.3f} | {v1:.3f} |")
+        wrapper = parser.get_parsed_content("task_head", lazy=False)  # PhenotypeRegressor(LinearProbeHead)
+        with torch.no_grad():
+            install_fit(wrapper, wrapper.head.features(x_train).double().numpy(), y_train.double().numpy(),
+                        wrapper.head.features(x_val).double().numpy(), y_val.double().numpy())  # fmt: skip
+        results[lr] = train_head(parser, wrapper.head, data, steps, every, lr=lr)
+    print("\nprobe head (closed-form fit at step 0, then AdamW), validation R²:\n")
+    print("| steps | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |")
+    print("|---|" + "---|" * len(lrs))
+    for i, (step, *_) in enumerate(results[lrs[0]]):
+        print(f"| {step} | " + " | ".join(f"{results[lr][i][2]:.3f}" for lr in lrs) + " |")
 
 
 if __name__ == "__main__":

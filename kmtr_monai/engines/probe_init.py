@@ -30,7 +30,22 @@ from monai.data import DataLoader, Dataset
 from kmtr_monai.linear_eval import fit_linear_readout
 from kmtr_monai.networks.heads import LinearProbeHead, PhenotypeRegressor
 
-__all__ = ["ProbeHeadInit"]
+__all__ = ["ProbeHeadInit", "install_fit"]
+
+
+def install_fit(wrapper: torch.nn.Module, x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray) -> dict:
+    """Fit the probe protocol's linear model on read-out features ``x`` (N, F) / ``xv`` (M, F) and targets ``y`` /
+    ``yv`` (native units or 0/1) and write it into ``wrapper.head`` (a :class:`LinearProbeHead` inside a
+    ``PhenotypeRegressor``, whose standardised output it is converted to, or a ``DiseaseClassifier``: logits).
+    Returns :func:`fit_linear_readout`'s result."""
+    task = "regress" if isinstance(wrapper, PhenotypeRegressor) else "classify"
+    fit = fit_linear_readout(x, xv, y, yv, task)
+    weight, bias = fit["weight"], fit["bias"]
+    if task == "regress":  # native units → the standardised output the PhenotypeRegressor scales back
+        mean, std = (getattr(wrapper, k).detach().cpu().double().numpy() for k in ("target_mean", "target_std"))
+        weight, bias = weight / std[:, None], (bias - mean) / std
+    wrapper.head.set_readout(fit["mean"], fit["scale"], weight, bias)
+    return fit
 
 
 class ProbeHeadInit:
@@ -82,13 +97,7 @@ class ProbeHeadInit:
             (x, y), (xv, yv) = (self._features(model, head, split) for split in ("training", "validation"))
         finally:
             model.train(was_training)
-        task = "regress" if isinstance(wrapper, PhenotypeRegressor) else "classify"
-        fit = fit_linear_readout(x, xv, y, yv, task)
-        weight, bias = fit["weight"], fit["bias"]
-        if task == "regress":  # native units → the standardised output the PhenotypeRegressor scales back
-            mean, std = (getattr(wrapper, k).detach().cpu().double().numpy() for k in ("target_mean", "target_std"))
-            weight, bias = weight / std[:, None], (bias - mean) / std
-        head.set_readout(fit["mean"], fit["scale"], weight, bias)
-        score = "R²" if task == "regress" else "AUC"
+        fit = install_fit(wrapper, x, y, xv, yv)
+        score = "R²" if isinstance(wrapper, PhenotypeRegressor) else "AUC"
         engine.logger.info(f"probe head fitted in closed form on {len(x)} training subjects ({x.shape[1]} features): "
                            f"mean validation {score} {np.nanmean(fit['val_score']):.3f}")  # fmt: skip
