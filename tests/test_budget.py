@@ -74,6 +74,19 @@ def test_no_patience_never_stops_and_history_drops_rows_of_a_resumed_epoch(tmp_p
     assert float(rows[2]["train_loss"]) != 9
 
 
+def test_history_records_the_epoch_mean_of_every_scalar_term_of_the_output(tmp_path):
+    """A dict-returning network's scalar outputs (the k-space MAE's auxiliary terms) become train_<name> columns;
+    tensors that are not scalars are ignored."""
+    trainer = Engine(lambda e, b: {"loss": torch.tensor(1.0, requires_grad=True),
+                                   "pred": {"profile": torch.tensor(float(e.state.iteration)),
+                                            "recon": torch.zeros(2, 3)}})  # fmt: skip
+    MetricHistory(str(tmp_path / "history.csv")).attach(trainer)
+    trainer.run(range(4), max_epochs=2)
+    with open(tmp_path / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["train_profile"]) for r in rows] == [2.5, 6.5] and "train_recon" not in rows[0]
+
+
 def test_bad_patience():
     with pytest.raises(ValueError, match="early_stop_patience"):
         EarlyStopOnValidation(Engine(lambda e, b: None), 0)

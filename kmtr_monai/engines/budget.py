@@ -14,6 +14,7 @@ import os
 import tempfile
 
 import numpy as np
+import torch
 from ignite.engine import Engine, Events
 
 from kmtr_monai.distributed import is_main_process
@@ -73,7 +74,9 @@ class EarlyStopOnValidation:
 
 class MetricHistory:
     """``path`` (CSV): one row per epoch with ``epoch``, ``iteration``, ``lr``, ``train_loss`` (the epoch's mean
-    loss) and every scalar metric of the evaluator's last run (``val_*``), rewritten atomically each epoch.
+    loss), ``train_<name>`` for every scalar a dict-returning network puts in its output (the epoch's mean: e.g. the
+    k-space MAE's ``invariance`` and ``profile`` terms, so an auxiliary term that is or is not being met shows in the
+    curve) and every scalar metric of the evaluator's last run (``val_*``), rewritten atomically each epoch.
 
     Rows of epochs at or after the current one are dropped first, so a resumed run continues the file. Written on
     the main process only. Attach to the trainer after the ``ValidationHandler``.
@@ -82,17 +85,29 @@ class MetricHistory:
     def __init__(self, path: str, evaluator: Engine | None = None, optimizer=None) -> None:
         self.path, self.evaluator, self.optimizer = str(path), evaluator, optimizer
         self._losses: list[float] = []
+        self._terms: dict[str, list[float]] = {}
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, lambda e: self._losses.clear())
+        engine.add_event_handler(Events.EPOCH_STARTED, self._clear)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
 
+    def _clear(self, engine: Engine) -> None:
+        self._losses.clear()
+        self._terms.clear()
+
     def _collect(self, engine: Engine) -> None:
         out = engine.state.output
-        loss = out.get("loss") if isinstance(out, dict) else None
+        if not isinstance(out, dict):
+            return
+        loss = out.get("loss")
         if loss is not None:
-            self._losses.append(float(loss))
+            self._losses.append(float(loss.detach() if isinstance(loss, torch.Tensor) else loss))
+        pred = out.get("pred")
+        if isinstance(pred, dict):
+            for name, value in pred.items():
+                if isinstance(value, torch.Tensor) and value.ndim == 0:
+                    self._terms.setdefault(name, []).append(float(value.detach()))
 
     def _rows(self, before_epoch: int) -> list[dict]:
         if not os.path.isfile(self.path):
@@ -106,6 +121,7 @@ class MetricHistory:
         row = {"epoch": engine.state.epoch, "iteration": engine.state.iteration,
                "lr": self.optimizer.param_groups[0]["lr"] if self.optimizer is not None else "",
                "train_loss": sum(self._losses) / len(self._losses) if self._losses else ""}  # fmt: skip
+        row.update({f"train_{name}": sum(v) / len(v) for name, v in self._terms.items()})
         metrics = getattr(self.evaluator.state, "metrics", {}) if self.evaluator is not None else {}
         row.update({k: float(v) for k, v in metrics.items() if np.ndim(v) == 0})
         rows = self._rows(engine.state.epoch) + [row]
