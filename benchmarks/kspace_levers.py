@@ -52,7 +52,10 @@ LEVERS: dict[str, tuple[dict, dict]] = {
     "line-g2x4": ({"tokenizer": "line", "dec_group": [2, 4]}, {"max_steps": 240}),  # 1.43x
     # the image-profile target from fully-sampled data (no parameters, the base's steps and cost)
     "profile": ({}, {"profile_weight": 0.1}),
+    "profile-w1": ({}, {"profile_weight": 1.0}),
+    "steps-5x": ({}, {"max_steps": 600, "warmup_steps": 60}),  # the base at five times its budget
 }
+AUX_TERMS = ("invariance", "profile")  # unweighted auxiliary terms of the k-space MAE (history: train_<term>)
 
 
 # name -> (Stage I: "base" or a LEVERS name; align overrides)
@@ -191,14 +194,22 @@ def stage1_table(run: Path, preset: str, names: list[str], threads: int) -> None
     base["—"] = base["mean"]
     print(f"\nStage I levers — run {run}, test split, R=4, ridge probe of 12 phenotypes\n")
     print("| Stage I | pooling | probe mean R² | − base [95 % CI] | mean cosine | eff. rank | best val_mse "
-          "(view sharing) | minutes |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|")
+          "(view sharing) | auxiliary term per epoch | minutes |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
     for label, pooling, res, val, minutes in rows:
         m = res["metrics"]
         diff = "—" if label.startswith("base") else gain(base[pooling], res)
         v = f"{val['val_mse']:.4f} ({val['val_view_sharing_mse']:.4f})" if val else "—"
+        aux = aux_terms(run / "stage1-levers" / label / "kspace-mae" / "eval") if label in LEVERS else ""
         print(f"| {label} | {pooling} | {m['val_mean_r2']:.3f} | {diff} | {m['mean_cosine']:.3f} | "
-              f"{m['effective_rank']:.1f} | {v} | {minutes:.1f} |")  # fmt: skip
+              f"{m['effective_rank']:.1f} | {v} | {aux} | {minutes:.1f} |")  # fmt: skip
+
+
+def aux_terms(eval_dir: Path) -> str:
+    """``term: v1, v2, ...`` of each auxiliary term the run's history recorded (``MetricHistory``), per epoch."""
+    rows = history(eval_dir)
+    return "; ".join(f"{t}: " + ", ".join(f"{r[f'train_{t}']:.3f}" for r in rows)
+                     for t in AUX_TERMS if rows and f"train_{t}" in rows[0])  # fmt: skip
 
 
 def align_table(run: Path, preset: str, names: list[str], threads: int) -> None:
