@@ -40,7 +40,8 @@ from kmtr_monai.metrics import effective_rank, mean_pairwise_cosine
 __all__ = [
     "SPLITS", "STRENGTH_GRID", "TASKS", "bundle_parser", "inputs_parser", "load_split", "batched", "file_digest",
     "cached_arrays", "inputs_digest", "split_inputs", "reduced_cache", "reduced_split", "mean_pairwise_cosine",
-    "effective_rank", "reduce_features", "linear_eval", "fit_linear_readout", "write_linear_results", "write_metrics", "finish_run",
+    "effective_rank", "reduce_features", "linear_eval", "fit_linear_readout", "write_linear_results", "write_metrics",
+    "finish_run",
 ]  # fmt: skip
 
 SPLITS = ("training", "validation", "test")
@@ -273,7 +274,8 @@ def _ridge_column(z: dict[str, np.ndarray], y: dict[str, np.ndarray], scale: flo
     ok = {s: np.isfinite(y[s]) for s in y}
     ytr = y["training"][ok["training"]]
     if ytr.size < 2:
-        return {s: np.full(len(y[s]), np.nan) for s in y}, math.nan, math.nan, _constant(z, ytr.mean() if ytr.size else 0.0)
+        nothing = _constant(z, ytr.mean() if ytr.size else 0.0)
+        return {s: np.full(len(y[s]), np.nan) for s in y}, math.nan, math.nan, nothing
     mu, sd = ytr.mean(), max(ytr.std(), 1e-12)
     alphas = sorted(g * scale for g in STRENGTH_GRID)  # ascending: index grows with the regularisation (_pick)
     fits, scores = [], []

@@ -15,7 +15,8 @@ from torch import nn
 from .mae import pool_tokens
 from .transformer import Block, init_vit_weights
 
-__all__ = ["HEAD_KINDS", "TemporalMLPHead", "LinearProbeHead", "build_vector_head", "PhenotypeRegressor", "DiseaseClassifier"]
+__all__ = ["HEAD_KINDS", "TemporalMLPHead", "LinearProbeHead", "build_vector_head", "PhenotypeRegressor",
+           "DiseaseClassifier"]
 
 HEAD_KINDS = ("temporal", "probe")
 
