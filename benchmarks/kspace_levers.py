@@ -53,7 +53,9 @@ LEVERS: dict[str, tuple[dict, dict]] = {
     # the image-profile target from fully-sampled data (no parameters, the base's steps and cost)
     "profile": ({}, {"profile_weight": 0.1}),
     "profile-w1": ({}, {"profile_weight": 1.0}),
-    "steps-5x": ({}, {"max_steps": 600, "warmup_steps": 60}),  # the base at five times its budget
+    "steps-3x": ({}, {"max_steps": 360, "warmup_steps": 60}),  # the base at three times its budget
+    # the profile target where the input makes it local: hybrid tokens hold x (half the hybrid lever's compute)
+    "hybrid-profile": (HYBRID, {"max_steps": 150, "profile_weight": 1.0}),
 }
 AUX_TERMS = ("invariance", "profile")  # unweighted auxiliary terms of the k-space MAE (history: train_<term>)
 
