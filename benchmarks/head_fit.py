@@ -25,6 +25,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -168,14 +169,11 @@ def probe_table(parser, data, lrs: list[float], steps: int, every: int) -> None:
 
     parser["head_kind"] = "probe"
     (x_train, y_train), (x_val, y_val) = data
-    results = {}
-    for lr in lrs:
-        torch.manual_seed(0)
-        wrapper = parser.get_parsed_content("task_head", lazy=False)  # PhenotypeRegressor(LinearProbeHead)
-        with torch.no_grad():
-            install_fit(wrapper, wrapper.head.features(x_train).double().numpy(), y_train.double().numpy(),
-                        wrapper.head.features(x_val).double().numpy(), y_val.double().numpy())  # fmt: skip
-        results[lr] = train_head(parser, wrapper.head, data, steps, every, lr=lr)
+    wrapper = parser.get_parsed_content("task_head", lazy=False)  # PhenotypeRegressor(LinearProbeHead)
+    with torch.no_grad():
+        install_fit(wrapper, wrapper.head.features(x_train).double().numpy(), y_train.double().numpy(),
+                    wrapper.head.features(x_val).double().numpy(), y_val.double().numpy())  # fmt: skip
+    results = {lr: train_head(parser, copy.deepcopy(wrapper.head), data, steps, every, lr=lr) for lr in lrs}
     print("\nprobe head (closed-form fit at step 0, then AdamW), validation R²:\n")
     print("| steps | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |")
     print("|---|" + "---|" * len(lrs))

@@ -71,7 +71,7 @@ def test_probe_head_shapes_and_checks():
 
 
 def _entries(batches):
-    """Per-subject dicts (the handler batches them itself, in order)."""
+    """Per-subject dicts, a list as a map-style dataset (the handler batches them itself, in order)."""
     return [{"kspace": k[i], "mask": m[i], "phenotypes": y[i]} for k, m, y in batches for i in range(len(k))]
 
 
@@ -93,7 +93,7 @@ def test_handler_fits_the_head_to_the_probe_of_its_features(task):
             y = signal if task == "regress" else (signal > signal.median(0).values).float()
             out.append((ks, mask, y))
         batches[split] = out
-    handler = ProbeHeadInit(model, {s: _entries(b) for s, b in batches.items()}, None,
+    handler = ProbeHeadInit(model, {s: _entries(b) for s, b in batches.items()},
                             PrepareKeys(["kspace", "mask"], "phenotypes"), batch_size=5)  # fmt: skip
     engine = Engine(lambda e, b: None)
     handler.attach(engine)
@@ -127,7 +127,7 @@ def test_handler_fits_the_head_to_the_probe_of_its_features(task):
 def test_handler_ignores_networks_without_a_probe_head():
     enc = tiny_mae().drop_decoder()
     model = TaskModel(enc, DiseaseClassifier(TemporalMLPHead(enc.dim, S, T // 2, 3)))
-    handler = ProbeHeadInit(model, None, None, None)  # would fail if it touched the data
+    handler = ProbeHeadInit(model, None, None)  # would fail if it touched the data
     engine = Engine(lambda e, b: None)
     handler.attach(engine)
     engine.run([0], max_epochs=1)

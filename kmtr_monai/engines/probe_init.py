@@ -8,8 +8,9 @@ already fitted, is left alone):
 
 1. the encoder runs once, in eval mode and without gradients, over the training and the validation subjects,
    both through the bundle's deterministic validation preprocessing (the phase map and ky–t mask seeded by the
-   subject, no augmentation: the linear probes' inputs), and the head's read-out features are collected. Every
-   rank of a DDP run reads all subjects, without a sampler, and so fits the same model. Why not the training
+   subject, no augmentation: the linear probes' inputs; the validation split is the validator's own cached
+   dataset), and the head's read-out features are collected. Every rank of a DDP run reads all subjects, without
+   a sampler, and so fits the same model. Why not the training
    loader: its augmentations cost the fit (frozen image MAE, validation R² 0.351 with the training loader's random
    shifts against 0.437 without them);
 2. :func:`kmtr_monai.linear_eval.fit_linear_readout` fits the probe protocol's linear model on them (ridge per
@@ -25,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
-from monai.data import DataLoader, Dataset
+from monai.data import DataLoader
 
 from kmtr_monai.linear_eval import fit_linear_readout
 from kmtr_monai.networks.heads import LinearProbeHead, PhenotypeRegressor
@@ -53,15 +54,15 @@ class ProbeHeadInit:
 
     Args:
         network: the trained network (a ``TaskModel``, possibly wrapped in DDP); anything else: no-op.
-        data: ``{"training": [...], "validation": [...]}`` datalist entries of the two splits.
-        transform: the deterministic preprocessing of one entry (the bundle's ``validate#preprocessing``).
+        datasets: ``{"training": ..., "validation": ...}``, the two splits' subjects through the deterministic
+            validation preprocessing (any map-style dataset of preprocessed dicts).
         prepare_batch: the trainer's ``prepare_batch`` (batch → inputs, target, other inputs).
         device: where the batches go (the trainer's device). batch_size, num_workers: of the two loaders.
     """
 
-    def __init__(self, network: torch.nn.Module, data: dict, transform, prepare_batch, device=None,
-                 batch_size: int = 8, num_workers: int = 0) -> None:  # fmt: skip
-        self.network, self.data, self.transform = network, data, transform
+    def __init__(self, network: torch.nn.Module, datasets: dict, prepare_batch, device=None, batch_size: int = 8,
+                 num_workers: int = 0) -> None:  # fmt: skip
+        self.network, self.datasets = network, datasets
         self.prepare_batch, self.device = prepare_batch, device
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
 
@@ -76,8 +77,8 @@ class ProbeHeadInit:
 
     def _features(self, model, head: LinearProbeHead, split: str) -> tuple[np.ndarray, np.ndarray]:
         """→ (read-out features (N, F), targets (N, K)) of every subject of ``split``, in datalist order."""
-        loader = DataLoader(Dataset(self.data[split], transform=self.transform), batch_size=self.batch_size,
-                            shuffle=False, num_workers=self.num_workers)  # fmt: skip
+        loader = DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=False,
+                            num_workers=self.num_workers)  # fmt: skip
         feats, targets = [], []
         with torch.no_grad():
             for batch in loader:

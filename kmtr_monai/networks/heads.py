@@ -28,6 +28,13 @@ def check_tokens(tokens: torch.Tensor, dim: int, n_tokens: int | None = None) ->
         raise ValueError(f"tokens: expected (B, 1+{n}, {dim}) (class token first), got {tuple(tokens.shape)}")
 
 
+def cell_tokens(tokens: torch.Tensor, valid: torch.Tensor | None, cells: Sequence[int]) -> torch.Tensor:
+    """What both vector heads read: tokens (B, 1+N, C) → (B, 1 + S·T', C), the class token followed by the mean
+    valid token of each (view, time step) cell in (view, time) order (:func:`pool_tokens` ``"view_time"``)."""
+    pooled = pool_tokens(tokens, "view_time", valid, cells).view(tokens.shape[0], -1, tokens.shape[-1])
+    return torch.cat([tokens[:, :1], pooled], dim=1)
+
+
 class TemporalMLPHead(nn.Module):
     """Per-(view, time) cell means + a small transformer mixer over the cells + a 256-wide MLP → (B, out_dim).
 
@@ -87,9 +94,7 @@ class TemporalMLPHead(nn.Module):
 
     def forward(self, tokens: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         check_tokens(tokens, self.dim)
-        b = tokens.shape[0]
-        cells = pool_tokens(tokens, "view_time", valid, self.cells).view(b, -1, self.dim)  # (B, S·T', C)
-        x = torch.cat([tokens[:, :1], cells], dim=1)  # (B, 1 + S·T', C)
+        x = cell_tokens(tokens, valid, self.cells)  # (B, 1 + S·T', C)
         if self.input_norm is not None:
             x = self.input_norm(x.transpose(1, 2)).transpose(1, 2)
         if self.mixer is None:
@@ -135,8 +140,7 @@ class LinearProbeHead(nn.Module):
     def features(self, tokens: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """tokens (B, 1+N, C) → raw read-out features (B, (1 + S·T')·C)."""
         check_tokens(tokens, self.dim)
-        cells = pool_tokens(tokens, "view_time", valid, self.cells)
-        return torch.cat([tokens[:, 0], cells], dim=1)
+        return cell_tokens(tokens, valid, self.cells).flatten(1)
 
     def set_readout(self, mean, scale, weight, bias) -> None:
         """Install a fitted linear model: feature ``mean`` and ``scale`` (F,), ``weight`` (out_dim, F) on the
