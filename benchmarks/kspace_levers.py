@@ -44,6 +44,7 @@ from kmtr_monai.probes import POOLINGS
 
 BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
 HYBRID = {"tokenizer": "hybrid", "kspace_patch": [2, 8, 16]}  # cells of 2 frames x 8 ky lines x 16 x samples
+HYBRID_LINE = {"tokenizer": "hybrid", "kspace_patch": [1, 1, 48], "kspace_norm": "scale"}
 # name -> (encoder overrides: the network, needed again to probe it; training-only overrides)
 LEVERS: dict[str, tuple[dict, dict]] = {
     "hybrid": (HYBRID, {"max_steps": 300}),  # 120 patch steps x 2.86 / 1.12: the base run's compute
@@ -56,6 +57,10 @@ LEVERS: dict[str, tuple[dict, dict]] = {
     "steps-3x": ({}, {"max_steps": 360, "warmup_steps": 60}),  # the base at three times its budget
     # the profile target where the input makes it local: hybrid tokens hold x (half the hybrid lever's compute)
     "hybrid-profile": (HYBRID, {"max_steps": 150, "profile_weight": 1.0}),
+    # one token per (view, frame, sampled ky line) in hybrid space, in linear units: the token embedding is injective
+    # (4 channels x 48 x samples -> 192), so pooled tokens keep each view's x profile (4.78x: 120 x 2.87 / 4.78 steps)
+    "hybrid-line": (HYBRID_LINE, {"max_steps": 72, "warmup_steps": 12}),
+    "hybrid-line-3x": (HYBRID_LINE, {"max_steps": 216, "warmup_steps": 36}),  # three times that compute
 }
 AUX_TERMS = ("invariance", "profile")  # unweighted auxiliary terms of the k-space MAE (history: train_<term>)
 
