@@ -72,6 +72,7 @@ ALIGN_LEVERS: dict[str, tuple[str, dict]] = {
     "siglip-hybrid": ("hybrid", {"contrastive": "siglip"}),
     "clip-profile": ("profile", {}),
     "siglip-profile": ("profile", {"contrastive": "siglip"}),
+    "clip-hybrid-line": ("hybrid-line", {}),
 }
 
 

@@ -82,6 +82,32 @@ def test_token_counts_for_a_known_mask():
     assert tok.grid == (S, T // 2, H // 8, H // 8)
 
 
+def test_whole_line_tokens_keep_the_x_profile_through_mean_pooling():
+    """Whole-line hybrid tokens (1, 1, W) with dim >= 4·W: the embedding is injective, so the mean of a view's valid
+    tokens (minus their position codes) determines that view's mean |hybrid| profile along x exactly (the
+    ``hybrid-line`` lever, BENCHMARKS); grouped cells (2, 8, 8) into the same width do not (rank < inputs)."""
+    under, _, mask = make_batch(2, counts=[8, 3], seed=2)
+    m = build_kspace_mae("tiny", tokenizer="hybrid", patch=(1, 1, H), norm="scale", dim=4 * H, heads=4)
+    with torch.no_grad():
+        y, _ = m._normalise_input(under, mask.bool())
+        mag = m.magnitude(y)  # (B, 1, S, T, H, W) normalised |hybrid|
+        ht = m.tokenizer(torch.cat([y, mag], dim=1), mask.bool())
+    emb = torch.where(ht.valid[..., None], ht.tokens - m.tokenizer.pos[ht.index], torch.zeros(()))
+    view = ht.index // (T * H)  # grid (S, T, H, 1): the view of each token
+    w = m.tokenizer.proj.weight.double()  # (dim, 4·H): [real, imag, magnitude, flag] × x
+    assert torch.linalg.matrix_rank(w) == 4 * H
+    for b in range(2):
+        for v in range(S):
+            sel = ht.valid[b] & (view[b] == v)
+            inputs = torch.linalg.lstsq(w, emb[b, sel].double().mean(0)[:, None]).solution.view(4, H)
+            lines = mask[b, v].bool()  # (T, H): this view's sampled (frame, ky) lines
+            profile = mag[b, 0, v][lines].mean(0)  # (W,) independent: the mean magnitude of the sampled lines
+            torch.testing.assert_close(inputs[2].float(), profile, atol=1e-4, rtol=1e-4)
+            assert torch.allclose(inputs[3].float(), torch.ones(H), atol=1e-4)  # the line-sampled flag
+    grouped = build_kspace_mae("tiny", tokenizer="hybrid", patch=(2, 8, 8), dim=4 * H, heads=4).tokenizer.proj.weight
+    assert torch.linalg.matrix_rank(grouped.double()) < grouped.shape[1]
+
+
 @pytest.mark.parametrize("pool", ["cls", "mean", "view_time"])
 @pytest.mark.parametrize("reference", ["none", "view_sharing"])
 @pytest.mark.parametrize("patch", [(2, 8, 8), (1, 1, 16)])
@@ -296,6 +322,10 @@ def test_bundle_defaults_unchanged(tiny_cohort, tmp_path):
     p = wf.parser
     net = p.get_parsed_content("network_def")
     assert net.kind == "patch" and net.invariance_weight == 0 and net.profile_weight == 0 and net.dec_group == (1, 1)
+    assert net.norm == "asinh"
+    lever = _workflow(tiny_cohort, tmp_path, tokenizer="hybrid", kspace_patch=[1, 1, 8], kspace_norm="scale")
+    net = lever.parser.get_parsed_content("network_def")
+    assert (net.kind, net.norm, net.tokenizer.patch) == ("hybrid", "scale", (1, 1, 8))
     assert len(p.get_parsed_content("train#transforms")) == len(p.get_parsed_content("kspace_sim#train"))
     assert p.get_parsed_content("train#trainer#prepare_batch").input_keys == ("kspace", "mask", "kspace_full",
                                                                               "view_valid")  # fmt: skip
