@@ -60,7 +60,10 @@ LEVERS: dict[str, tuple[dict, dict]] = {
     # one token per (view, frame, sampled ky line) in hybrid space, in linear units: the token embedding is injective
     # (4 channels x 48 x samples -> 192), so pooled tokens keep each view's x profile (4.78x: 120 x 2.87 / 4.78 steps)
     "hybrid-line": (HYBRID_LINE, {"max_steps": 72, "warmup_steps": 12}),
-    "hybrid-line-3x": (HYBRID_LINE, {"max_steps": 216, "warmup_steps": 36}),  # three times that compute
+    # the same tokens under the default asinh compression, where the MAE objective has something to learn
+    "hybrid-line-asinh": ({**HYBRID_LINE, "kspace_norm": "asinh"}, {"max_steps": 72, "warmup_steps": 12}),
+    # the image-profile target on tokens that keep the x profile (was it unmet because the tokens lost it?)
+    "hybrid-line-profile": (HYBRID_LINE, {"max_steps": 72, "warmup_steps": 12, "profile_weight": 1.0}),
 }
 AUX_TERMS = ("invariance", "profile")  # unweighted auxiliary terms of the k-space MAE (history: train_<term>)
 
