@@ -76,6 +76,8 @@ ALIGN_LEVERS: dict[str, tuple[str, dict]] = {
     "clip-profile": ("profile", {}),
     "siglip-profile": ("profile", {"contrastive": "siglip"}),
     "clip-hybrid-line": ("hybrid-line", {}),
+    "clip-hybrid-line-2x": ("hybrid-line", {"max_steps": 300, "warmup_steps": 40}),  # its loss still fell at the end
+    "clip-hybrid-line-profile": ("hybrid-line-profile", {}),
 }
 
 
