@@ -25,6 +25,10 @@ Usage::
 
     python benchmarks/kspace_levers.py --run runs/small --preset small --levers hybrid hybrid-invariance
     python benchmarks/kspace_levers.py --run runs/small --preset small --levers hybrid --align siglip-hybrid
+    python benchmarks/kspace_levers.py --run runs/small --preset small --tokens 2,8,16/asinh 1,1,48/scale
+
+``--tokens`` prints only what hybrid tokens hold at random init (:func:`token_table`): the x profile of the magnitude
+channel they see, and whether the mean of their embeddings still determines it.
 """
 
 from __future__ import annotations
@@ -258,6 +262,55 @@ def align_table(run: Path, preset: str, names: list[str], threads: int) -> None:
                   f"{losses} ({chance:.2f}) | {minutes:.1f} |")  # fmt: skip
 
 
+def token_table(run: Path, preset: str, specs: list[str]) -> None:
+    """What hybrid tokens can hold before any training: per ``"pt,ph,px/norm"`` spec, a random-init hybrid
+    ``KspaceMAE`` (seed 0) on the run's cached R=4 inputs, under the same ridge protocol (test mean R²):
+
+    * the magnitude channel the tokens see, averaged over each view's sampled lines and frames (N, S·W): the x
+      profile in the tokens' units, no network;
+    * the token embedding (``tokenizer`` output minus its position code), averaged over the valid cells of each
+      (view, x segment) (N, S·W/px·dim): whether a mean of the tokens still determines that profile."""
+    import torch
+
+    from kmtr_monai.linear_eval import SPLITS, linear_eval
+    from kmtr_monai.networks.mae import build_kspace_mae
+
+    data = {s: np.load(run / "linear_cache" / f"kspace_R4_{s}.npz") for s in SPLITS}
+    print(f"\nHybrid tokens at random init — run {run}, test split, R=4, ridge probe of 12 phenotypes\n")
+    print("| patch (pt, ph, px) | norm | magnitude profile: features, probe mean R² | token embedding per (view, x "
+          "segment): features, probe mean R² |")  # fmt: skip
+    print("|---|---|---|---|")
+    for spec in specs:
+        patch, norm = spec.split("/")
+        torch.manual_seed(0)
+        net = build_kspace_mae(preset, tokenizer="hybrid", patch=[int(v) for v in patch.split(",")], norm=norm).eval()
+        s_, t_, h_, w_ = net.tokenizer.grid
+        feats: dict[str, dict[str, np.ndarray]] = {"profile": {}, "embedding": {}}
+        with torch.no_grad():
+            for split in SPLITS:
+                out = {"profile": [], "embedding": []}
+                for i in range(0, len(data[split]["mask"]), 25):
+                    k = torch.as_tensor(data[split]["kspace"][i : i + 25]).float()
+                    m = torch.as_tensor(data[split]["mask"][i : i + 25]).bool()
+                    y, _ = net._normalise_input(k, m)
+                    mag = net.magnitude(y)[:, 0]  # (B, S, T, H, W)
+                    lines = m[..., None].float()
+                    out["profile"].append(((mag * lines).sum((2, 3)) / lines.sum((2, 3)).clamp_min(1)).flatten(1))
+                    ht = net.tokenizer(torch.cat([y, mag[:, None]], dim=1), m)
+                    emb = torch.where(ht.valid[..., None], ht.tokens - net.tokenizer.pos[ht.index], 0.0)
+                    grid = net._to_grid(torch.cat([emb[:, :1], emb], 1), ht.index, ht.valid)[:, 1:]
+                    grid = grid.reshape(len(k), s_, t_ * h_, w_, -1)
+                    w = ht.cells.reshape(len(k), s_, t_ * h_, w_, 1).float()
+                    out["embedding"].append(((grid * w).sum(2) / w.sum(2).clamp_min(1)).flatten(1))
+                for name, chunks in out.items():
+                    feats[name][split] = torch.cat(chunks).double().numpy()
+        cells = []
+        for name in ("profile", "embedding"):
+            res = linear_eval(feats[name], {s: data[s]["phenotypes"] for s in SPLITS}, "regress")
+            cells.append(f"{feats[name]['test'].shape[1]:,}, {res['metrics']['test']['val_mean_r2']:.3f}")
+        print(f"| ({patch.replace(',', ', ')}) | {norm} | {cells[0]} | {cells[1]} |")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", required=True, help="output folder of `kmtr pipeline` (cohort/, kspace-mae/, linear_cache/)")
@@ -265,8 +318,12 @@ def main(argv=None) -> None:
     ap.add_argument("--levers", nargs="*", default=list(LEVERS), choices=list(LEVERS), help="Stage I levers")
     ap.add_argument("--align", nargs="*", default=[], choices=list(ALIGN_LEVERS), help="Stage II levers")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tokens", nargs="*", default=[], metavar="PT,PH,PX/NORM",
+                    help="print only the random-init hybrid-token table for these specs (token_table)")
     args = ap.parse_args(argv)
     run = Path(args.run).resolve()
+    if args.tokens:
+        return token_table(run, args.preset, args.tokens)
     stage1_table(run, args.preset, args.levers, args.threads)
     if args.align:
         align_table(run, args.preset, args.align, args.threads)
