@@ -68,6 +68,9 @@ LEVERS: dict[str, tuple[dict, dict]] = {
     "hybrid-line-asinh": ({**HYBRID_LINE, "kspace_norm": "asinh"}, {"max_steps": 72, "warmup_steps": 12}),
     # the image-profile target on tokens that keep the x profile (was it unmet because the tokens lost it?)
     "hybrid-line-profile": (HYBRID_LINE, {"max_steps": 72, "warmup_steps": 12, "profile_weight": 1.0}),
+    # the same with a linear head between the cell features and the profiles, so the term can be fitted
+    "hybrid-line-profile-head": ({**HYBRID_LINE, "profile_head": True},
+                                 {"max_steps": 72, "warmup_steps": 12, "profile_weight": 1.0}),
 }
 AUX_TERMS = ("invariance", "profile")  # unweighted auxiliary terms of the k-space MAE (history: train_<term>)
 
@@ -82,6 +85,7 @@ ALIGN_LEVERS: dict[str, tuple[str, dict]] = {
     "clip-hybrid-line": ("hybrid-line", {}),
     "clip-hybrid-line-2x": ("hybrid-line", {"max_steps": 300, "warmup_steps": 40}),  # its loss still fell at the end
     "clip-hybrid-line-profile": ("hybrid-line-profile", {}),
+    "clip-hybrid-line-profile-head": ("hybrid-line-profile-head", {}),
 }
 
 

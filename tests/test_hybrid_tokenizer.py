@@ -279,6 +279,26 @@ def test_profile_target_in_the_model(tokenizer):
         build_kspace_mae("tiny", profile_weight=1.0, profile_bins=10_000)
 
 
+def test_profile_head_reads_the_cell_features():
+    """With ``profile_head`` the term is the MSE between Linear(cell means) and the standardised profiles (computed
+    here independently), the head learns, and it goes with the decoder."""
+    torch.manual_seed(0)
+    m = build_kspace_mae("tiny", tokenizer="hybrid", profile_weight=1.0, profile_head=True)
+    under, full, mask = make_batch(4, seed=3)
+    out = m(under, mask, full)
+    with torch.no_grad():
+        tokens, _, valid = m.encode(under, mask, return_valid=True)
+        cells = m.pool_tokens(tokens, "view_time", valid).reshape(4, *m.view_time_cells, -1)
+        prof = image_profiles(full, m.view_time_cells, m.profile_bins)
+        z = (prof - prof.mean(0)) / (prof.std(0, unbiased=False) + 1e-6)
+        expected = (m.profile_head(cells) - z).square().mean()
+    torch.testing.assert_close(out["profile"], expected, rtol=1e-4, atol=1e-6)
+    out["profile_loss"].backward()
+    assert m.profile_head.weight.grad.abs().sum() > 0 and m.tokenizer.proj.weight.grad.abs().sum() > 0
+    assert "profile_head.weight" in m.state_dict()
+    assert not hasattr(m.drop_decoder(), "profile_head")
+
+
 def test_second_draw_transform():
     from kmtr_monai.transforms import (ComplexToChanneld, FFT2cd, RandGlobalPhased, RandKspaceMaskd,
                                        RandSmoothPhased, SecondDrawd)  # fmt: skip

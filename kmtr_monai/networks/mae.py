@@ -216,7 +216,7 @@ class _MAEBase(nn.Module):
         self.mask_token = nn.Parameter(torch.randn(1, 1, dec_dim) * 0.02)
         self.decoder = TransformerEncoder(dec_dim, dec_depth, dec_heads, mlp_ratio, grad_checkpoint=grad_checkpoint)
 
-    _DECODER_PARTS = ("dec_embed", "mask_token", "decoder", "head", "dec_merge")
+    _DECODER_PARTS = ("dec_embed", "mask_token", "decoder", "head", "dec_merge", "profile_head")
 
     @property
     def view_time_cells(self) -> tuple[int, int] | None:
@@ -374,6 +374,10 @@ class KspaceMAE(_MAEBase):
             (view, time step) cell's mean token regress that cell's :func:`image_profiles` from the fully-sampled
             k-space (an auxiliary target from fully-sampled data, no labels; patch or hybrid tokens). 0 (default):
             off. No parameters, so checkpoints load with it on or off.
+        profile_head: put a Linear(dim → 2·``profile_bins``) between the cell features and that target, so the term
+            can be fitted without the raw channels holding the profiles; a linear probe still reads what it reads.
+            A training part: saved in Stage I checkpoints (so Stage II/III must be built with the same value to load
+            them) and dropped with the decoder.
 
     ``forward(kspace (B,2,S,T,H,W), mask (B,S,T,H), kspace_full (B,2,S,T,H,W) | None, view_valid, kspace_b, mask_b)``
     returns ``pred`` (B,2,S,T,H,W) in original units (k-space), ``target`` (= kspace_full), ``weight`` (B,S,T,H),
@@ -410,6 +414,7 @@ class KspaceMAE(_MAEBase):
         invariance_pool: str | None = None,
         profile_weight: float = 0.0,
         profile_bins: int = 8,
+        profile_head: bool = False,
     ) -> None:
         super().__init__()
         if reference not in ("view_sharing", "none"):
@@ -460,6 +465,9 @@ class KspaceMAE(_MAEBase):
         init_vit_weights(self.head)
         if reference == "view_sharing":  # start exactly at the reference: the decoder learns the correction
             nn.init.zeros_(self.head.weight)
+        if profile_head:
+            self.profile_head = nn.Linear(dim, 2 * self.profile_bins)
+            init_vit_weights(self.profile_head)
         if ("view_time" in (pool, self.invariance_pool) or self.profile_weight > 0) and self.view_time_cells is None:
             raise ValueError("pool 'view_time' and profile_weight need patch or hybrid tokens; line tokens are not on "
                              "a (view, time) grid")  # fmt: skip
@@ -606,6 +614,8 @@ class KspaceMAE(_MAEBase):
         if self.profile_weight > 0 and self.training and kspace_full is not None:
             cells = self.view_time_cells
             feats = self.pool_tokens(enc, "view_time", valid).reshape(b, *cells, -1)
+            if hasattr(self, "profile_head"):
+                feats = self.profile_head(feats)
             out["profile"] = profile_term(feats, image_profiles(kspace_full, cells, self.profile_bins), view_valid)
             out["profile_loss"] = self.profile_weight * out["profile"]
         return out
