@@ -369,28 +369,19 @@ def test_bundle_hybrid_with_invariance_trains_one_epoch(tiny_cohort, tmp_path):
     assert "invariance" in pred and torch.isfinite(pred["invariance"]) and float(pred["invariance"]) > 0
 
 
-def _parsed(bundle: str, cohort: Path, **overrides):
-    from monai.bundle import ConfigParser
-
-    from kmtr_monai.bundle import config_files
-
-    parser = ConfigParser()
-    parser.read_config(config_files(bundle, "train", "tiny"))
-    parser.update({"bundle_root": str(BUNDLES / bundle), "dataset_dir": str(cohort), **overrides})
-    return parser
-
-
 def test_dense_tasks_build_only_the_chosen_decoder(tiny_cohort):
     """Whole-line hybrid tokens (no square in-plane patch, so no UNETR over the token grid) still segment through the
     default image-query decoder: the unused UNETR decoder is not built. The UNETR choice still builds on patches."""
+    from kmtr_monai.linear_eval import bundle_parser
     from kmtr_monai.networks.dense_decoders import ImageQueryDecoder, TokenGridUNETRDecoder
 
-    p = _parsed("segment-unetr", tiny_cohort, tokenizer="hybrid", kspace_patch=[1, 1, H], kspace_norm="scale")
+    seg, data = BUNDLES / "segment-unetr", {"dataset_dir": str(tiny_cohort)}
+    p = bundle_parser(seg, "tiny", {**data, "tokenizer": "hybrid", "kspace_patch": [1, 1, H], "kspace_norm": "scale"})
     head, enc = p.get_parsed_content("task_head"), p.get_parsed_content("kspace_mae")
     assert isinstance(head, ImageQueryDecoder) and head.grid == (S, T, H, 1)
     under, _, mask = make_batch(2)
     with torch.no_grad():
         tokens, _ = enc.encode(under, mask)
         assert head(tokens).shape == (2, 6, S, T, H, H)
-    assert isinstance(_parsed("segment-unetr", tiny_cohort, decoder="unetr").get_parsed_content("task_head"),
-                      TokenGridUNETRDecoder)  # fmt: skip
+    unetr = bundle_parser(seg, "tiny", {**data, "decoder": "unetr"}).get_parsed_content("task_head")
+    assert isinstance(unetr, TokenGridUNETRDecoder)
