@@ -34,8 +34,9 @@ SEGMENT_METHODS = (
     ("dynunet-zf", "DynUNet (zero-filled image)", {"network_def": "@baselines#dynunet", "input": "zero_filled"}, None),
     ("kmtr", "k-MTR", {"init": "aligned"}, "align"),
 )  # fmt: skip
-RECON_METHODS = (
-    ("kgin", "k-GIN-style line interpolator", {"network_def": "@baselines#kgin", "tokenizer": "line"}, None),
+RECON_METHODS = (  # k-GIN keeps the line tokens and asinh units it was measured with, whatever the preset's tokens
+    ("kgin", "k-GIN-style line interpolator", {"network_def": "@baselines#kgin", "tokenizer": "line",
+                                               "kspace_norm": "asinh"}, None),
     ("kmtr", "k-MTR", {"init": "aligned"}, "align"),
 )
 FLOOR_METHODS = (  # (method, label, input): linear models on the raw inputs, no network (kmtr_monai.floors)
