@@ -2,12 +2,14 @@
 the k-space encoder as the pipeline probes it.
 
 Each lever is the ``kspace-mae`` bundle's own training command (``kmtr_monai.bundle.bundle_command``) with the base
-run's overrides (``RUN/kspace-mae/stage.json``) plus the lever's, on the base run's cohort. Outputs go to
+run's overrides (``RUN/kspace-mae/stage.json``), the reference settings every lever was measured against (``PATCH``,
+``PATCH_TRAINING``: the small preset's k-space defaults before issue 25 made whole-line hybrid tokens its default)
+and the lever's own, on the base run's cohort. The reference itself is the lever ``patch``. Outputs go to
 ``RUN/stage1-levers/<name>/kspace-mae`` (an interrupted lever resumes through the bundle's ``resume: auto``; a
-finished one is not retrained). Every encoder, the base run's Stage I included, is then scored with the pipeline's
+finished one is not retrained). Every encoder, the run's own Stage I included, is then scored with the pipeline's
 linear-probe protocol (:func:`kmtr_monai.probes.run_probe`, encoder ``stage1``, regression, R=4): ridge on frozen
 features, regularisation chosen on validation, scored on ``test``. Reported per lever and pooling: probe mean R²
-over the 12 phenotypes, its gain over the base Stage I with a 95 % paired bootstrap interval, the mean pairwise
+over the 12 phenotypes, its gain over ``patch`` with a 95 % paired bootstrap interval, the mean pairwise
 cosine and effective rank of the test features, the lever's best ``val_mse`` against view sharing, and minutes.
 ``scratch`` rows are the same architecture at random initialisation (no training), the reference that says what
 the tokenizer alone gives a linear probe.
@@ -15,9 +17,9 @@ the tokenizer alone gives a linear probe.
 Equal compute: a lever that changes the cost of a step (``benchmarks/mae_throughput.py --interleave``: patch tokens
 2.86×, hybrid (2, 8, 16) 1.12× an image-MAE step) gets the base budget scaled by that ratio (``max_steps``).
 
-Stage II levers (``--align``) retrain ``align`` from a Stage I (the run's, ``base``, or a Stage I lever's) with the
-base run's overrides (``RUN/align/stage.json``) plus the lever's, into ``RUN/stage2-levers/<name>/align``, and probe
-the aligned k-space encoder (encoder ``kmtr``). Reported per lever: the probe, its gain over the run's k-MTR and over
+Stage II levers (``--align``) retrain ``align`` from a Stage I lever with the base run's overrides
+(``RUN/align/stage.json``), ``PATCH_TRAINING`` and the lever's, into ``RUN/stage2-levers/<name>/align``, and probe
+the aligned k-space encoder (encoder ``kmtr``). Reported per lever: the probe, its gain over ``clip-patch`` and over
 its own unaligned Stage I (the issue's "k-MTR − unaligned" target), both with 95 % paired intervals, the spread of
 the test features, and the training loss per epoch against its chance level (``kmtr_monai.losses.chance_loss``).
 
@@ -47,18 +49,23 @@ from kmtr_monai.bundle import bundle_command
 from kmtr_monai.probes import POOLINGS
 
 BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
-HYBRID = {"tokenizer": "hybrid", "kspace_patch": [2, 8, 16]}  # cells of 2 frames x 8 ky lines x 16 x samples
-HYBRID_LINE = {"tokenizer": "hybrid", "kspace_patch": [1, 1, 48], "kspace_norm": "scale"}
+# the reference of every lever: the small preset's k-space network and budgets before issue 25's defaults
+PATCH = {"tokenizer": "patch", "kspace_patch": [2, 8, 8], "kspace_norm": "asinh"}
+PATCH_TRAINING = {"kspace-mae": {"max_steps": 120, "warmup_steps": 20, "profile_weight": 0.0},
+                  "align": {"max_steps": 150, "warmup_steps": 20}}
+HYBRID = {**PATCH, "tokenizer": "hybrid", "kspace_patch": [2, 8, 16]}  # cells of 2 frames x 8 ky lines x 16 x
+HYBRID_LINE = {**PATCH, "tokenizer": "hybrid", "kspace_patch": [1, 1, 48], "kspace_norm": "scale"}
 # name -> (encoder overrides: the network, needed again to probe it; training-only overrides)
 LEVERS: dict[str, tuple[dict, dict]] = {
+    "patch": (PATCH, {}),  # the reference (the evidence run's Stage I before the defaults changed)
     "hybrid": (HYBRID, {"max_steps": 300}),  # 120 patch steps x 2.86 / 1.12: the base run's compute
     "hybrid-invariance": (HYBRID, {"max_steps": 150, "invariance_weight": 0.1}),  # two draws: twice a step's cost
-    "patch-invariance": ({}, {"max_steps": 60, "invariance_weight": 0.1}),
-    "line-g2x4": ({"tokenizer": "line", "dec_group": [2, 4]}, {"max_steps": 240}),  # 1.43x
+    "patch-invariance": (PATCH, {"max_steps": 60, "invariance_weight": 0.1}),
+    "line-g2x4": ({**PATCH, "tokenizer": "line", "dec_group": [2, 4]}, {"max_steps": 240}),  # 1.43x
     # the image-profile target from fully-sampled data (no parameters, the base's steps and cost)
-    "profile": ({}, {"profile_weight": 0.1}),
-    "profile-w1": ({}, {"profile_weight": 1.0}),
-    "steps-3x": ({}, {"max_steps": 360, "warmup_steps": 60}),  # the base at three times its budget
+    "profile": (PATCH, {"profile_weight": 0.1}),
+    "profile-w1": (PATCH, {"profile_weight": 1.0}),
+    "steps-3x": (PATCH, {"max_steps": 360, "warmup_steps": 60}),  # the base at three times its budget
     # the profile target where the input makes it local: hybrid tokens hold x (half the hybrid lever's compute)
     "hybrid-profile": (HYBRID, {"max_steps": 150, "profile_weight": 1.0}),
     # one token per (view, frame, sampled ky line) in hybrid space, in linear units: the token embedding is injective
@@ -75,9 +82,10 @@ LEVERS: dict[str, tuple[dict, dict]] = {
 AUX_TERMS = ("invariance", "profile")  # unweighted auxiliary terms of the k-space MAE (history: train_<term>)
 
 
-# name -> (Stage I: "base" or a LEVERS name; align overrides)
+# name -> (Stage I: a LEVERS name; align overrides)
 ALIGN_LEVERS: dict[str, tuple[str, dict]] = {
-    "siglip": ("base", {"contrastive": "siglip"}),
+    "clip-patch": ("patch", {}),  # the reference (the evidence run's k-MTR before the defaults changed)
+    "siglip": ("patch", {"contrastive": "siglip"}),
     "clip-hybrid": ("hybrid", {}),
     "siglip-hybrid": ("hybrid", {"contrastive": "siglip"}),
     "clip-profile": ("profile", {}),
@@ -98,7 +106,7 @@ def _train(run: Path, preset: str, bundle: str, out: Path, overrides: dict, thre
     out.mkdir(parents=True, exist_ok=True)
     stage = "kspace-mae" if bundle == "kspace-mae" else "align"
     base = json.loads((run / stage / "stage.json").read_text())["fingerprint"]["overrides"]
-    overrides = {**base, "ckpt_dir": str(ckpt), "output_dir": str(out / "eval"), **overrides}
+    overrides = {**base, **PATCH_TRAINING[stage], "ckpt_dir": str(ckpt), "output_dir": str(out / "eval"), **overrides}
     cmd = bundle_command(bundle, preset, {k: json.dumps(v) if isinstance(v, list) else v
                                           for k, v in overrides.items()})  # fmt: skip
     (out / "command.txt").write_text(" ".join(cmd) + "\n")
@@ -111,9 +119,7 @@ def _train(run: Path, preset: str, bundle: str, out: Path, overrides: dict, thre
 
 
 def stage1(run: Path, preset: str, name: str, threads: int) -> tuple[Path, dict]:
-    """(checkpoint folder, encoder overrides) of Stage I ``name`` (``base``: the run's own), trained if needed."""
-    if name == "base":
-        return run / "kspace-mae" / "models", {}
+    """(checkpoint folder, encoder overrides) of Stage I lever ``name``, trained if needed."""
     encoder, training = LEVERS[name]
     out = run / "stage1-levers" / name / "kspace-mae"
     ckpt = out / "models"
@@ -191,15 +197,8 @@ def reference_rows(run: Path) -> list[tuple[str, dict]]:
 def stage1_table(run: Path, preset: str, names: list[str], threads: int) -> None:
     rows = [(label, "—", res, None, 0.0) for label, res in reference_rows(run)]  # (label, pooling, probe, val, min)
     best = lambda d: min(history(d), key=lambda r: r["val_mse"])  # noqa: E731
-    base_min = json.loads((run / "kspace-mae" / "stage.json").read_text())["minutes"]
-    scratch = {"{}": run / "stage1-levers" / "scratch-patch"}
-    for pooling in POOLINGS:
-        rows.append(("base (patch, the run's Stage I)", pooling,
-                     probe(run, preset, run / "stage1-levers" / "base", "stage1",
-                           {"stage1": run / "kspace-mae" / "models" / "model.pt"}, {}, pooling),
-                     best(run / "kspace-mae" / "eval"), base_min))  # fmt: skip
-        rows.append(("scratch, patch", pooling, probe(run, preset, scratch["{}"], "scratch", {}, {}, pooling), None, 0.0))
-    for name in names:
+    scratch: dict[str, Path] = {}  # encoder overrides -> folder of its random-init probes
+    for name in ["patch"] + [n for n in names if n != "patch"]:
         ckpt, encoder = stage1(run, preset, name, threads)
         key = json.dumps(encoder, sort_keys=True)
         first = key not in scratch  # the random-init reference of each new encoder architecture
@@ -211,15 +210,21 @@ def stage1_table(run: Path, preset: str, names: list[str], threads: int) -> None
                              probe(run, preset, scratch[key], "scratch", {}, encoder, pooling), None, 0.0))
             rows.append((name, pooling, probe(run, preset, ckpt.parent.parent, "stage1", {"stage1": ckpt / "model.pt"},
                                               encoder, pooling), best(ckpt.parent / "eval"), minutes))  # fmt: skip
-    base = {p: r for label, p, r, *_ in rows if label.startswith("base")}
+    own = run / "kspace-mae"
+    for pooling in POOLINGS:
+        res = probe(run, preset, run / "stage1-levers" / "run", "stage1", {"stage1": own / "models" / "model.pt"}, {},
+                    pooling)  # fmt: skip
+        rows.append(("the run's Stage I (the preset's defaults)", pooling, res, best(own / "eval"),
+                     json.loads((own / "stage.json").read_text())["minutes"]))  # fmt: skip
+    base = {p: r for label, p, r, *_ in rows if label == "patch"}
     base["—"] = base["mean"]
     print(f"\nStage I levers — run {run}, test split, R=4, ridge probe of 12 phenotypes\n")
-    print("| Stage I | pooling | probe mean R² | − base [95 % CI] | mean cosine | eff. rank | best val_mse "
+    print("| Stage I | pooling | probe mean R² | − patch [95 % CI] | mean cosine | eff. rank | best val_mse "
           "(view sharing) | auxiliary term per epoch | minutes |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")
     for label, pooling, res, val, minutes in rows:
         m = res["metrics"]
-        diff = "—" if label.startswith("base") else gain(base[pooling], res)
+        diff = "—" if label == "patch" else gain(base[pooling], res)
         v = f"{val['val_mse']:.4f} ({val['val_view_sharing_mse']:.4f})" if val else "—"
         aux = aux_terms(run / "stage1-levers" / label / "kspace-mae" / "eval") if label in LEVERS else ""
         print(f"| {label} | {pooling} | {m['val_mean_r2']:.3f} | {diff} | {m['mean_cosine']:.3f} | "
@@ -238,16 +243,12 @@ def align_table(run: Path, preset: str, names: list[str], threads: int) -> None:
 
     batch = 16  # the small preset's align_batch_size (bundles/presets/small.json)
     poolings = ("mean", "view_time")
-    base = {p: probe(run, preset, run / "stage2-levers" / "base", "kmtr",
-                     {"align": run / "align" / "models" / "model.pt"}, {}, p) for p in poolings}  # fmt: skip
+    base = {}  # pooling -> probe of the reference alignment (clip-patch)
     print(f"\nStage II levers — run {run}, test split, R=4, ridge probe of 12 phenotypes\n")
-    print("| align | Stage I | pooling | probe mean R² | − the run's k-MTR [95 % CI] | − its unaligned Stage I "
+    print("| align | Stage I | pooling | probe mean R² | − clip-patch [95 % CI] | − its unaligned Stage I "
           "[95 % CI] | mean cosine | training loss per epoch (chance) | minutes |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")
-    for pooling in poolings:
-        m = base[pooling]["metrics"]
-        print(f"| the run's k-MTR | base | {pooling} | {m['val_mean_r2']:.3f} | — | — | {m['mean_cosine']:.3f} | | |")
-    for name in names:
+    for name in ["clip-patch"] + [n for n in names if n != "clip-patch"]:
         source, overrides = ALIGN_LEVERS[name]
         s1_ckpt, encoder = stage1(run, preset, source, threads)
         out = run / "stage2-levers" / name / "align"
@@ -257,13 +258,13 @@ def align_table(run: Path, preset: str, names: list[str], threads: int) -> None:
         losses = ", ".join(f"{r['train_loss']:.2f}" for r in history(out / "eval"))
         chance = chance_loss(overrides.get("contrastive", "clip"), batch)
         minutes = json.loads((out / "done.json").read_text())["minutes"]
-        s1_folder = run / "stage1-levers" / source  # "base" included: its probes are written there too
         for pooling in poolings:
             res = probe(run, preset, out.parent, "kmtr", {"align": ckpt / "model.pt"}, encoder, pooling)
-            unaligned = read_probe(s1_folder / f"probe-stage1-{pooling}" / "test" / "R4")
+            base.setdefault(pooling, res)
+            unaligned = read_probe(run / "stage1-levers" / source / f"probe-stage1-{pooling}" / "test" / "R4")
             print(f"| {name} | {source} | {pooling} | {res['metrics']['val_mean_r2']:.3f} | "
-                  f"{gain(base[pooling], res)} | {gain(unaligned, res)} | {res['metrics']['mean_cosine']:.3f} | "
-                  f"{losses} ({chance:.2f}) | {minutes:.1f} |")  # fmt: skip
+                  f"{'—' if name == 'clip-patch' else gain(base[pooling], res)} | {gain(unaligned, res)} | "
+                  f"{res['metrics']['mean_cosine']:.3f} | {losses} ({chance:.2f}) | {minutes:.1f} |")  # fmt: skip
 
 
 def token_table(run: Path, preset: str, specs: list[str]) -> None:

@@ -337,15 +337,26 @@ def _workflow(cohort, out, **overrides):
                           logging_file=str(BUNDLES / "common" / "logging.conf"), workflow_type="train", **args)  # fmt: skip
 
 
-def test_bundle_defaults_unchanged(tiny_cohort, tmp_path):
+def test_bundle_defaults_follow_the_preset(tiny_cohort, tmp_path):
+    """The tiny and small presets train whole-line hybrid tokens in linear units with the image-profile target
+    (issue 25's measured defaults); the paper preset keeps patch tokens; the previous defaults stay one override
+    away."""
+    from kmtr_monai.linear_eval import bundle_parser
+
     wf = _workflow(tiny_cohort, tmp_path)
     p = wf.parser
     net = p.get_parsed_content("network_def")
-    assert net.kind == "patch" and net.invariance_weight == 0 and net.profile_weight == 0 and net.dec_group == (1, 1)
-    assert net.norm == "asinh"
-    lever = _workflow(tiny_cohort, tmp_path, tokenizer="hybrid", kspace_patch=[1, 1, 8], kspace_norm="scale")
-    net = lever.parser.get_parsed_content("network_def")
-    assert (net.kind, net.norm, net.tokenizer.patch) == ("hybrid", "scale", (1, 1, 8))
+    assert (net.kind, net.norm, net.tokenizer.patch, net.profile_weight) == ("hybrid", "scale", (1, 1, 32), 1.0)
+    assert net.invariance_weight == 0 and net.dec_group == (1, 1) and not hasattr(net, "profile_head")
+    expected = {"small": ("hybrid", [1, 1, 48], "scale", 1.0), "paper": ("patch", [5, 8, 8], "asinh", 0.0)}
+    for preset, tokens in expected.items():
+        parser = bundle_parser(BUNDLES / "kspace-mae", preset, {"dataset_dir": str(tiny_cohort)})
+        assert tuple(parser.get_parsed_content(k) for k in ("tokenizer", "kspace_patch", "kspace_norm",
+                                                             "profile_weight")) == tokens, preset  # fmt: skip
+    previous = _workflow(tiny_cohort, tmp_path, tokenizer="patch", kspace_patch=[2, 8, 8], kspace_norm="asinh",
+                         profile_weight=0.0)  # fmt: skip
+    net = previous.parser.get_parsed_content("network_def")
+    assert (net.kind, net.norm, net.tokenizer.patch, net.profile_weight) == ("patch", "asinh", (2, 8, 8), 0.0)
     assert len(p.get_parsed_content("train#transforms")) == len(p.get_parsed_content("kspace_sim#train"))
     assert p.get_parsed_content("train#trainer#prepare_batch").input_keys == ("kspace", "mask", "kspace_full",
                                                                               "view_valid")  # fmt: skip
@@ -383,5 +394,6 @@ def test_dense_tasks_build_only_the_chosen_decoder(tiny_cohort):
     with torch.no_grad():
         tokens, _ = enc.encode(under, mask)
         assert head(tokens).shape == (2, 6, S, T, H, H)
-    unetr = bundle_parser(seg, "tiny", {**data, "decoder": "unetr"}).get_parsed_content("task_head")
+    patches = {"tokenizer": "patch", "kspace_patch": [2, 8, 8], "decoder": "unetr"}
+    unetr = bundle_parser(seg, "tiny", {**data, **patches}).get_parsed_content("task_head")
     assert isinstance(unetr, TokenGridUNETRDecoder)
