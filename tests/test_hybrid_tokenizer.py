@@ -2,6 +2,7 @@
 target of the k-space MAE."""
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -397,3 +398,27 @@ def test_dense_tasks_build_only_the_chosen_decoder(tiny_cohort):
     patches = {"tokenizer": "patch", "kspace_patch": [2, 8, 8], "decoder": "unetr"}
     unetr = bundle_parser(seg, "tiny", {**data, **patches}).get_parsed_content("task_head")
     assert isinstance(unetr, TokenGridUNETRDecoder)
+
+
+@pytest.mark.parametrize("tokenizer", ["hybrid", "line"])
+def test_traced_encoder_stays_right_for_another_mask(tokenizer):
+    """``torch.jit.trace`` (MONAI's ``ckpt_export``) keeps the trace input's Python values as constants. Traced with
+    every line sampled, the encoder must still pool an R=4 input exactly as eager does: the token count and the
+    attention mask over padding must not be baked in from the trace input."""
+    torch.manual_seed(0)
+    net = build_kspace_mae("tiny", tokenizer=tokenizer, patch=[1, 1, H], norm="scale").drop_decoder().eval()
+
+    class Pooled(torch.nn.Module):
+        def __init__(self, mae):
+            super().__init__()
+            self.mae = mae
+
+        def forward(self, kspace, mask):
+            return self.mae.encode(kspace, mask)[1]
+
+    under, full, mask = make_batch(2)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(Pooled(net), (full, torch.ones_like(mask)))
+        torch.testing.assert_close(traced(under, mask), Pooled(net)(under, mask), atol=1e-5, rtol=1e-4)
+        assert not torch.allclose(traced(full, torch.ones_like(mask)), Pooled(net)(under, mask), atol=1e-3)

@@ -209,11 +209,14 @@ class KspacePatchTokenizer(_PatchTokenizer):
 
 def gather_valid(cells: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """cells (B, N) bool → (index (B, M) long, valid (B, M) bool): the True cells of each row in ascending order,
-    padded to M = the largest count in the batch (padding: index 0, valid False). ValueError if a row has none."""
+    padded to M = the largest count in the batch (padding: index 0, valid False). ValueError if a row has none.
+
+    Under ``torch.jit.trace`` M = N: a traced graph keeps the trace input's M as a constant, so it pads to every cell
+    and stays right for any mask (padding is left out of attention either way)."""
     counts = cells.sum(1)
-    if bool((counts == 0).any()):
+    if not torch.jit.is_tracing() and bool((counts == 0).any()):
         raise ValueError(f"mask: subjects {torch.nonzero(counts == 0).flatten().tolist()} have no sampled line")
-    n_max = int(counts.max())
+    n_max = cells.shape[1] if torch.jit.is_tracing() else int(counts.max())
     order = torch.argsort((~cells).to(torch.uint8), dim=1, stable=True)[:, :n_max]  # True cells first
     valid = torch.arange(n_max, device=cells.device)[None, :] < counts[:, None]
     return torch.where(valid, order, 0), valid

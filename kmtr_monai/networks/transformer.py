@@ -112,7 +112,9 @@ class TransformerEncoder(nn.Module):
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
             if valid is not None:
                 valid = F.pad(valid, (1, 0), value=True)
-        attn_mask = None if valid is None or bool(valid.all()) else valid[:, None, None, :]
+        # a traced graph keeps the trace input's branch as a constant: keep the mask there whatever the input holds
+        all_valid = valid is None or (not torch.jit.is_tracing() and bool(valid.all()))
+        attn_mask = None if all_valid else valid[:, None, None, :]
         hidden = []
         for blk in self.blocks:
             if self.grad_checkpoint and torch.is_grad_enabled():
