@@ -93,6 +93,8 @@ ALIGN_LEVERS: dict[str, tuple[str, dict]] = {
     "clip-hybrid-line": ("hybrid-line", {}),
     "clip-hybrid-line-2x": ("hybrid-line", {"max_steps": 300, "warmup_steps": 40}),  # its loss still fell at the end
     "clip-hybrid-line-profile": ("hybrid-line-profile", {}),
+    # the small preset's defaults since issue 25 (twice the steps) at three times the reference's steps
+    "clip-hybrid-line-profile-3x": ("hybrid-line-profile", {"max_steps": 450, "warmup_steps": 40}),
     "clip-hybrid-line-profile-head": ("hybrid-line-profile-head", {}),
 }
 
