@@ -213,10 +213,10 @@ def gather_valid(cells: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     Under ``torch.jit.trace`` M = N: a traced graph keeps the trace input's M as a constant, so it pads to every cell
     and stays right for any mask (padding is left out of attention either way)."""
-    counts = cells.sum(1)
-    if not torch.jit.is_tracing() and bool((counts == 0).any()):
+    counts, tracing = cells.sum(1), torch.jit.is_tracing()
+    if not tracing and bool((counts == 0).any()):
         raise ValueError(f"mask: subjects {torch.nonzero(counts == 0).flatten().tolist()} have no sampled line")
-    n_max = cells.shape[1] if torch.jit.is_tracing() else int(counts.max())
+    n_max = cells.shape[1] if tracing else int(counts.max())
     order = torch.argsort((~cells).to(torch.uint8), dim=1, stable=True)[:, :n_max]  # True cells first
     valid = torch.arange(n_max, device=cells.device)[None, :] < counts[:, None]
     return torch.where(valid, order, 0), valid
