@@ -92,8 +92,9 @@ def _json_or_str(text: str):
 
 def parse_settings(settings, bundles: str | Path | None = None) -> dict:
     """``--set``: ``"KEY=VALUE[,KEY=VALUE]"``, a sequence of those or a dict → ``{key: value}`` (values parsed as
-    JSON when they parse, else strings). ValueError in one line for a key whose first part (before ``#``) is not in
-    ``bundles/common/train.json`` or that the pipeline sets itself (:data:`OWNED_KEYS`, ``*_ckpt``)."""
+    JSON when they parse, else strings). ValueError in one line for a key whose first part (before ``#``) is in
+    neither ``bundles/common/train.json`` nor the presets (``bundles/presets/*.json``), or that the pipeline sets
+    itself (:data:`OWNED_KEYS`, ``*_ckpt``)."""
     if not settings:
         return {}
     if isinstance(settings, Mapping):
@@ -106,14 +107,16 @@ def parse_settings(settings, bundles: str | Path | None = None) -> dict:
                 if not sep or not key.strip():
                     raise ValueError(f"--set: expected KEY=VALUE[,KEY=VALUE], got {item!r}")
                 items[key.strip()] = _json_or_str(value.strip())
-    common = Path(bundles or default_bundles_dir()) / "common" / "train.json"
-    known = json.loads(common.read_text())
+    root_dir = Path(bundles or default_bundles_dir())
+    sources = [root_dir / "common" / "train.json", *sorted((root_dir / "presets").glob("*.json"))]
+    known = set().union(*(json.loads(f.read_text()) for f in sources))
     for key in items:
         root = str(key).split("#")[0]
         if root in OWNED_KEYS or root.endswith("_ckpt"):
             raise ValueError(f"--set {key}: the pipeline sets {root!r} itself for each stage")
         if root not in known:
-            raise ValueError(f"--set {key}: unknown config key {root!r} (not in {common})")
+            raise ValueError(f"--set {key}: unknown config key {root!r} (not in {root_dir / 'common' / 'train.json'} "
+                             f"or {root_dir / 'presets'})")  # fmt: skip
     return items
 
 
