@@ -95,6 +95,8 @@ ALIGN_LEVERS: dict[str, tuple[str, dict]] = {
     "clip-hybrid-line-profile": ("hybrid-line-profile", {}),
     # the small preset's defaults since issue 25 (twice the steps) at three times the reference's steps
     "clip-hybrid-line-profile-3x": ("hybrid-line-profile", {"max_steps": 450, "warmup_steps": 40}),
+    # the defaults with 64 queued negatives beside the batch's 15 (did 3x stall for lack of negatives?)
+    "clip-hybrid-line-profile-queue": ("hybrid-line-profile", {"max_steps": 300, "warmup_steps": 40, "queue_size": 64}),
     "clip-hybrid-line-profile-head": ("hybrid-line-profile-head", {}),
 }
 
