@@ -260,7 +260,8 @@ def align_table(run: Path, preset: str, names: list[str], threads: int) -> None:
                                                   "stage1_ckpt": str(s1_ckpt / "model.pt"), **encoder, **overrides},
                       threads)  # fmt: skip
         losses = ", ".join(f"{r['train_loss']:.2f}" for r in history(out / "eval"))
-        chance = chance_loss(overrides.get("contrastive", "clip"), batch)
+        # each row's candidates: the batch and, once it is full, the queue of negatives (CLIP only)
+        chance = chance_loss(overrides.get("contrastive", "clip"), batch + overrides.get("queue_size", 0))
         minutes = json.loads((out / "done.json").read_text())["minutes"]
         for pooling in poolings:
             res = probe(run, preset, out.parent, "kmtr", {"align": ckpt / "model.pt"}, encoder, pooling)
