@@ -3,7 +3,8 @@ the k-space encoder as the pipeline probes it.
 
 Each lever is the ``kspace-mae`` bundle's own training command (``kmtr_monai.bundle.bundle_command``) with the base
 run's overrides (``RUN/kspace-mae/stage.json``), the reference settings every lever was measured against (``PATCH``,
-``PATCH_TRAINING``: the small preset's k-space defaults before issue 25 made whole-line hybrid tokens its default)
+``PATCH_TRAINING``: the small preset's k-space defaults before issue 25 made whole-line hybrid tokens its default and
+locked the image encoder in the alignment at CLIP temperature 0.2)
 and the lever's own, on the base run's cohort. The reference itself is the lever ``patch``. Outputs go to
 ``RUN/stage1-levers/<name>/kspace-mae`` (an interrupted lever resumes through the bundle's ``resume: auto``; a
 finished one is not retrained). Every encoder, the run's own Stage I included, is then scored with the pipeline's
@@ -55,7 +56,7 @@ BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
 # the reference of every lever: the small preset's k-space network and budgets before issue 25's defaults
 PATCH = {"tokenizer": "patch", "kspace_patch": [2, 8, 8], "kspace_norm": "asinh"}
 PATCH_TRAINING = {"kspace-mae": {"max_steps": 120, "warmup_steps": 20, "profile_weight": 0.0},
-                  "align": {"max_steps": 150, "warmup_steps": 20}}
+                  "align": {"max_steps": 150, "warmup_steps": 20, "freeze_image": False, "temperature": 0.07}}
 HYBRID = {**PATCH, "tokenizer": "hybrid", "kspace_patch": [2, 8, 16]}  # cells of 2 frames x 8 ky lines x 16 x
 HYBRID_LINE = {**PATCH, "tokenizer": "hybrid", "kspace_patch": [1, 1, 48], "kspace_norm": "scale"}
 # name -> (encoder overrides: the network, needed again to probe it; training-only overrides)
@@ -88,11 +89,11 @@ AUX_TERMS = ("invariance", "profile")  # unweighted auxiliary terms of the k-spa
 # name -> (Stage I: a LEVERS name; align overrides)
 ALIGN_LEVERS: dict[str, tuple[str, dict]] = {
     "clip-patch": ("patch", {}),  # the reference (the evidence run's k-MTR before the defaults changed)
-    "siglip": ("patch", {"contrastive": "siglip"}),
+    "siglip": ("patch", {"contrastive": "siglip", "temperature": 0.1}),  # SigLIP's t = 10
     "clip-hybrid": ("hybrid", {}),
-    "siglip-hybrid": ("hybrid", {"contrastive": "siglip"}),
+    "siglip-hybrid": ("hybrid", {"contrastive": "siglip", "temperature": 0.1}),
     "clip-profile": ("profile", {}),
-    "siglip-profile": ("profile", {"contrastive": "siglip"}),
+    "siglip-profile": ("profile", {"contrastive": "siglip", "temperature": 0.1}),
     "clip-hybrid-line": ("hybrid-line", {}),
     "clip-hybrid-line-2x": ("hybrid-line", {"max_steps": 300, "warmup_steps": 40}),  # its loss still fell at the end
     "clip-hybrid-line-profile": ("hybrid-line-profile", {}),
