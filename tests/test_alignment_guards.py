@@ -268,7 +268,8 @@ def test_align_default_config_is_unchanged(tiny_cohort, tmp_path):
     parse = workflow.parser.get_parsed_content
     net, loss = parse("network_def"), parse("loss")
     assert net.logit_bias is None and "logit_bias" not in dict(net.named_parameters())
-    assert net.logit_scale.temperature.item() == pytest.approx(0.07)
+    assert net.logit_scale.temperature.item() == pytest.approx(0.2)  # CLIP's start since align 0.9.0 (was 0.07)
+    assert net.freeze_image and not net.freeze_kspace  # the image encoder is locked (LiT) since align 0.9.0
     reference = DualEncoder(parse("image_mae").drop_decoder(), parse("kspace_mae").drop_decoder(), pooling="view_time")
     assert net.state_dict().keys() == reference.state_dict().keys()  # 0.4.0 checkpoints load
     term = loss.terms[0][1]
