@@ -107,7 +107,7 @@ ALIGN_LEVERS: dict[str, tuple[str, dict]] = {
     "clip-hybrid-line-profile-lit": ("hybrid-line-profile", {"max_steps": 300, "warmup_steps": 40,
                                                              "freeze_image": True}),
     # LiT with CLIP's temperature at 0.2 instead of 0.07: the untrained loss starts log B + 0.5 above chance at 1/0.07,
-    # and the learnable scale only drifts down (14.3 -> 13.6 in 300 steps), so its initial value is in effect fixed
+    # and the learnable scale only drifts down (14.3 -> 13.5 in 300 steps), so its initial value is in effect fixed
     "clip-hybrid-line-profile-lit-t02": ("hybrid-line-profile", {"max_steps": 300, "warmup_steps": 40,
                                                                  "freeze_image": True, "temperature": 0.2}),
     # the defaults since align 0.9.0 (the lever above) at twice the batch for half the steps: the same subjects seen
