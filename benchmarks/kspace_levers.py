@@ -86,6 +86,9 @@ LEVERS: dict[str, tuple[dict, dict]] = {
 AUX_TERMS = ("invariance", "profile")  # unweighted auxiliary terms of the k-space MAE (history: train_<term>)
 
 
+# the small preset's alignment budget since issue 25 (bundles/presets/small.json), and align 0.9.0's defaults on it
+ALIGN_300 = {"max_steps": 300, "warmup_steps": 40}
+LIT_T02 = {**ALIGN_300, "freeze_image": True, "temperature": 0.2}
 # name -> (Stage I: a LEVERS name; align overrides)
 ALIGN_LEVERS: dict[str, tuple[str, dict]] = {
     "clip-patch": ("patch", {}),  # the reference (the evidence run's k-MTR before the defaults changed)
@@ -95,31 +98,27 @@ ALIGN_LEVERS: dict[str, tuple[str, dict]] = {
     "clip-profile": ("profile", {}),
     "siglip-profile": ("profile", {"contrastive": "siglip", "temperature": 0.1}),
     "clip-hybrid-line": ("hybrid-line", {}),
-    "clip-hybrid-line-2x": ("hybrid-line", {"max_steps": 300, "warmup_steps": 40}),  # its loss still fell at the end
+    "clip-hybrid-line-2x": ("hybrid-line", ALIGN_300),  # its loss still fell at the end
     "clip-hybrid-line-profile": ("hybrid-line-profile", {}),
     # the small preset's defaults since issue 25 (twice the steps) at three times the reference's steps
-    "clip-hybrid-line-profile-3x": ("hybrid-line-profile", {"max_steps": 450, "warmup_steps": 40}),
+    "clip-hybrid-line-profile-3x": ("hybrid-line-profile", {**ALIGN_300, "max_steps": 450}),
     # the defaults with 64 queued negatives beside the batch's 15 (did 3x stall for lack of negatives?)
-    "clip-hybrid-line-profile-queue": ("hybrid-line-profile", {"max_steps": 300, "warmup_steps": 40, "queue_size": 64}),
+    "clip-hybrid-line-profile-queue": ("hybrid-line-profile", {**ALIGN_300, "queue_size": 64}),
     "clip-hybrid-line-profile-head": ("hybrid-line-profile-head", {}),
     # the defaults with the image encoder locked (LiT): its projector still learns; does a fixed target stop the
     # image embeddings' early collapse (cosine 0.96-0.98 in epochs 1-2) and the loss's start above chance?
-    "clip-hybrid-line-profile-lit": ("hybrid-line-profile", {"max_steps": 300, "warmup_steps": 40,
-                                                             "freeze_image": True}),
+    "clip-hybrid-line-profile-lit": ("hybrid-line-profile", {**ALIGN_300, "freeze_image": True}),
     # LiT with CLIP's temperature at 0.2 instead of 0.07: the untrained loss starts log B + 0.5 above chance at 1/0.07,
     # and the learnable scale only drifts down (14.3 -> 13.5 in 300 steps), so its initial value is in effect fixed
-    "clip-hybrid-line-profile-lit-t02": ("hybrid-line-profile", {"max_steps": 300, "warmup_steps": 40,
-                                                                 "freeze_image": True, "temperature": 0.2}),
+    "clip-hybrid-line-profile-lit-t02": ("hybrid-line-profile", LIT_T02),
     # the defaults since align 0.9.0 (the lever above) at twice the batch for half the steps: the same subjects seen
     # and about the same compute, with 31 negatives per row instead of 15
-    "clip-hybrid-line-profile-lit-t02-b32": ("hybrid-line-profile", {"max_steps": 150, "warmup_steps": 20,
-                                                                     "freeze_image": True, "temperature": 0.2,
+    "clip-hybrid-line-profile-lit-t02-b32": ("hybrid-line-profile", {**LIT_T02, "max_steps": 150, "warmup_steps": 20,
                                                                      "align_batch_size": 32}),
     # the defaults with 3,000 training subjects instead of 700 (2,300 more, same generator; validation and test
     # unchanged): does the alignment that fits its 700 training pairs (3x: loss 1.77, top-1 10/150) generalise from
     # more pairs at the same steps?
-    "clip-hybrid-line-profile-3000": ("hybrid-line-profile", {"max_steps": 300, "warmup_steps": 40,
-                                                              "extra_training_subjects": 2300}),
+    "clip-hybrid-line-profile-3000": ("hybrid-line-profile", {**ALIGN_300, "extra_training_subjects": 2300}),
 }
 
 
@@ -304,6 +303,7 @@ def align_table(run: Path, preset: str, names: list[str], threads: int) -> None:
     from kmtr_monai.losses import chance_loss
 
     poolings = ("mean", "view_time")
+    preset_batch = json.loads((BUNDLES / "presets" / f"{preset}.json").read_text())["align_batch_size"]
     base = {}  # pooling -> probe of the reference alignment (clip-patch)
     print(f"\nStage II levers — run {run}, test split, R=4, ridge probe of 12 phenotypes\n")
     print("| align | Stage I | pooling | probe mean R² | − clip-patch [95 % CI] | − its unaligned Stage I "
@@ -321,7 +321,7 @@ def align_table(run: Path, preset: str, names: list[str], threads: int) -> None:
                       threads)  # fmt: skip
         losses = ", ".join(f"{r['train_loss']:.2f}" for r in history(out / "eval"))
         # each row's candidates: the batch and, once it is full, the queue of negatives (CLIP only)
-        batch = overrides.get("align_batch_size", 16)  # 16: the small preset's (bundles/presets/small.json)
+        batch = overrides.get("align_batch_size", preset_batch)
         chance = chance_loss(overrides.get("contrastive", "clip"), batch + overrides.get("queue_size", 0))
         minutes = json.loads((out / "done.json").read_text())["minutes"]
         for pooling in poolings:

@@ -115,8 +115,8 @@ def parse_settings(settings, bundles: str | Path | None = None) -> dict:
         if root in OWNED_KEYS or root.endswith("_ckpt"):
             raise ValueError(f"--set {key}: the pipeline sets {root!r} itself for each stage")
         if root not in known:
-            raise ValueError(f"--set {key}: unknown config key {root!r} (not in {root_dir / 'common' / 'train.json'} "
-                             f"or {root_dir / 'presets'})")  # fmt: skip
+            raise ValueError(f"--set {key}: unknown config key {root!r} "
+                             f"(not in {sources[0]} or {root_dir / 'presets'})")  # fmt: skip
     return items
 
 
